@@ -1,0 +1,98 @@
+"""The sidecar's exception hierarchy.
+
+Handlers and library wrappers raise these; exactly one middleware (``app.error_middleware``) turns them
+into responses: an HTML page for browsers, JSON for API clients. Messages here are shown to users, so
+they never contain a token, a secret or a cookie value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SidecarError(Exception):
+    """Base class: an error with an HTTP status, a stable machine code and a user-facing message."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Something went wrong"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class Unauthenticated(SidecarError):
+    """No valid session on a request that needs one (API callers get 401 JSON with a login URL)."""
+
+    status = 401
+    code = "unauthenticated"
+    title = "Sign-in required"
+
+    def __init__(self, message: str = "Sign-in required.", *, login_url: str = "/oauth2/start") -> None:
+        super().__init__(message)
+        self.login_url = login_url
+
+
+class Forbidden(SidecarError):
+    status = 403
+    code = "forbidden"
+    title = "Access denied"
+
+
+class LoginError(SidecarError):
+    """The login could not complete: bad callback, provider error, token that failed validation.
+
+    The page offers a "try again" link; no session is created.
+    """
+
+    status = 400
+    code = "login_failed"
+    title = "Sign-in failed"
+
+
+class ProviderError(LoginError):
+    """The identity provider misbehaved or could not be reached (discovery, JWKS, token endpoint)."""
+
+    status = 502
+    code = "provider_error"
+    title = "Identity provider problem"
+
+
+class TokenValidationError(LoginError):
+    """A token from the provider failed validation (signature, iss, aud, exp, nonce, ...)."""
+
+    code = "invalid_token"
+
+
+class UpstreamError(SidecarError):
+    status = 502
+    code = "bad_gateway"
+    title = "Console unavailable"
+
+
+class StoreUnavailable(SidecarError):
+    status = 503
+    code = "session_store_unavailable"
+    title = "Temporarily unavailable"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; carries every problem found, each naming its key."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))

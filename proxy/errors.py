@@ -16,6 +16,8 @@ class SidecarError(Exception):
     status: int = 500
     code: str = "internal_error"
     title: str = "Something went wrong"
+    # Where a "try again" link should lead (the page the user wanted), when known.
+    return_to: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)

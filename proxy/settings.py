@@ -293,9 +293,11 @@ class _Reader:
         self.problems: list[ConfigProblem] = []
         self.secret_files: list[str] = []
         self.secret_digests: list[str] = []
+        self.missing_keys: set[str] = set()
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(ConfigProblem(key, message))
+        if key not in self.missing_keys:
+            self.problems.append(ConfigProblem(key, message))
 
     # -- primitives --------------------------------------------------------------------------------
 
@@ -361,7 +363,12 @@ class _Reader:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             self.problem(key, "must be a string")
             return ""
-        return str(self.expand(str(value), key))
+        before = len(self.problems)
+        expanded = str(self.expand(str(value), key))
+        if len(self.problems) > before:
+            # A missing ${VAR} was reported for this key; an empty result would only repeat it.
+            self.missing_keys.add(key)
+        return expanded
 
     def boolean(self, raw: Mapping[str, Any], name: str, key: str, default: bool) -> bool:
         value = raw.get(name)
@@ -545,7 +552,7 @@ class _Reader:
             self.problem("sso.issuer_url", f"{issuer!r} must be an absolute https:// URL")
         elif url.scheme == "http" and not is_loopback_host(url.host):
             # OIDC Discovery 3 / Core 3.1.2.1: the issuer is an https URL; plain http is only for local tests.
-            self.problem("sso.issuer_url", f"{issuer!r} uses http://; only https:// is allowed (http only for loopback)")
+            self.problem("sso.issuer_url", f"{issuer!r} uses http://; only https:// is allowed (http only on loopback)")
         elif url.query_string or url.fragment:
             self.problem("sso.issuer_url", "must not have a query or fragment")
 
@@ -680,9 +687,10 @@ class _Reader:
         )
 
     def skip_auth(self, raw: Mapping[str, Any]) -> tuple[SkipRule, ...]:
-        rules = self.string_list(raw, "skip_auth", "skip_auth") if not isinstance(raw.get("skip_auth"), str) else None
         if isinstance(raw.get("skip_auth"), str):
-            self.problem("skip_auth", "must be a list of rules like \"GET ^/static/\"")
+            self.problem("skip_auth", 'must be a list of rules like "GET ^/static/"')
+            return ()
+        rules = self.string_list(raw, "skip_auth", "skip_auth")
         result = []
         for i, text in enumerate(rules or ()):
             key = f"skip_auth[{i}]"

@@ -1,0 +1,123 @@
+"""create_app(settings): routes, middleware order, long-lived resources. The only wiring."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from proxy import __version__, gate, login, pages
+from proxy.errors import Forbidden, LoginError, SidecarError, Unauthenticated
+from proxy.login import RUNTIME
+from proxy.runtime import Runtime
+from proxy.sessions import open_store
+from proxy.settings import Settings
+
+log = logging.getLogger("sso_sidecar")
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.path.startswith("/oauth2/userinfo") or gate.is_api_request(request)
+
+
+def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
+    """The one place where an error becomes a response: JSON for API callers, a page for browsers."""
+    request_id = request.get("request_id", "")
+    if _wants_json(request):
+        body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": request_id}
+        if isinstance(exc, Unauthenticated):
+            body["error"] = "unauthenticated"
+            body["login_url"] = exc.login_url
+        return web.json_response(body, status=exc.status, headers={"Cache-Control": "no-store"})
+    actions: list[tuple[str, str]] = []
+    if isinstance(exc, LoginError):
+        actions.append(("Try again", login.login_url(exc.return_to or "/")))
+    elif isinstance(exc, Forbidden):
+        actions.append(("Sign out", "/oauth2/sign_out"))
+    elif isinstance(exc, Unauthenticated):
+        actions.append(("Sign in", exc.login_url))
+    else:
+        actions.append(("Try again", request.rel_url.path_qs if request.method == "GET" else "/"))
+    return pages.render(exc.title, exc.message, status=exc.status, actions=actions, request_id=request_id)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    request["request_id"] = secrets.token_hex(8)
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except SidecarError as exc:
+        level = logging.WARNING if exc.status < 500 else logging.ERROR
+        log.log(level, "%s %s -> %d %s: %s [%s]", request.method, request.path, exc.status, exc.code,
+                exc.message, request["request_id"])  # fmt: skip
+        return render_error(request, exc)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s [%s]", request.method, request.path, request["request_id"])
+        return render_error(request, SidecarError("An unexpected error occurred."))
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    try:
+        await runtime.store.ping()
+    except SidecarError:
+        return web.json_response({"status": "not ready", "session_store": "unreachable"}, status=503)
+    return web.json_response({"status": "ready", "config": runtime.active.settings.digest})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, without the query string: it can hold authorization codes and state."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %.1fms [%s]',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            request.get("request_id", "-"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=64 * 1024,  # only the sidecar's own forms are read whole; proxied bodies stream
+        # Consoles and identity providers set large cookies; aiohttp's default stops at 8190 bytes.
+        handler_args={"max_line_size": 16384, "max_field_size": 32768},
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=settings.sso.http_timeout)
+        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as http:
+            runtime = Runtime(settings, open_store(settings.session), http)
+            await runtime.start(settings)
+            app[RUNTIME] = runtime
+            try:
+                yield
+            finally:
+                await runtime.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    login.add_routes(app)
+    app.router.add_route("*", "/{tail:.*}", gate.handle)
+    return app

@@ -1,0 +1,178 @@
+"""Command line: ``sso-sidecar run | check | redirect-uri --config PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import aiohttp
+from aiohttp import web
+
+from proxy import __version__
+from proxy.errors import ConfigError, SidecarError
+from proxy.settings import Settings, load_public_url, load_settings
+
+log = logging.getLogger("sso_sidecar")
+
+
+def _print_config_error(exc: ConfigError, path: str) -> None:
+    print(f"sso-sidecar: {path}: the config has {len(exc.problems)} problem(s):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def cmd_redirect_uri(path: str) -> int:
+    try:
+        url = load_public_url(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return 2
+    print(str(url.with_path("/oauth2/callback")))
+    return 0
+
+
+def cmd_check(path: str) -> int:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return 2
+    return asyncio.run(_check(settings))
+
+
+async def _check(settings: Settings) -> int:
+    from proxy.oidc import OIDCClient
+
+    problems: list[str] = []
+    out = print
+    out(f"config:            {settings.source} (version {settings.digest})")
+    out(f"public URL:        {settings.public_url}")
+    out(f"upstream:          {settings.upstream}")
+    out(f"session store:     {settings.session.store}"
+        + (f" ({settings.session.redis_url})" if settings.session.store == "redis" else ""))  # fmt: skip
+    out("")
+    out("Register these URIs at the identity provider:")
+    out(f"  redirect URI:                {settings.redirect_uri}")
+    out(f"  post-logout redirect URI:    {settings.post_logout_redirect_uri}")
+    out(f"  back-channel logout URI:     {settings.backchannel_logout_uri}")
+    out("")
+    if not settings.sso.enabled:
+        out("SSO:               disabled (pass-through; identity headers are stripped)")
+    else:
+        sso = settings.sso
+        out(f"issuer:            {sso.issuer_url}")
+        out(f"client id:         {sso.client_id}")
+        out(f"scopes:            {' '.join(sso.scopes)}")
+        timeout = aiohttp.ClientTimeout(total=sso.http_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            client = OIDCClient(sso, settings.redirect_uri, http)
+            try:
+                meta = await client.metadata()
+            except SidecarError as exc:
+                problems.append(f"sso.issuer_url: {exc.message}")
+            else:
+                out(f"  authorization endpoint:    {meta.authorization_endpoint}")
+                out(f"  token endpoint:            {meta.token_endpoint}")
+                out(f"  userinfo endpoint:         {meta.userinfo_endpoint or '(none)'}")
+                out(f"  end-session endpoint:      {meta.end_session_endpoint or '(none: no RP-initiated logout)'}")
+                out(f"  JWKS:                      {meta.jwks_uri}")
+                out(f"  ID token algorithms:       {' '.join(meta.id_token_signing_alg_values_supported)}")
+                out(f"  back-channel logout:       {'supported' if meta.backchannel_logout_supported else 'no'}")
+                try:
+                    await client.prove_client_credentials()
+                    out("  client credentials:        accepted by the token endpoint")
+                except SidecarError as exc:
+                    problems.append(f"sso.client_secret: {exc.message}")
+    out("")
+    out("Identity headers sent to the upstream:")
+    for header, claim in settings.headers:
+        out(f"  {header}: {claim}")
+    if problems:
+        print("", file=sys.stderr)
+        print(f"sso-sidecar: {len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    out("")
+    out("OK: the config is usable.")
+    return 0
+
+
+def cmd_run(path: str) -> int:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return 2
+    _setup_logging(settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    from proxy.app import AccessLogger, create_app
+    from proxy.login import RUNTIME
+    from proxy.reload import reload_config
+
+    app = create_app(settings)
+
+    async def install_sighup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            log.info("SIGHUP: reloading %s", path)
+            task = loop.create_task(reload_config(app[RUNTIME], path))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    app.on_startup.append(install_sighup)
+    log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s", __version__, settings.listen_host,
+             settings.listen_port, settings.upstream, "on" if settings.sso.enabled else "off")  # fmt: skip
+    web.run_app(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        access_log_class=AccessLogger,
+        print=None,
+        shutdown_timeout=30.0,
+    )
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sso-sidecar", description="OpenID Connect SSO in front of a web console.")
+    parser.add_argument("--version", action="version", version=f"sso-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "serve (SIGHUP reloads the config, SIGTERM drains and exits)"),
+        ("check", "validate the config, fetch discovery, print what to register at the provider"),
+        ("redirect-uri", "print the redirect URI (needs only public_url)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, metavar="PATH", help="the YAML config file")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args.config)
+    if args.command == "check":
+        return cmd_check(args.config)
+    return cmd_redirect_uri(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Every use of itsdangerous: the session ticket, pending-login cookies, signed redirect state.
+
+One salt per purpose, so a signature made for one can never stand in for another. Secrets come newest
+first from the config; the newest signs, all verify, so rotating is "add a new secret on top".
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
+
+from proxy.settings import SessionSettings
+
+_TICKET_SALT = "sso-sidecar/session-ticket/v1"
+_LOGIN_SALT = "sso-sidecar/pending-login/v1"
+_SIGNOUT_SALT = "sso-sidecar/sign-out-form/v1"
+_LOGOUT_STATE_SALT = "sso-sidecar/post-logout-state/v1"
+_TICKET_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the session cookie carries: where the session is, and the key that decrypts it.
+
+    Nothing else: no claims, no tokens. A Redis dump without the cookie reveals nothing, and the cookie
+    without Redis is useless.
+    """
+
+    session_id: str
+    key: bytes
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CookieCodec:
+    """Builds and reads the sidecar's cookies for one config (secrets, names, attributes)."""
+
+    def __init__(self, session: SessionSettings, *, secure: bool) -> None:
+        # itsdangerous takes oldest first and signs with the last; our config lists newest first.
+        keys = [s.reveal() for s in reversed(session.cookie_secrets)]
+        self._ticket = TimestampSigner(keys, salt=_TICKET_SALT)
+        self._login = TimestampSigner(keys, salt=_LOGIN_SALT)
+        self._signout = TimestampSigner(keys, salt=_SIGNOUT_SALT)
+        self._logout_state = URLSafeTimedSerializer(keys, salt=_LOGOUT_STATE_SALT)
+        self.secure = secure
+        self.lifetime = session.lifetime
+        self.login_timeout = session.login_timeout
+        self.max_pending_logins = session.max_pending_logins
+        # __Host- binds the cookie to this exact host, https and path "/" (RFC 6265bis 4.1.3.2).
+        self.session_name = ("__Host-" if secure else "") + session.cookie_name
+        self.login_prefix = ("__Host-" if secure else "") + session.cookie_name + "_login_"
+
+    # -- session ticket ---------------------------------------------------------------------------
+
+    def encode_ticket(self, ticket: Ticket) -> str:
+        payload = f"{_TICKET_VERSION}.{ticket.session_id}.{_b64(ticket.key)}"
+        return self._ticket.sign(payload).decode("ascii")
+
+    def decode_ticket(self, value: str | None) -> Ticket | None:
+        """The ticket in a session cookie, or None when it is absent, forged, expired or malformed."""
+        if not value:
+            return None
+        try:
+            payload = self._ticket.unsign(value, max_age=int(self.lifetime) + 60).decode("ascii")
+            version, session_id, key = payload.split(".")
+            if version != _TICKET_VERSION:
+                return None
+            raw_key = _unb64(key)
+        except (BadData, ValueError, UnicodeDecodeError):
+            return None
+        if len(raw_key) != 32 or not session_id:
+            return None
+        return Ticket(session_id, raw_key)
+
+    def set_session(self, response: web.StreamResponse, ticket: Ticket) -> None:
+        self._set(response, self.session_name, self.encode_ticket(ticket), max_age=None)
+
+    def clear_session(self, response: web.StreamResponse) -> None:
+        self._clear(response, self.session_name)
+
+    # -- pending logins ---------------------------------------------------------------------------
+
+    def login_cookie_name(self, state: str) -> str:
+        # The state is in the URL anyway; a short tag of it lets several tabs log in at once.
+        return self.login_prefix + state[:16]
+
+    def set_login(self, response: web.StreamResponse, state: str, existing: Mapping[str, str]) -> None:
+        """Bind a new pending login to this browser, expiring the oldest ones beyond the bound."""
+        self._set(
+            response,
+            self.login_cookie_name(state),
+            self._login.sign(state).decode("ascii"),
+            max_age=int(self.login_timeout),
+        )
+        pending = self.pending_logins(existing)
+        excess = len(pending) + 1 - self.max_pending_logins
+        for name, _ in sorted(pending, key=lambda item: item[1])[: max(excess, 0)]:
+            self._clear(response, name)
+
+    def pending_logins(self, cookies: Mapping[str, str]) -> list[tuple[str, float]]:
+        """(cookie name, signed-at time) of the browser's pending-login cookies, oldest first."""
+        found = []
+        for name, value in cookies.items():
+            if name.startswith(self.login_prefix):
+                try:
+                    _, signed_at = self._login.unsign(value, return_timestamp=True)
+                    found.append((name, signed_at.timestamp()))
+                except (BadData, ValueError):
+                    found.append((name, 0.0))
+        return sorted(found, key=lambda item: item[1])
+
+    def login_belongs_to_browser(self, state: str, cookies: Mapping[str, str]) -> bool:
+        value = cookies.get(self.login_cookie_name(state))
+        if not value:
+            return False
+        try:
+            signed = self._login.unsign(value, max_age=int(self.login_timeout)).decode("ascii")
+        except (BadData, ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(signed, state)
+
+    def clear_login(self, response: web.StreamResponse, state: str) -> None:
+        self._clear(response, self.login_cookie_name(state))
+
+    def is_own_cookie(self, name: str) -> bool:
+        """Cookies of ours are never forwarded to the console."""
+        return name == self.session_name or name.startswith(self.login_prefix)
+
+    # -- sign-out confirmation and post-logout state ----------------------------------------------
+
+    def sign_out_token(self, session_id: str) -> str:
+        return self._signout.sign(session_id).decode("ascii")
+
+    def check_sign_out_token(self, token: str, session_id: str) -> bool:
+        try:
+            value = self._signout.unsign(token, max_age=3600).decode("ascii")
+        except (BadData, ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(value, session_id)
+
+    def encode_logout_state(self, return_to: str) -> str:
+        return self._logout_state.dumps(return_to)
+
+    def decode_logout_state(self, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            result = self._logout_state.loads(value, max_age=3600)
+        except BadData:
+            return None
+        return result if isinstance(result, str) else None
+
+    # -- attributes ---------------------------------------------------------------------------------
+
+    def _set(self, response: web.StreamResponse, name: str, value: str, *, max_age: int | None) -> None:
+        response.set_cookie(
+            name,
+            value,
+            path="/",
+            max_age=max_age,
+            secure=self.secure,
+            httponly=True,
+            samesite="Lax",
+        )
+
+    def _clear(self, response: web.StreamResponse, name: str) -> None:
+        response.set_cookie(
+            name, "", path="/", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT",
+            secure=self.secure, httponly=True, samesite="Lax",
+        )  # fmt: skip
+

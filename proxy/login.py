@@ -1,0 +1,217 @@
+"""The sidecar's own endpoints under /oauth2/: start, callback, sign-out, signed-out, userinfo.
+
+Protocol work (discovery, tokens, validation) is ``proxy.oidc``'s; this module binds it to browsers:
+pending-login cookies, the session cookie, redirects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from proxy import pages
+from proxy.errors import LoginError, SidecarError, Unauthenticated
+from proxy.oidc import new_pkce, random_token
+from proxy.redirects import safe_return_to
+from proxy.runtime import Active, Runtime
+from proxy.sessions import PendingLogin, Session
+from proxy.settings import SIGNED_OUT_PATH
+
+log = logging.getLogger("sso_sidecar.login")
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Identity claims worth showing a front end; protocol claims (nonce, at_hash, aud, ...) are left out.
+_PROTOCOL_CLAIMS = frozenset({"aud", "azp", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "jti", "sid"})
+
+
+def login_url(return_to: str) -> str:
+    return str(URL("/oauth2/start").with_query(rd=return_to))
+
+
+async def session_for(request: web.Request, runtime: Runtime, active: Active) -> Session | None:
+    """The session the request's cookie points at, if it is live and from the configured provider."""
+    ticket = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
+    if ticket is None or active.oidc is None:
+        return None
+    sso = active.settings.sso
+    return await runtime.sessions.load(ticket, issuer=sso.issuer_url, client_id=sso.client_id)
+
+
+async def begin_login(request: web.Request, runtime: Runtime, active: Active, return_to: str) -> web.Response:
+    """Send the browser to the provider, with a fresh pending login bound to this browser."""
+    if active.oidc is None:
+        raise web.HTTPFound(safe_return_to(return_to))
+    try:
+        # Fails with a clear page before anyone is sent to a misconfigured issuer.
+        metadata = await active.oidc.metadata()
+    except SidecarError as exc:
+        exc.return_to = safe_return_to(return_to)
+        raise
+    state, nonce = random_token(), random_token()
+    verifier, challenge = new_pkce()
+    sso = active.settings.sso
+    await runtime.sessions.save_login(
+        state,
+        PendingLogin(nonce, verifier, safe_return_to(return_to), metadata.issuer, sso.client_id, time.time()),
+    )
+    url = await active.oidc.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
+    response = web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
+    active.cookies.set_login(response, state, request.cookies)
+    return response
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    return await begin_login(request, runtime, runtime.active, safe_return_to(request.query.get("rd")))
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    """The redirect URI: validate the authorization response, redeem the code, create the session."""
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    if active.oidc is None:
+        raise LoginError("Single sign-on is switched off.", status=404)
+    query = request.query
+    state = query.get("state", "")
+    if "error" in query:
+        error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
+        # Drop the pending login too, so the state cannot be used afterwards.
+        if state:
+            await runtime.sessions.take_login(state)
+        raise LoginError(f"The identity provider refused the sign-in ({error}).", code="provider_denied")
+    if not state:
+        raise LoginError("The sign-in response has no state parameter.")
+    if not active.cookies.login_belongs_to_browser(state, request.cookies):
+        # Login CSRF (RFC 9700 4.7): a state this browser did not start, or a cookie from another browser.
+        raise LoginError("This sign-in was not started in this browser, or it has expired.")
+    pending = await runtime.sessions.take_login(state)
+    if pending is None:
+        raise LoginError("This sign-in has expired or was already used.")
+    try:
+        if (pending.issuer, pending.client_id) != active.settings.sso.identity:
+            raise LoginError("The sign-in settings changed while you were signing in.")
+        metadata = await active.oidc.metadata()
+        active.oidc.check_authorization_response_iss(query.get("iss"), metadata)
+        code = query.get("code")
+        if not code:
+            raise LoginError("The sign-in response has no authorization code.")
+        result = await active.oidc.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+    except SidecarError as exc:
+        exc.return_to = pending.return_to
+        raise
+    previous = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
+    if previous is not None:
+        # A fresh session id on every login: a cookie planted before login is worth nothing after it.
+        await runtime.sessions.delete(previous.session_id)
+    tokens = result.tokens
+    session = await runtime.sessions.create(
+        claims=result.claims,
+        id_token=tokens.id_token,
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        access_expires_at=tokens.expires_at,
+        issuer=active.settings.sso.issuer_url,
+        client_id=active.settings.sso.client_id,
+    )
+    log.info("login ok sub=%s", _short(session.subject))
+    response = web.Response(status=302, headers={"Location": pending.return_to, "Cache-Control": "no-store"})
+    active.cookies.set_session(response, session.ticket)
+    active.cookies.clear_login(response, state)
+    return response
+
+
+def _same_site_request(request: web.Request, public_origin: str) -> bool:
+    """True when the browser says this request came from our own pages (or was typed by the user)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    return origin is not None and origin == public_origin
+
+
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    """End the session here, then at the provider (RP-Initiated Logout 1.0), then land on ``rd``."""
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    form = await request.post() if request.method == "POST" else None
+    rd_value = (form.get("rd") if form is not None else None) or request.query.get("rd")
+    rd = safe_return_to(rd_value if isinstance(rd_value, str) else None, default=SIGNED_OUT_PATH)
+    session = await session_for(request, runtime, active)
+    public_origin = str(active.settings.public_url.origin())
+    if session is not None and not _same_site_request(request, public_origin):
+        token = form.get("token") if form is not None else None
+        if not (isinstance(token, str) and active.cookies.check_sign_out_token(token, session.id)):
+            # A cross-site link or form must not sign the user out silently: ask first.
+            return pages.render(
+                "Sign out?",
+                "Do you want to sign out of the console?",
+                form=pages.sign_out_form(active.cookies.sign_out_token(session.id), rd),
+            )
+    location = rd
+    if session is not None:
+        await runtime.sessions.delete(session.id)
+        log.info("sign-out sub=%s", _short(session.subject))
+        location = await _provider_logout_url(active, session, rd) or rd
+    response = web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+    active.cookies.clear_session(response)
+    return response
+
+
+async def _provider_logout_url(active: Active, session: Session, rd: str) -> str | None:
+    if active.oidc is None:
+        return None
+    try:
+        metadata = await active.oidc.metadata()
+    except SidecarError:
+        return None  # the local session is gone; a provider outage must not block signing out
+    if not metadata.end_session_endpoint:
+        return None
+    params = {
+        "id_token_hint": session.id_token,
+        "post_logout_redirect_uri": active.settings.post_logout_redirect_uri,
+        "client_id": active.settings.sso.client_id,
+        "state": active.cookies.encode_logout_state(rd),
+    }
+    return str(URL(metadata.end_session_endpoint).update_query(params))
+
+
+async def signed_out(request: web.Request) -> web.StreamResponse:
+    active = request.app[RUNTIME].active
+    rd = active.cookies.decode_logout_state(request.query.get("state"))
+    if rd and rd != SIGNED_OUT_PATH:
+        raise web.HTTPFound(rd)
+    return pages.render(
+        "Signed out",
+        "You have been signed out.",
+        actions=[("Sign in again", login_url("/"))],
+    )
+
+
+async def userinfo(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    session = await session_for(request, runtime, active)
+    if session is None:
+        raise Unauthenticated(login_url=login_url("/"))
+    claims: dict[str, Any] = {k: v for k, v in session.claims.items() if k not in _PROTOCOL_CLAIMS}
+    return web.json_response(claims, headers={"Cache-Control": "no-store"})
+
+
+def _short(value: str) -> str:
+    """Enough of an identifier to correlate log lines, not to reveal it."""
+    return value[:8] + "…" if len(value) > 12 else value
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/oauth2/start", start)
+    app.router.add_get("/oauth2/callback", callback)
+    app.router.add_route("GET", "/oauth2/sign_out", sign_out)
+    app.router.add_route("POST", "/oauth2/sign_out", sign_out)
+    app.router.add_get(SIGNED_OUT_PATH, signed_out)
+    app.router.add_get("/oauth2/userinfo", userinfo)

@@ -1,0 +1,223 @@
+"""Server-side sessions and pending logins, encrypted at rest.
+
+A session is stored under its id, sealed with AES-256-GCM under a key that only the user's cookie ticket
+holds (``proxy.cookies.Ticket``). The store, and anyone who dumps it, sees ciphertext only.
+Pending logins (state -> nonce, PKCE verifier, return URL) are stored the same way and taken exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from proxy.cookies import Ticket
+from proxy.sessions.memory import MemoryStore
+from proxy.sessions.store import SessionStore
+from proxy.settings import SessionSettings
+
+__all__ = ["MemoryStore", "PendingLogin", "Session", "SessionManager", "SessionStore", "open_store"]
+
+_SESSION = "s:"
+_LOGIN = "l:"
+# Pending logins carry no tokens, but the PKCE verifier and nonce must not be readable from a store dump.
+_LOGIN_AAD = b"pending-login"
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    key: bytes
+    claims: dict[str, Any]
+    id_token: str
+    access_token: str
+    refresh_token: str | None
+    access_expires_at: float | None
+    created_at: float
+    issuer: str
+    client_id: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ticket(self) -> Ticket:
+        return Ticket(self.id, self.key)
+
+    @property
+    def subject(self) -> str:
+        return str(self.claims.get("sub", ""))
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "c": self.claims,
+            "it": self.id_token,
+            "at": self.access_token,
+            "rt": self.refresh_token,
+            "ae": self.access_expires_at,
+            "ca": self.created_at,
+            "is": self.issuer,
+            "ci": self.client_id,
+            "x": self.extra,
+        }
+
+    @classmethod
+    def from_record(cls, ticket: Ticket, record: dict[str, Any]) -> Session:
+        return cls(
+            id=ticket.session_id,
+            key=ticket.key,
+            claims=record["c"],
+            id_token=record["it"],
+            access_token=record["at"],
+            refresh_token=record.get("rt"),
+            access_expires_at=record.get("ae"),
+            created_at=record["ca"],
+            issuer=record["is"],
+            client_id=record["ci"],
+            extra=record.get("x") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    nonce: str
+    code_verifier: str
+    return_to: str
+    issuer: str
+    client_id: str
+    created_at: float
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+    try:
+        return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+    except (InvalidTag, ValueError):
+        return None
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class SessionManager:
+    """Creates, loads and ends sessions; stores and takes pending logins."""
+
+    def __init__(self, store: SessionStore, settings: SessionSettings) -> None:
+        self.store = store
+        self.configure(settings)
+
+    def configure(self, settings: SessionSettings) -> None:
+        """Apply reloaded timeouts and secrets; the store itself cannot change without a restart."""
+        self.settings = settings
+        # Derived from the cookie secrets (newest first) so every replica can open a pending login
+        # another one stored, also while a secret rotation rolls out.
+        self._login_keys = [
+            hmac.new(s.reveal().encode(), b"sso-sidecar/pending-login-key/v1", hashlib.sha256).digest()
+            for s in settings.cookie_secrets
+        ] or [secrets.token_bytes(32)]
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        claims: dict[str, Any],
+        id_token: str,
+        access_token: str,
+        refresh_token: str | None,
+        access_expires_at: float | None,
+        issuer: str,
+        client_id: str,
+    ) -> Session:
+        session = Session(
+            id=secrets.token_urlsafe(16),
+            key=secrets.token_bytes(32),
+            claims=claims,
+            id_token=id_token,
+            access_token=access_token,
+            refresh_token=refresh_token,
+            access_expires_at=access_expires_at,
+            created_at=time.time(),
+            issuer=issuer,
+            client_id=client_id,
+        )
+        await self.save(session)
+        return session
+
+    async def save(self, session: Session) -> None:
+        ttl = min(self.settings.idle_timeout, self._remaining(session))
+        if ttl <= 0:
+            return
+        sealed = _seal(session.key, _dumps(session.to_record()), session.id.encode())
+        await self.store.set(_SESSION + session.id, sealed, ttl)
+
+    async def load(self, ticket: Ticket, *, issuer: str, client_id: str) -> Session | None:
+        """The live session for a ticket, or None (unknown, expired, or from another provider/client).
+
+        Reading it also restarts its idle timer.
+        """
+        sealed = await self.store.get(_SESSION + ticket.session_id, touch=self.settings.idle_timeout)
+        if sealed is None:
+            return None
+        plaintext = _open(ticket.key, sealed, ticket.session_id.encode())
+        if plaintext is None:
+            return None
+        session = Session.from_record(ticket, json.loads(plaintext))
+        if self._remaining(session) <= 0:
+            await self.store.delete(_SESSION + session.id)
+            return None
+        if (session.issuer, session.client_id) != (issuer, client_id):
+            # Sessions are only trusted under the provider and client that created them.
+            return None
+        return session
+
+    async def delete(self, session_id: str) -> bool:
+        return await self.store.delete(_SESSION + session_id)
+
+    def _remaining(self, session: Session) -> float:
+        return session.created_at + self.settings.lifetime - time.time()
+
+    # -- pending logins -------------------------------------------------------------------------------
+
+    async def save_login(self, state: str, login: PendingLogin) -> None:
+        record = {
+            "n": login.nonce,
+            "v": login.code_verifier,
+            "r": login.return_to,
+            "i": login.issuer,
+            "c": login.client_id,
+            "t": login.created_at,
+        }
+        sealed = _seal(self._login_keys[0], _dumps(record), _LOGIN_AAD + state.encode())
+        await self.store.set(_LOGIN + state, sealed, self.settings.login_timeout)
+
+    async def take_login(self, state: str) -> PendingLogin | None:
+        """The pending login for ``state``, removed so that it can never be used again."""
+        sealed = await self.store.take(_LOGIN + state)
+        if sealed is None:
+            return None
+        aad = _LOGIN_AAD + state.encode()
+        plaintext = next((p for key in self._login_keys if (p := _open(key, sealed, aad)) is not None), None)
+        if plaintext is None:
+            return None
+        r = json.loads(plaintext)
+        return PendingLogin(r["n"], r["v"], r["r"], r["i"], r["c"], r["t"])
+
+
+def open_store(settings: SessionSettings) -> SessionStore:
+    if settings.store == "redis":
+        from proxy.sessions.redis import RedisStore
+
+        return RedisStore(settings.redis_url)
+    return MemoryStore()

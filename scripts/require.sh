@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Checks (and where it can, installs) what `make` targets need, saying how to get what is missing.
+set -euo pipefail
+
+case "${1:-}" in
+python)
+  py="${PYTHON:-python3}"
+  if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+    echo "sso-sidecar needs Python >= 3.11 ($py is missing or older). On Debian/Ubuntu: apt-get install python3 python3-venv" >&2
+    exit 1
+  fi
+  if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "Python's venv module is missing. On Debian/Ubuntu: apt-get install python3-venv" >&2
+    exit 1
+  fi
+  ;;
+node)
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "The local identity provider needs Node.js >= 20 with npm (https://nodejs.org, or NodeSource packages)." >&2
+    echo "Debian 12's own nodejs package is 18, which is too old." >&2
+    exit 1
+  fi
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$major" -lt 20 ]; then
+    echo "Node.js $(node --version) is too old: the local identity provider (oidc-provider 9) needs Node.js >= 20." >&2
+    exit 1
+  fi
+  ;;
+system-deps)
+  missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "Installing Debian packages: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  ;;
+*)
+  echo "usage: scripts/require.sh python|node|system-deps" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,158 @@
+"""Session storage: both stores behind one interface, encryption at rest, single-use pending logins."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+from redis import asyncio as aioredis
+
+from proxy.cookies import CookieCodec, Ticket
+from proxy.errors import StoreUnavailable
+from proxy.sessions import MemoryStore, PendingLogin, SessionManager
+from proxy.sessions.redis import RedisStore
+from proxy.settings import Secret, SessionSettings
+
+SETTINGS = SessionSettings(cookie_secrets=(Secret("n" * 40), Secret("o" * 40)), lifetime=60, idle_timeout=30)
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-access-token-value.sig"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def manager(request, redis_server):
+    if request.param == "memory":
+        store = MemoryStore()
+    else:
+        store = RedisStore(redis_server.url)
+    yield SessionManager(store, SETTINGS)
+    await store.close()
+
+
+async def create(manager: SessionManager, **changes):
+    values = dict(
+        claims={"sub": "u1", "email": "u1@example.com"},
+        id_token="id.token.value",
+        access_token=TOKEN,
+        refresh_token=None,
+        access_expires_at=None,
+        issuer="https://idp",
+        client_id="c",
+    )
+    values.update(changes)
+    return await manager.create(**values)
+
+
+async def test_a_created_session_loads_with_its_ticket(manager):
+    session = await create(manager)
+    loaded = await manager.load(session.ticket, issuer="https://idp", client_id="c")
+    assert loaded is not None
+    assert loaded.claims["email"] == "u1@example.com"
+    assert loaded.access_token == TOKEN
+
+
+async def test_a_wrong_key_or_unknown_id_finds_nothing(manager):
+    session = await create(manager)
+    assert await manager.load(Ticket(session.id, b"k" * 32), issuer="https://idp", client_id="c") is None
+    assert await manager.load(Ticket("unknown", session.key), issuer="https://idp", client_id="c") is None
+
+
+async def test_sessions_from_another_issuer_or_client_are_not_trusted(manager):
+    session = await create(manager)
+    assert await manager.load(session.ticket, issuer="https://other", client_id="c") is None
+    assert await manager.load(session.ticket, issuer="https://idp", client_id="other") is None
+
+
+async def test_deleted_sessions_stay_deleted(manager):
+    session = await create(manager)
+    assert await manager.delete(session.id) is True
+    assert await manager.load(session.ticket, issuer="https://idp", client_id="c") is None
+
+
+async def test_a_session_past_its_absolute_lifetime_is_gone(manager):
+    session = await create(manager)
+    session.created_at = time.time() - SETTINGS.lifetime - 1
+    short = SessionManager(manager.store, dataclasses.replace(SETTINGS, lifetime=10_000))
+    await short.save(session)  # stored, but already too old for the real lifetime
+    assert await manager.load(session.ticket, issuer="https://idp", client_id="c") is None
+
+
+async def test_idle_timeout_expires_unused_sessions(manager):
+    fast = SessionManager(manager.store, dataclasses.replace(SETTINGS, idle_timeout=0.3))
+    session = await create(fast)
+    await asyncio.sleep(0.2)
+    assert await fast.load(session.ticket, issuer="https://idp", client_id="c") is not None  # restarts the timer
+    await asyncio.sleep(0.2)
+    assert await fast.load(session.ticket, issuer="https://idp", client_id="c") is not None
+    await asyncio.sleep(0.45)
+    assert await fast.load(session.ticket, issuer="https://idp", client_id="c") is None
+
+
+async def test_pending_logins_can_be_taken_once(manager):
+    login = PendingLogin("nonce", "verifier", "/back?x=1", "https://idp", "c", time.time())
+    await manager.save_login("state-1", login)
+    assert await manager.take_login("state-1") == login
+    assert await manager.take_login("state-1") is None
+
+
+async def test_a_pending_login_stored_under_an_older_secret_still_opens(manager):
+    old = SessionManager(manager.store, dataclasses.replace(SETTINGS, cookie_secrets=(Secret("o" * 40),)))
+    login = PendingLogin("nonce", "verifier", "/", "https://idp", "c", time.time())
+    await old.save_login("state-2", login)
+    assert await manager.take_login("state-2") == login
+
+
+async def test_redis_holds_no_token_or_claim_in_clear(redis_server):
+    store = RedisStore(redis_server.url)
+    manager = SessionManager(store, SETTINGS)
+    session = await create(manager)
+    await manager.save_login("state-3", PendingLogin("the-nonce", "the-verifier", "/", "i", "c", 0))
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:
+        dump = b"".join([await raw.get(k) or b"" async for k in raw.scan_iter("sso:*")])
+        ttl = await raw.pttl(f"sso:s:{session.id}")
+    finally:
+        await raw.aclose()
+        await store.close()
+    assert dump
+    for secret in (TOKEN, "id.token.value", "u1@example.com", "the-verifier", "the-nonce"):
+        assert secret.encode() not in dump
+    assert 0 < ttl <= SETTINGS.idle_timeout * 1000
+
+
+async def test_unreachable_redis_is_a_clear_bounded_error():
+    store = RedisStore("redis://127.0.0.1:1/0", timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.get("s:x")
+    assert time.monotonic() - started < 5
+    await store.close()
+
+
+def test_ticket_round_trip_and_tampering():
+    codec = CookieCodec(SETTINGS, secure=True)
+    ticket = Ticket("abc", b"k" * 32)
+    value = codec.encode_ticket(ticket)
+    assert codec.decode_ticket(value) == ticket
+    assert b"k" * 32 not in value.encode()
+    assert codec.decode_ticket(value[:-1] + ("A" if value[-1] != "A" else "B")) is None
+    assert codec.decode_ticket("garbage") is None
+    assert codec.session_name == "__Host-sso_sidecar"
+
+
+def test_tickets_signed_with_an_older_secret_keep_working():
+    old = CookieCodec(dataclasses.replace(SETTINGS, cookie_secrets=(Secret("o" * 40),)), secure=False)
+    value = old.encode_ticket(Ticket("abc", b"k" * 32))
+    assert CookieCodec(SETTINGS, secure=False).decode_ticket(value) == Ticket("abc", b"k" * 32)
+    retired = dataclasses.replace(SETTINGS, cookie_secrets=(Secret("n" * 40),))
+    assert CookieCodec(retired, secure=False).decode_ticket(value) is None
+
+
+def test_a_login_cookie_cannot_stand_in_for_a_session_ticket():
+    codec = CookieCodec(SETTINGS, secure=False)
+    from aiohttp import web
+
+    response = web.Response()
+    codec.set_login(response, "1.abc." + "a" * 43, {})
+    value = next(iter(response.cookies.values())).value
+    assert codec.decode_ticket(value) is None

@@ -1,0 +1,115 @@
+"""The command line through its real entry point: redirect-uri, check, and run refusing bad configs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from support.sidecar import sidecar_command
+
+COOKIE_SECRET = "c" * 40
+
+
+def run(*args: str, config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*sidecar_command(), *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def good_config(idp, client) -> dict:
+    return {
+        "public_url": "https://console.example.com",
+        "upstream": "http://127.0.0.1:8888",
+        "sso": {"issuer_url": idp.issuer, "client_id": client.client_id, "client_secret": client.client_secret},
+        "session": {"cookie_secret": COOKIE_SECRET},
+    }
+
+
+def test_redirect_uri_prints_one_line_and_needs_only_public_url(tmp_path):
+    path = write(tmp_path, {"public_url": "https://console.example.com", "sso": {"client_secret": "${NOT_SET}"}})
+    result = run("redirect-uri", config=path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "https://console.example.com/oauth2/callback\n"
+
+
+def test_redirect_uri_names_a_bad_public_url(tmp_path):
+    result = run("redirect-uri", config=write(tmp_path, {"public_url": "console"}))
+    assert result.returncode != 0
+    assert "public_url" in result.stderr and result.stdout == ""
+
+
+def test_check_prints_everything_to_register_and_what_discovery_found(tmp_path, idp):
+    client = idp.register_client("https://console.example.com")
+    result = run("check", config=write(tmp_path, good_config(idp, client)))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in (
+        "https://console.example.com/oauth2/callback",
+        "https://console.example.com/oauth2/signed_out",
+        "https://console.example.com/oauth2/backchannel-logout",
+        idp.issuer,
+        idp.discovery()["authorization_endpoint"],
+        idp.discovery()["token_endpoint"],
+        "openid profile email",
+        "X-Forwarded-Email: email",
+        "client credentials:        accepted",
+    ):
+        assert expected in out, expected
+    assert client.client_secret not in out
+
+
+def test_check_reports_rejected_client_credentials(tmp_path, idp):
+    client = idp.register_client("https://console.example.com")
+    config = good_config(idp, client)
+    config["sso"]["client_secret"] = "wrong-secret"
+    result = run("check", config=write(tmp_path, config))
+    assert result.returncode == 1
+    assert "sso.client_secret" in result.stderr and "rejected" in result.stderr
+    assert "wrong-secret" not in result.stdout + result.stderr
+
+
+def test_check_reports_an_unreachable_issuer(tmp_path):
+    config = {
+        "public_url": "https://console.example.com",
+        "upstream": "http://127.0.0.1:8888",
+        "sso": {"issuer_url": "http://127.0.0.1:9", "client_id": "c", "client_secret": "s"},
+        "session": {"cookie_secret": COOKIE_SECRET},
+    }
+    result = run("check", config=write(tmp_path, config))
+    assert result.returncode == 1
+    assert "sso.issuer_url" in result.stderr
+
+
+def test_check_and_run_list_every_config_problem_and_exit_non_zero(tmp_path):
+    config = {"public_url": "nope", "upstream": "http://x", "sso": {"issuer_url": "http://idp.example.com"}, "bogus": 1}
+    path = write(tmp_path, config)
+    for command in ("check", "run"):
+        result = run(command, config=path)
+        assert result.returncode == 2, command
+        for key in (
+            "public_url",
+            "bogus",
+            "sso.issuer_url",
+            "sso.client_id",
+            "sso.client_secret",
+            "session.cookie_secret",
+        ):
+            assert key in result.stderr, (command, key)
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path):
+    result = run("check", config=tmp_path / "missing.yaml")
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr and "Traceback" not in result.stderr

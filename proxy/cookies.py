@@ -179,4 +179,3 @@ class CookieCodec:
             name, "", path="/", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT",
             secure=self.secure, httponly=True, samesite="Lax",
         )  # fmt: skip
-

@@ -110,4 +110,3 @@ class Runtime:
             task.cancel()
         await self.active.upstream.close()
         await self.store.close()
-

@@ -230,9 +230,7 @@ def parse_settings(text: str, environ: Mapping[str, str], source: str = "") -> S
     settings = reader.settings(raw)
     if reader.problems or settings is None:
         raise ConfigError(reader.problems)
-    digest_input = json.dumps(
-        {"config": text, "secrets": sorted(reader.secret_digests)}, sort_keys=True
-    ).encode()
+    digest_input = json.dumps({"config": text, "secrets": sorted(reader.secret_digests)}, sort_keys=True).encode()
     return _replace(
         settings,
         source=source,
@@ -397,9 +395,7 @@ class _Reader:
             return None
         return tuple(str(self.expand(v, f"{key}[{i}]")) for i, v in enumerate(value))
 
-    def url(
-        self, raw: Mapping[str, Any], name: str, key: str, *, required: bool = False
-    ) -> URL | None:
+    def url(self, raw: Mapping[str, Any], name: str, key: str, *, required: bool = False) -> URL | None:
         text = self.string(raw, name, key, required=required)
         if not text:
             return None
@@ -713,9 +709,7 @@ class _Reader:
             result.append(SkipRule(methods, compiled, text))
         return tuple(result)
 
-    def trusted_proxies(
-        self, raw: Mapping[str, Any]
-    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def trusted_proxies(self, raw: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         values = self.string_list(raw, "trusted_proxies", "trusted_proxies") or ()
         nets = []
         for i, v in enumerate(values):

@@ -12,8 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import REPO
-from support.badop import BadOP
 from yarl import URL
 
 from proxy.errors import LoginError, ProviderError, TokenValidationError
@@ -30,6 +28,8 @@ from proxy.oidc import (
     random_token,
 )
 from proxy.settings import Secret, SSOSettings
+from support import REPO
+from support.badop import BadOP
 
 REDIRECT_URI = "https://console.example.com/oauth2/callback"
 MakeClient = Callable[..., OIDCClient]

@@ -21,10 +21,7 @@ TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-access-token-value.sig"
 
 @pytest.fixture(params=["memory", "redis"])
 async def manager(request, redis_server):
-    if request.param == "memory":
-        store = MemoryStore()
-    else:
-        store = RedisStore(redis_server.url)
+    store = MemoryStore() if request.param == "memory" else RedisStore(redis_server.url)
     yield SessionManager(store, SETTINGS)
     await store.close()
 

@@ -1,10 +1,12 @@
 """The storage interface behind sessions: a small byte-level key-value contract with TTLs.
 
 Everything stored is already encrypted by ``SessionManager``; stores never see claims or tokens.
+Every key is written with a TTL, so nothing a store holds outlives its use.
 """
 
 from __future__ import annotations
 
+import builtins
 from typing import Protocol
 
 
@@ -16,10 +18,23 @@ class SessionStore(Protocol):
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Set only if absent (SET NX): True when this call created the key. Locks and replay guards."""
+
     async def take(self, key: str) -> bytes | None:
         """Get and delete atomically: a value can be taken once, even with several replicas."""
 
     async def delete(self, key: str) -> bool: ...
+
+    async def delete_if(self, key: str, value: bytes) -> bool:
+        """Delete only while the key still holds ``value`` (releasing a lock this process owns)."""
+
+    async def index_add(self, key: str, member: str, ttl: float) -> None:
+        """Add ``member`` to the set at ``key`` and extend the set's TTL to at least ``ttl``."""
+
+    async def index_members(self, key: str) -> builtins.set[str]: ...
+
+    async def index_remove(self, key: str, member: str) -> None: ...
 
     async def ping(self) -> None: ...
 

@@ -1,0 +1,205 @@
+"""``make demo``: the local identity provider, the sample console and the sidecar in front of it.
+
+Checks its prerequisites first and says how to get a missing one. Ctrl-C (or SIGTERM) stops all three.
+Logs go to ``.demo/*.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+REPO = Path(__file__).resolve().parents[2]
+IDP_DIR = REPO / "deploy" / "dev-idp"
+STATE_DIR = REPO / ".demo"
+SIDECAR = REPO / ".venv" / "bin" / "sso-sidecar"
+CONFIG = REPO / "config" / "demo.yaml"
+HOST = "127.0.0.1"
+IDP_PORT, CONSOLE_PORT, SIDECAR_PORT = 9000, 8888, 4180
+MIN_NODE = 20
+
+IDP_CONFIG = {
+    "port": IDP_PORT,
+    "issuer": f"http://{HOST}:{IDP_PORT}",
+    "clients": [
+        {
+            "client_id": "console-demo",
+            "client_secret": "demo-secret",
+            "redirect_uris": [f"http://{HOST}:{SIDECAR_PORT}/oauth2/callback"],
+            "post_logout_redirect_uris": [f"http://{HOST}:{SIDECAR_PORT}/oauth2/signed_out"],
+            "backchannel_logout_uri": f"http://{HOST}:{SIDECAR_PORT}/oauth2/backchannel-logout",
+            "backchannel_logout_session_required": True,
+        }
+    ],
+    "allow_loopback_backchannel": True,
+    "refresh_tokens": True,
+}
+
+
+class DemoError(Exception):
+    pass
+
+
+class Child:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = STATE_DIR / f"{name}.log"
+        with self.log_path.open("wb") as log:
+            # Own session: the terminal's Ctrl-C reaches only us, and we stop the children in order.
+            self.proc = subprocess.Popen(  # noqa: S603 - our own fixed command lines
+                args,
+                cwd=REPO,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(f"  {line}" for line in text[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if not self.running():
+                raise DemoError(f"{self.name} exited before {what}; its log ({self.log_path}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"{self.name}: no {what} after {timeout:.0f}s; its log:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.running():
+            self.proc.terminate()
+            try:
+                self.proc.wait(8)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - fixed http://127.0.0.1 URLs
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_prerequisites() -> str:
+    """Return the node binary, or raise with what to do."""
+    node = shutil.which("node")
+    version = ""
+    if node:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout  # noqa: S603
+        version = out.strip()
+    m = re.match(r"v(\d+)\.", version)
+    if not node or not m or int(m.group(1)) < MIN_NODE:
+        found = f"found {version}" if version else "not found"
+        raise DemoError(
+            f"Node.js >= {MIN_NODE} is needed for the local identity provider ({found}).\n"
+            "  Debian 13 / Ubuntu 24.04:  sudo apt-get install nodejs npm\n"
+            "  older releases:            https://nodejs.org/en/download (or nvm install 22)"
+        )
+    if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+        raise DemoError(
+            "The identity provider's Node packages are missing.\n"
+            f"  run: make demo   (or: npm ci --prefix {IDP_DIR.relative_to(REPO)})"
+        )
+    if not SIDECAR.exists():
+        raise DemoError(f"{SIDECAR.relative_to(REPO)} is missing.\n  run: make install")
+    busy = [p for p in (IDP_PORT, CONSOLE_PORT, SIDECAR_PORT) if not port_free(p)]
+    if busy:
+        raise DemoError(
+            f"port(s) {', '.join(map(str, busy))} on {HOST} already in use; stop what listens there "
+            "(an earlier demo?) and try again"
+        )
+    return node
+
+
+def main() -> int:
+    try:
+        node = check_prerequisites()
+    except DemoError as exc:
+        print(f"make demo: {exc}", file=sys.stderr)
+        return 1
+
+    STATE_DIR.mkdir(exist_ok=True)
+    idp_config = STATE_DIR / "dev-idp.json"
+    idp_config.write_text(json.dumps(IDP_CONFIG, indent=2), encoding="utf-8")
+    children: list[Child] = []
+
+    def shutdown(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        print("Starting the local identity provider on :9000, the console on :8888 and the sidecar on :4180 ...")
+        idp = Child("dev-idp", [node, str(IDP_DIR / "server.mjs"), str(idp_config)])
+        children.append(idp)
+        idp.wait_until(lambda: "dev-idp listening on" in idp.log_path.read_text(errors="replace"), "readiness")
+
+        console = Child("console", [sys.executable, str(REPO / "deploy" / "demo" / "console.py"),
+                                    "--host", HOST, "--port", str(CONSOLE_PORT)])  # fmt: skip
+        children.append(console)
+        console.wait_until(lambda: http_ok(f"http://{HOST}:{CONSOLE_PORT}/api/whoami"), "readiness")
+
+        sidecar = Child(
+            "sidecar",
+            [str(SIDECAR), "run", "--config", str(CONFIG)],
+            env={"COOKIE_SECRET": secrets.token_urlsafe(32)},
+        )
+        children.append(sidecar)
+        sidecar.wait_until(lambda: http_ok(f"http://{HOST}:{SIDECAR_PORT}/healthz"), "GET /healthz 200")
+
+        print(
+            f"\nOpen http://{HOST}:{SIDECAR_PORT}/ in your browser — sign in with any username "
+            "(password anything). Ctrl-C stops everything.\n"
+            f"Logs: {STATE_DIR.relative_to(REPO)}/dev-idp.log, console.log, sidecar.log",
+            flush=True,
+        )
+        while all(c.running() for c in children):
+            time.sleep(0.5)
+        dead = next(c for c in children if not c.running())
+        raise DemoError(f"{dead.name} stopped unexpectedly (exit {dead.proc.returncode}):\n{dead.log_tail()}")
+    except KeyboardInterrupt:
+        print("\nStopping ...")
+        return 0
+    except DemoError as exc:
+        print(f"make demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in reversed(children):
+            child.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

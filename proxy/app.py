@@ -11,29 +11,34 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy import __version__, gate, login, pages
-from proxy.errors import Forbidden, LoginError, SidecarError, Unauthenticated
+from proxy import __version__, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
+from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
 from proxy.login import RUNTIME
 from proxy.runtime import Runtime
 from proxy.sessions import open_store
-from proxy.settings import Settings
+from proxy.settings import BACKCHANNEL_LOGOUT_PATH, Settings
 
 log = logging.getLogger("sso_sidecar")
 
 
 def _wants_json(request: web.Request) -> bool:
-    return request.path.startswith("/oauth2/userinfo") or gate.is_api_request(request)
+    return request.path.startswith(("/oauth2/userinfo", status.PATH)) or gate.is_api_request(request)
 
 
 def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
     """The one place where an error becomes a response: JSON for API callers, a page for browsers."""
     request_id = request.get("request_id", "")
+    headers = {"Cache-Control": "no-store"}
+    if isinstance(exc, Unauthenticated):
+        # For nginx's error_page location (forward_auth) and RFC 6750 3 bearer clients.
+        headers[forward_auth.LOGIN_URL_HEADER] = exc.login_url
+        if exc.challenge:
+            headers["WWW-Authenticate"] = exc.challenge
     if _wants_json(request):
         body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": request_id}
         if isinstance(exc, Unauthenticated):
-            body["error"] = "unauthenticated"
             body["login_url"] = exc.login_url
-        return web.json_response(body, status=exc.status, headers={"Cache-Control": "no-store"})
+        return web.json_response(body, status=exc.status, headers=headers)
     actions: list[tuple[str, str]] = []
     if isinstance(exc, LoginError):
         actions.append(("Try again", login.login_url(exc.return_to or "/")))
@@ -43,7 +48,17 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
         actions.append(("Sign in", exc.login_url))
     else:
         actions.append(("Try again", request.rel_url.path_qs if request.method == "GET" else "/"))
-    return pages.render(exc.title, exc.message, status=exc.status, actions=actions, request_id=request_id)
+    response = pages.render(
+        exc.title,
+        exc.message,
+        status=exc.status,
+        actions=actions,
+        request_id=request_id,
+        # Only forward-auth shows browsers this page (the gate redirects them): move on to the login.
+        refresh=exc.login_url if isinstance(exc, Unauthenticated) else None,
+    )
+    response.headers.update(headers)
+    return response
 
 
 @web.middleware
@@ -62,6 +77,22 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         log.exception("unhandled error on %s %s [%s]", request.method, request.path, request["request_id"])
         return render_error(request, SidecarError("An unexpected error occurred."))
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise NotFound("The sidecar has no page at this address.")
+
+
+@web.middleware
+async def pin_config(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Hold the active config's upstream pool open until this request's last byte (``Runtime.pinned``).
+
+    The innermost middleware: the handler starts, and reads ``runtime.active``, in the same step as the
+    pin, so both see the same config.
+    """
+    with request.app[RUNTIME].pinned():
+        response: web.StreamResponse = await handler(request)
+        return response
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -98,7 +129,7 @@ class AccessLogger(AbstractAccessLogger):
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, pin_config],
         client_max_size=64 * 1024,  # only the sidecar's own forms are read whole; proxied bodies stream
         # Consoles and identity providers set large cookies; aiohttp's default stops at 8190 bytes.
         handler_args={"max_line_size": 16384, "max_field_size": 32768},
@@ -116,8 +147,19 @@ def create_app(settings: Settings) -> web.Application:
                 await runtime.close()
 
     app.cleanup_ctx.append(resources)
+    if settings.metrics_listen is not None:  # changing it needs a restart, so it is read once here
+        host, port = settings.metrics_listen
+        app.cleanup_ctx.append(lambda app: metrics.serve(lambda: app[RUNTIME].metrics, host, port))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app[bearer.VERIFIERS] = bearer.BearerVerifiers()
     login.add_routes(app)
+    forward_auth.add_routes(app)
+    breakglass.add_routes(app)
+    status.add_routes(app)
+    app.router.add_post(BACKCHANNEL_LOGOUT_PATH, backchannel.backchannel_logout)
+    # Routes of the sidecar's own go above this line: /oauth2/ is ours, an unknown path there is a 404
+    # rather than a request for the console.
+    app.router.add_route("*", "/oauth2/{tail:.*}", not_found)
     app.router.add_route("*", "/{tail:.*}", gate.handle)
     return app

@@ -35,15 +35,47 @@ class Unauthenticated(SidecarError):
     code = "unauthenticated"
     title = "Sign-in required"
 
-    def __init__(self, message: str = "Sign-in required.", *, login_url: str = "/oauth2/start") -> None:
+    def __init__(
+        self, message: str = "Sign-in required.", *, login_url: str = "/oauth2/start", challenge: str | None = None
+    ) -> None:
         super().__init__(message)
         self.login_url = login_url
+        # The WWW-Authenticate value (RFC 6750 3), for callers that may present a bearer token.
+        self.challenge = challenge
+
+
+class InvalidToken(Unauthenticated):
+    """A bearer token that failed validation (RFC 6750 3.1 ``invalid_token``)."""
+
+    code = "invalid_token"
+    title = "Invalid token"
+
+    def __init__(self, message: str, *, login_url: str = "/oauth2/start") -> None:
+        # RFC 6750 3: error_description is printable ASCII without '"' and '\\'.
+        description = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
+        super().__init__(
+            message, login_url=login_url, challenge=f'Bearer error="invalid_token", error_description="{description}"'
+        )
+
+
+class BadRequest(SidecarError):
+    """A request the sidecar refuses to interpret, e.g. a path that means different things to different servers."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
 
 
 class Forbidden(SidecarError):
     status = 403
     code = "forbidden"
     title = "Access denied"
+
+
+class NotFound(SidecarError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
 
 
 class LoginError(SidecarError):

@@ -17,7 +17,7 @@ from yarl import URL
 from proxy import pages
 from proxy.errors import LoginError, SidecarError, Unauthenticated
 from proxy.oidc import new_pkce, random_token
-from proxy.redirects import safe_return_to
+from proxy.redirects import return_to_for
 from proxy.runtime import Active, Runtime
 from proxy.sessions import PendingLogin, Session
 from proxy.settings import SIGNED_OUT_PATH
@@ -40,25 +40,29 @@ async def session_for(request: web.Request, runtime: Runtime, active: Active) ->
     if ticket is None or active.oidc is None:
         return None
     sso = active.settings.sso
-    return await runtime.sessions.load(ticket, issuer=sso.issuer_url, client_id=sso.client_id)
+    session = await runtime.sessions.load(ticket, issuer=sso.issuer_url, client_id=sso.client_id)
+    if session is None:
+        return None
+    return await runtime.refresher.fresh(session, active.oidc)
 
 
 async def begin_login(request: web.Request, runtime: Runtime, active: Active, return_to: str) -> web.Response:
     """Send the browser to the provider, with a fresh pending login bound to this browser."""
+    return_to = return_to_for(return_to, active.settings)
     if active.oidc is None:
-        raise web.HTTPFound(safe_return_to(return_to))
+        raise web.HTTPFound(return_to)
     try:
         # Fails with a clear page before anyone is sent to a misconfigured issuer.
         metadata = await active.oidc.metadata()
     except SidecarError as exc:
-        exc.return_to = safe_return_to(return_to)
+        exc.return_to = return_to
         raise
     state, nonce = random_token(), random_token()
     verifier, challenge = new_pkce()
     sso = active.settings.sso
     await runtime.sessions.save_login(
         state,
-        PendingLogin(nonce, verifier, safe_return_to(return_to), metadata.issuer, sso.client_id, time.time()),
+        PendingLogin(nonce, verifier, return_to, metadata.issuer, sso.client_id, time.time()),
     )
     url = await active.oidc.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
     response = web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
@@ -68,7 +72,8 @@ async def begin_login(request: web.Request, runtime: Runtime, active: Active, re
 
 async def start(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    return await begin_login(request, runtime, runtime.active, safe_return_to(request.query.get("rd")))
+    active = runtime.active
+    return await begin_login(request, runtime, active, return_to_for(request.query.get("rd"), active.settings))
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
@@ -141,7 +146,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     active = runtime.active
     form = await request.post() if request.method == "POST" else None
     rd_value = (form.get("rd") if form is not None else None) or request.query.get("rd")
-    rd = safe_return_to(rd_value if isinstance(rd_value, str) else None, default=SIGNED_OUT_PATH)
+    rd = return_to_for(rd_value if isinstance(rd_value, str) else None, active.settings, default=SIGNED_OUT_PATH)
     session = await session_for(request, runtime, active)
     public_origin = str(active.settings.public_url.origin())
     if session is not None and not _same_site_request(request, public_origin):
@@ -155,7 +160,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
             )
     location = rd
     if session is not None:
-        await runtime.sessions.delete(session.id)
+        await runtime.sessions.end(session)
         log.info("sign-out sub=%s", _short(session.subject))
         location = await _provider_logout_url(active, session, rd) or rd
     response = web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
@@ -170,15 +175,12 @@ async def _provider_logout_url(active: Active, session: Session, rd: str) -> str
         metadata = await active.oidc.metadata()
     except SidecarError:
         return None  # the local session is gone; a provider outage must not block signing out
-    if not metadata.end_session_endpoint:
-        return None
-    params = {
-        "id_token_hint": session.id_token,
-        "post_logout_redirect_uri": active.settings.post_logout_redirect_uri,
-        "client_id": active.settings.sso.client_id,
-        "state": active.cookies.encode_logout_state(rd),
-    }
-    return str(URL(metadata.end_session_endpoint).update_query(params))
+    return active.oidc.end_session_url(
+        metadata,
+        id_token_hint=session.id_token,
+        post_logout_redirect_uri=active.settings.post_logout_redirect_uri,
+        state=active.cookies.encode_logout_state(rd),
+    )
 
 
 async def signed_out(request: web.Request) -> web.StreamResponse:

@@ -484,6 +484,27 @@ class OIDCClient:
             )
         return tokens
 
+    async def refresh_login(self, refresh_token: str, *, previous_claims: Mapping[str, Any]) -> LoginResult:
+        """Refresh, and bring the identity up to date: a new ID token's claims (same ``sub``), then
+        userinfo. A userinfo failure keeps the previous profile rather than ending the session."""
+        sub = str(previous_claims["sub"])
+        body = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
+        tokens = _token_set(body, require_id_token=False)
+        claims = dict(previous_claims)
+        if tokens.id_token:
+            claims.update(
+                await self.validate_id_token(
+                    tokens.id_token, nonce=None, access_token=tokens.access_token, expected_sub=sub
+                )
+            )
+        md = await self.metadata()
+        if md.userinfo_endpoint:
+            try:
+                claims = merge_userinfo(claims, await self.fetch_userinfo(tokens.access_token, expected_sub=sub))
+            except ProviderError as exc:
+                log.warning("userinfo after refresh failed, keeping the previous profile: %s", exc.message)
+        return LoginResult(tokens=tokens, claims=claims)
+
     async def prove_client_credentials(self) -> None:
         """Check the client id and secret without a user: redeem a code that cannot exist.
 
@@ -598,6 +619,29 @@ class OIDCClient:
             expected = _token_hash(access_token, str(header["alg"]), key.crv)
             if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash.encode(), expected.encode()):
                 raise TokenValidationError("ID token at_hash does not match the access token")
+        return claims
+
+    # -- bearer tokens from API clients --------------------------------------------------------------
+
+    async def validate_access_token(self, token: str, audiences: Collection[str]) -> dict[str, Any]:
+        """A JWT bearer token from this issuer meant for one of ``audiences``: an RFC 9068 access token,
+        or an ID token (whose ``aud`` is the client id). Signature, ``iss``, ``aud``, ``exp`` (required),
+        ``iat`` and ``nbf`` are checked; logout tokens are refused. Opaque tokens cannot be checked here."""
+        what = "Bearer token"
+        header, claims, _ = await self._verify(token, what)
+        typ = header.get("typ")
+        if (isinstance(typ, str) and typ.lower() in _LOGOUT_TYPES) or "events" in claims:
+            raise TokenValidationError(f"{what} is a logout token")
+        if claims.get("iss") != self._sso.issuer_url:
+            raise TokenValidationError(f"{what} issuer does not match")
+        aud = claims.get("aud")
+        granted = [aud] if isinstance(aud, str) else aud
+        if not isinstance(granted, list) or not all(isinstance(a, str) for a in granted):
+            raise TokenValidationError(f"{what} audience (aud) is missing or malformed")
+        if not set(granted) & set(audiences):
+            raise TokenValidationError(f"{what} is not meant for this console (audience)")
+        _check_sub(claims, what)
+        self._check_times(claims, what, time.time(), require_exp=True)
         return claims
 
     # -- userinfo -----------------------------------------------------------------------------------

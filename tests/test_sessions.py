@@ -28,7 +28,7 @@ async def manager(request, redis_server):
 
 async def create(manager: SessionManager, **changes):
     values = dict(
-        claims={"sub": "u1", "email": "u1@example.com"},
+        claims={"sub": "subject-7f3a9", "email": "u1@example.com"},
         id_token="id.token.value",
         access_token=TOKEN,
         refresh_token=None,
@@ -106,13 +106,18 @@ async def test_redis_holds_no_token_or_claim_in_clear(redis_server):
     await manager.save_login("state-3", PendingLogin("the-nonce", "the-verifier", "/", "i", "c", 0))
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
-        dump = b"".join([await raw.get(k) or b"" async for k in raw.scan_iter("sso:*")])
+        dump = b""
+        async for key in raw.scan_iter("sso:*"):
+            if await raw.type(key) == b"set":
+                dump += b"".join(await raw.smembers(key)) + key
+            else:
+                dump += (await raw.get(key) or b"") + key
         ttl = await raw.pttl(f"sso:s:{session.id}")
     finally:
         await raw.aclose()
         await store.close()
     assert dump
-    for secret in (TOKEN, "id.token.value", "u1@example.com", "the-verifier", "the-nonce"):
+    for secret in (TOKEN, "id.token.value", "u1@example.com", "the-verifier", "the-nonce", "subject-7f3a9"):
         assert secret.encode() not in dump
     assert 0 < ttl <= SETTINGS.idle_timeout * 1000
 

@@ -28,6 +28,9 @@ __all__ = ["MemoryStore", "PendingLogin", "Session", "SessionManager", "SessionS
 
 _SESSION = "s:"
 _LOGIN = "l:"
+_REFRESH_LOCK = "r:"
+_INDEX = "i:"
+_LOGOUT_JTI = "j:"
 # Pending logins carry no tokens, but the PKCE verifier and nonce must not be readable from a store dump.
 _LOGIN_AAD = b"pending-login"
 
@@ -44,6 +47,7 @@ class Session:
     created_at: float
     issuer: str
     client_id: str
+    refreshed_at: float = 0.0  # when the current access token was obtained (login or refresh)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,6 +57,23 @@ class Session:
     @property
     def subject(self) -> str:
         return str(self.claims.get("sub", ""))
+
+    @property
+    def provider_session(self) -> str | None:
+        """The provider's session id (``sid``), which back-channel logout names."""
+        sid = self.claims.get("sid")
+        return sid if isinstance(sid, str) and sid else None
+
+    def refresh_due(self, now: float) -> bool:
+        """Near the access token's expiry, with a refresh token to renew it.
+
+        Without a refresh token nothing is due: access-token expiry alone never ends a session.
+        """
+        if not self.refresh_token or self.access_expires_at is None:
+            return False
+        lifetime = self.access_expires_at - (self.refreshed_at or self.created_at)
+        margin = min(60.0, max(1.0, lifetime / 4))
+        return now >= self.access_expires_at - margin
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -64,6 +85,7 @@ class Session:
             "ca": self.created_at,
             "is": self.issuer,
             "ci": self.client_id,
+            "ra": self.refreshed_at,
             "x": self.extra,
         }
 
@@ -80,6 +102,7 @@ class Session:
             created_at=record["ca"],
             issuer=record["is"],
             client_id=record["ci"],
+            refreshed_at=record.get("ra") or record["ca"],
             extra=record.get("x") or {},
         )
 
@@ -104,6 +127,22 @@ def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes | None:
         return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
     except (InvalidTag, ValueError):
         return None
+
+
+def _digest(*parts: str) -> str:
+    # Index keys hold no identifier in clear: a store dump does not list who is signed in.
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:40]
+
+
+def _index_key(issuer: str, kind: str, value: str) -> str:
+    return f"{_INDEX}{kind}:{_digest(issuer, value)}"
+
+
+def _index_keys(issuer: str, sub: str, sid: str | None) -> list[str]:
+    keys = [_index_key(issuer, "sub", sub)]
+    if sid:
+        keys.append(_index_key(issuer, "sid", sid))
+    return keys
 
 
 def _dumps(value: Any) -> bytes:
@@ -152,7 +191,11 @@ class SessionManager:
             issuer=issuer,
             client_id=client_id,
         )
+        session.refreshed_at = session.created_at
         await self.save(session)
+        # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
+        for key in _index_keys(issuer, session.subject, session.provider_session):
+            await self.store.index_add(key, session.id, self.settings.lifetime)
         return session
 
     async def save(self, session: Session) -> None:
@@ -184,6 +227,35 @@ class SessionManager:
 
     async def delete(self, session_id: str) -> bool:
         return await self.store.delete(_SESSION + session_id)
+
+    async def end(self, session: Session) -> None:
+        """Sign-out: the session and its index entries."""
+        await self.store.delete(_SESSION + session.id)
+        for key in _index_keys(session.issuer, session.subject, session.provider_session):
+            await self.store.index_remove(key, session.id)
+
+    async def end_matching(self, issuer: str, *, sub: str | None, sid: str | None) -> int:
+        """Back-channel logout (section 2.7): with ``sid``, the sessions of that provider session; with
+        only ``sub``, every session of that user. Returns how many were live."""
+        key = _index_key(issuer, "sid", sid) if sid else _index_key(issuer, "sub", sub or "")
+        ended = 0
+        for session_id in await self.store.index_members(key):
+            ended += await self.store.delete(_SESSION + session_id)
+        await self.store.delete(key)
+        return ended
+
+    async def first_use_of_logout_token(self, issuer: str, jti: str, ttl: float) -> bool:
+        """Replay guard for logout tokens (section 2.6 step 7): True only the first time."""
+        return await self.store.add(_LOGOUT_JTI + _digest(issuer, jti), b"1", ttl)
+
+    async def lock_refresh(self, session_id: str, ttl: float) -> bytes | None:
+        """One refresh at a time per session across every worker and replica: providers that rotate
+        refresh tokens end the grant when the same refresh token is used twice."""
+        token = secrets.token_bytes(16)
+        return token if await self.store.add(_REFRESH_LOCK + session_id, token, ttl) else None
+
+    async def unlock_refresh(self, session_id: str, token: bytes) -> None:
+        await self.store.delete_if(_REFRESH_LOCK + session_id, token)
 
     def _remaining(self, session: Session) -> float:
         return session.created_at + self.settings.lifetime - time.time()
@@ -219,5 +291,5 @@ def open_store(settings: SessionSettings) -> SessionStore:
     if settings.store == "redis":
         from proxy.sessions.redis import RedisStore
 
-        return RedisStore(settings.redis_url)
+        return RedisStore(settings.redis)  # redis_url is only for display: its password is masked
     return MemoryStore()

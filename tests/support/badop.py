@@ -209,6 +209,8 @@ class BadOP:
         self._codes: dict[str, dict[str, str]] = {}
         self._access_tokens: dict[str, dict[str, str]] = {}
         self._refresh_tokens: dict[str, dict[str, str]] = {}
+        # Every code and token handed out since the last reset, so a test can assert none of them leaks.
+        self.issued: list[str] = []
         self.last_sid: str | None = None
 
     def set(self, **knobs: Any) -> None:
@@ -423,6 +425,7 @@ class BadOP:
         if params.get("response_type") != "code":
             return web.Response(status=400, text="only response_type=code")
         code = "code-" + secrets.token_urlsafe(16)
+        self.issued.append(code)
         self._codes[code] = {
             "nonce": params.get("nonce", ""),
             "code_challenge": params.get("code_challenge", ""),
@@ -503,8 +506,10 @@ class BadOP:
             "refresh_token": refresh_token,
             "scope": scope,
         }
+        self.issued += [access_token, refresh_token]
         if id_token:
             body["id_token"] = self.mint_id_token(nonce=nonce, access_token=access_token, sid=sid)
+            self.issued.append(body["id_token"])
         return web.json_response(_apply(body, b.token_response_override))
 
     async def h_userinfo(self, request: web.Request) -> web.Response:

@@ -92,7 +92,14 @@ class IdentityHeaders:
         """
         result: list[tuple[str, str]] = []
         for header, claim in self._mapping:
-            value = _header_value(claims.get(claim), self._separator)
+            raw = claims.get(claim)
+            if raw is None:
+                continue
+            if raw.__class__ is str and raw.isascii() and raw.isprintable():  # the common case, inline
+                if raw:
+                    result.append((header, raw))
+                continue
+            value = _header_value(raw, self._separator)
             if value:
                 result.append((header, value))
         return result

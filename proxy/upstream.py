@@ -50,6 +50,8 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
     "x-real-ip",
     "expect",
 }
+_REQUEST_DROP_FIRST: Final = frozenset(c for k in _REQUEST_DROP for c in (k[0], k[0].upper()))
+_PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
 # Re-created by aiohttp for the upstream handshake; the client's values belong to the client's handshake.
 _WS_HANDSHAKE: Final = (
     "Sec-WebSocket-Key",
@@ -135,9 +137,6 @@ class Upstream:
         if session is not None:
             await session.close()
 
-    def url(self, path_qs: str) -> URL:
-        return URL(self._prefix + path_qs, encoded=True)
-
     async def forward(
         self,
         request: web.Request,
@@ -191,12 +190,25 @@ class Upstream:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"The console could not be reached ({_describe(exc)}).") from None
 
+        if up.content.is_eof():
+            # The whole body arrived with the head (most small responses): answer with one write instead
+            # of head and body separately, and hand the pooled connection back before answering.
+            try:
+                body = await up.read()
+            except (aiohttp.ClientError, OSError) as exc:
+                up.close()
+                raise UpstreamError(f"The console sent a broken response ({_describe(exc)}).") from None
+            whole = web.Response(status=up.status, reason=up.reason, body=body)
+            whole.headers.extend(up.headers)
+            _drop_hop_by_hop(whole.headers)
+            up.release()
+            return whole
+
         released = False
         try:
             resp = web.StreamResponse(status=up.status, reason=up.reason)
-            out = resp.headers
-            out.extend(up.headers)
-            _drop_hop_by_hop(out)
+            resp.headers.extend(up.headers)
+            _drop_hop_by_hop(resp.headers)
             try:
                 await resp.prepare(request)
             except OSError:
@@ -218,9 +230,9 @@ class Upstream:
         headers: CIMultiDict[str],
         url: URL,
     ) -> web.StreamResponse:
-        if not web.WebSocketResponse().can_prepare(request).ok:
-            raise web.HTTPBadRequest(text="Invalid websocket handshake.")
         offered = _protocols(request)
+        if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
+            raise web.HTTPBadRequest(text="Invalid websocket handshake.")
         for name in _WS_HANDSHAKE:
             headers.popall(name, None)
         try:
@@ -286,9 +298,12 @@ def _prepare_headers(
 ) -> None:
     connection = headers.getall("Connection", None)
     listed = _connection_tokens(connection) if connection else None
+    first_chars = _REQUEST_DROP_FIRST if listed is None else None
     doomed: list[str] | None = None
     drop = _REQUEST_DROP
     for name in headers.keys():  # noqa: SIM118 - explicit: names, duplicates included
+        if first_chars is not None and name[:1] not in first_chars:
+            continue  # Accept*, Sec-*, Host, Referer...: rejected without a lower-cased copy
         key = name.lower()
         if "_" in key:
             key = key.replace("_", "-")
@@ -320,7 +335,10 @@ def _prepare_headers(
         headers[name] = value
 
 
-def _connection_tokens(values: list[str]) -> frozenset[str]:
+def _connection_tokens(values: list[str]) -> frozenset[str] | None:
+    """Header names listed in Connection (RFC 9110 7.6.1); None for the usual bare keep-alive/close."""
+    if len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION:
+        return None
     return frozenset(t.strip().lower().replace("_", "-") for v in values for t in v.split(","))
 
 
@@ -347,7 +365,7 @@ def _filter_cookies(values: list[str], remove: Callable[[str], bool]) -> str | N
 def _drop_hop_by_hop(headers: CIMultiDict[str]) -> None:
     connection = headers.getall("Connection", None)
     if connection:
-        for token in _connection_tokens(connection):
+        for token in _connection_tokens(connection) or ():
             if token:
                 headers.popall(token, None)
     for name in HOP_BY_HOP:
@@ -402,8 +420,13 @@ async def _relay_websocket(
     client: web.WebSocketResponse[bool], upstream: aiohttp.ClientWebSocketResponse[bool]
 ) -> None:
     """Pump messages both ways until either side closes, then close the other side with its code."""
-    to_upstream = asyncio.ensure_future(_pump_ws(client, upstream, abnormal=_CLOSE_GOING_AWAY))
-    to_client = asyncio.ensure_future(_pump_ws(upstream, client, abnormal=_CLOSE_BAD_GATEWAY))
+    # A vanished browser is "going away" to the console; a vanished console is "bad gateway" to the browser.
+    to_upstream = asyncio.ensure_future(
+        _pump_ws(client, upstream, src_gone=_CLOSE_GOING_AWAY, dst_gone=_CLOSE_BAD_GATEWAY)
+    )
+    to_client = asyncio.ensure_future(
+        _pump_ws(upstream, client, src_gone=_CLOSE_BAD_GATEWAY, dst_gone=_CLOSE_GOING_AWAY)
+    )
     try:
         await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -416,10 +439,12 @@ async def _relay_websocket(
 _WSAny = web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool]
 
 
-async def _pump_ws(src: _WSAny, dst: _WSAny, *, abnormal: int) -> None:
+async def _pump_ws(src: _WSAny, dst: _WSAny, *, src_gone: int, dst_gone: int) -> None:
     """Forward src -> dst. On src's close frame, close dst with the same code, then answer src.
 
-    Pings and pongs are answered by aiohttp on each leg (autoping), so they are not relayed.
+    ``src_gone`` is the code dst gets when src vanishes without a close frame, ``dst_gone`` the code src
+    gets when dst cannot be written to. Pings and pongs are answered by aiohttp on each leg (autoping), so
+    they are not relayed.
     """
     while True:
         msg = await src.receive()
@@ -428,7 +453,7 @@ async def _pump_ws(src: _WSAny, dst: _WSAny, *, abnormal: int) -> None:
             try:
                 await dst.send_frame(msg.data, kind)
             except (OSError, aiohttp.ClientError, RuntimeError):
-                await src.close(code=abnormal)
+                await src.close(code=dst_gone)
                 return
             continue
         if kind is WSMsgType.CLOSE:
@@ -440,7 +465,7 @@ async def _pump_ws(src: _WSAny, dst: _WSAny, *, abnormal: int) -> None:
         if kind is WSMsgType.CLOSING:
             return  # we are closing src ourselves (the other pump saw the close first)
         # CLOSED / ERROR: src vanished without a close frame.
-        await dst.close(code=abnormal)
+        await dst.close(code=src_gone)
         return
 
 

@@ -1,0 +1,132 @@
+"""Claims -> identity headers, and stripping identity headers a client sends itself."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.identity import IdentityHeaders, header_key
+from proxy.settings import DEFAULT_HEADERS
+
+
+def make_identity(mapping: tuple[tuple[str, str], ...] = DEFAULT_HEADERS, separator: str = ",") -> IdentityHeaders:
+    return IdentityHeaders(mapping, separator)
+
+
+def test_header_key_folds_case_and_underscores() -> None:
+    assert header_key("X_Forwarded_USER") == "x-forwarded-user"
+    assert header_key("x-forwarded-user") == "x-forwarded-user"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Forwarded-User",
+        "x-forwarded-user",
+        "X-FORWARDED-EMAIL",
+        "X_Forwarded_Groups",
+        "x_forwarded_name",
+        "X-Forwarded_Given-Name",
+        "x-forwarded-family_name",
+        "X-Forwarded-Access-Token",
+        "x_forwarded_access_token",
+        "X-Forwarded-Preferred-Username",
+        "X-Auth-Request-User",
+        "x_auth_request_email",
+        "X-AUTH-REQUEST-ANYTHING",
+        "Remote-User",
+        "remote_user",
+    ],
+)
+def test_strip_removes_every_spelling_of_an_identity_header(name: str) -> None:
+    identity = make_identity((("Remote-User", "sub"),))
+    headers = CIMultiDict([("Accept", "*/*"), (name, "admin"), (name, "root"), ("Cookie", "a=1")])
+    identity.strip(headers)
+    assert list(headers.items()) == [("Accept", "*/*"), ("Cookie", "a=1")]
+
+
+def test_strip_also_removes_defaults_when_a_custom_mapping_replaces_them() -> None:
+    """A console built for the default headers must not be fooled after an operator remaps them."""
+    identity = make_identity((("X-User", "sub"),))
+    headers = CIMultiDict([("X-Forwarded-Email", "boss@example.com"), ("X_User", "boss"), ("X-Other", "1")])
+    identity.strip(headers)
+    assert list(headers.items()) == [("X-Other", "1")]
+
+
+def test_strip_keeps_unrelated_headers() -> None:
+    identity = make_identity()
+    original = [
+        ("Host", "console"),
+        ("Authorization", "Bearer x"),
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("X-Forwarded-Users", "not quite"),
+        ("X-Auth-Request", "no trailing dash"),
+        ("User-Agent", "test"),
+    ]
+    headers = CIMultiDict(original)
+    identity.strip(headers)
+    assert list(headers.items()) == original
+
+
+def test_is_identity_header() -> None:
+    identity = make_identity()
+    assert identity.is_identity_header("x_forwarded_user")
+    assert identity.is_identity_header("X-Auth-Request-Groups")
+    assert not identity.is_identity_header("X-Forwarded-For")
+
+
+def test_values_follow_mapping_order_and_skip_missing_claims() -> None:
+    identity = make_identity()
+    claims = {"preferred_username": "alice", "email": "alice@example.com", "groups": ["admins", "ops"]}
+    assert identity.values(claims) == [
+        ("X-Forwarded-User", "alice"),
+        ("X-Forwarded-Email", "alice@example.com"),
+        ("X-Forwarded-Groups", "admins,ops"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("claim", "expected"),
+    [
+        (None, None),
+        ([], None),
+        ([None], None),
+        ("", None),
+        ({"nested": "object"}, None),
+        (True, "true"),
+        (False, "false"),
+        (42, "42"),
+        (1.5, "1.5"),
+        (["a", None, 2, True, {"x": 1}], "a;2;true"),
+        ("Zoë 日本", "Zoë 日本"),
+        ("alice\r\nX-Forwarded-User: admin", "aliceX-Forwarded-User: admin"),
+        ("a\x00b\tc\x7fd\x85e", "abcde"),
+        (["x\r\n", "\n"], "x;"),
+        ("\r\n", None),
+    ],
+)
+def test_value_conversion_and_sanitising(claim: object, expected: str | None) -> None:
+    identity = make_identity((("X-Value", "v"),), separator=";")
+    result = identity.values({"v": claim})
+    assert result == ([("X-Value", expected)] if expected is not None else [])
+
+
+def test_namespaced_and_url_claims_are_looked_up_literally() -> None:
+    identity = make_identity(
+        (
+            ("X-Groups", "cognito:groups"),
+            ("X-Roles", "https://example.com/roles"),
+            ("X-Dotted", "realm.roles"),
+        )
+    )
+    claims = {
+        "cognito:groups": ["g1", "g2"],
+        "https://example.com/roles": ["r1"],
+        "cognito": {"groups": ["wrong"]},
+        "realm": {"roles": ["wrong"]},
+    }
+    assert identity.values(claims) == [("X-Groups", "g1,g2"), ("X-Roles", "r1")]
+
+
+def test_no_claims_no_headers() -> None:
+    assert make_identity().values({}) == []

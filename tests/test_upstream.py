@@ -1,0 +1,946 @@
+"""The streaming reverse proxy, over real HTTP: an echo console and a minimal proxy app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.errors import SidecarError
+from proxy.identity import IdentityHeaders
+from proxy.settings import DEFAULT_HEADERS
+from proxy.upstream import HOP_BY_HOP, Forwarded, Upstream
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+COOKIE_NAME = "sso_sidecar"
+CLAIMS = {
+    "preferred_username": "alice",
+    "email": "alice@example.com",
+    "name": "Zoë Ünicode",
+    "groups": ["admins", "ops"],
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The echo console
+
+
+@dataclass
+class Echo:
+    """The echo upstream and the events its handlers signal, fresh for every test."""
+
+    url: URL
+    upload_started: asyncio.Event = field(default_factory=asyncio.Event)
+    download_finished: asyncio.Event = field(default_factory=asyncio.Event)
+    client_got_first: asyncio.Event = field(default_factory=asyncio.Event)
+    endless_stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    ws_closed: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
+
+
+ECHO_STATE = web.AppKey("echo_state", Echo)
+
+
+async def echo(request: web.Request) -> web.Response:
+    received = 0
+    async for chunk in request.content.iter_any():
+        received += len(chunk)
+    return web.json_response(
+        {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_length": received,
+        }
+    )
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """``n`` bytes in ``chunk``-sized writes; ``wait=1`` pauses after the first MiB until the client has some."""
+    state = request.app[ECHO_STATE]
+    n = int(request.query["n"])
+    chunk = int(request.query.get("chunk", 64 * 1024))
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if request.query.get("length") == "1":
+        resp.content_length = n
+    await resp.prepare(request)
+    if request.method == "HEAD":  # aiohttp would send a body written for HEAD
+        await resp.write_eof()
+        return resp
+    block = memoryview(b"d" * chunk)
+    sent = 0
+    waited = request.query.get("wait") != "1"
+    while sent < n:
+        part = block[: min(chunk, n - sent)]
+        await resp.write(part)
+        sent += len(part)
+        if not waited and sent >= MiB:
+            waited = True
+            await asyncio.wait_for(state.client_got_first.wait(), 10)
+    await resp.write_eof()
+    state.download_finished.set()
+    return resp
+
+
+async def upload(request: web.Request) -> web.Response:
+    state = request.app[ECHO_STATE]
+    received = 0
+    async for chunk in request.content.iter_any():
+        if received == 0:
+            state.upload_started.set()
+        received += len(chunk)
+    return web.json_response(
+        {
+            "received": received,
+            "content_length": request.headers.get("Content-Length"),
+            "transfer_encoding": request.headers.get("Transfer-Encoding"),
+        }
+    )
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    state = request.app[ECHO_STATE]
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    try:
+        while True:
+            await resp.write(b"e" * 65536)
+    except (ConnectionError, aiohttp.ClientError):
+        pass
+    finally:
+        state.endless_stopped.set()
+    return resp
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("delay", "2")))
+    return web.Response(text="late")
+
+
+async def hop_response(request: web.Request) -> web.Response:
+    resp = web.Response(text="ok")
+    resp.headers["Connection"] = "X-Hop-Resp"
+    resp.headers["X-Hop-Resp"] = "secret"
+    resp.headers["Keep-Alive"] = "timeout=5"
+    resp.headers["Proxy-Authenticate"] = "Basic"
+    resp.headers["Trailer"] = "X-Checksum"
+    resp.headers["X-Kept"] = "yes"
+    resp.headers.add("Set-Cookie", "a=1; Path=/")
+    resp.headers.add("Set-Cookie", "b=2; HttpOnly")
+    return resp
+
+
+GZIPPED = gzip.compress(b"hello world " * 1000)
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+
+
+async def status(request: web.Request) -> web.Response:
+    code = int(request.match_info["code"])
+    headers = {"ETag": '"v1"'} if code == 304 else {}
+    if code in (301, 302, 303, 307, 308):
+        headers["Location"] = "/elsewhere"
+    return web.Response(status=code, headers=headers)
+
+
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    state = request.app[ECHO_STATE]
+    ws = web.WebSocketResponse(protocols=("v2.proto", "v1.proto"))
+    await ws.prepare(request)
+    spoofed = [k for k in request.headers if k.lower().replace("_", "-") == "x-forwarded-email"]
+    await ws.send_json(
+        {
+            "user": request.headers.get("X-Forwarded-User"),
+            "email": request.headers.getall("X-Forwarded-Email", []),
+            "spoofed_names": spoofed,
+            "protocol": ws.ws_protocol,
+            "cookie": request.headers.get("Cookie"),
+            "key_forwarded": request.headers.get("Sec-WebSocket-Key") is not None,
+        }
+    )
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            if msg.data == "drop":  # vanish without a close frame
+                assert request.transport is not None
+                request.transport.close()
+                break
+            if msg.data.startswith("close:"):
+                await ws.close(code=int(msg.data[6:]), message=b"bye")
+                break
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    state.ws_closed.put_nowait(ws.close_code)
+    return ws
+
+
+async def ws_forbidden(request: web.Request) -> web.Response:
+    return web.Response(status=403, text="no websockets for you", headers={"X-Reason": "policy"})
+
+
+async def start_app(app: web.Application) -> tuple[web.AppRunner, URL]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, URL.build(scheme="http", host=host, port=port)
+
+
+@pytest.fixture
+async def echo_console() -> AsyncIterator[Echo]:
+    app = web.Application()
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_get("/download", download)
+    app.router.add_post("/upload", upload)
+    app.router.add_put("/upload", upload)
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/hop", hop_response)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/ws", ws_echo)
+    app.router.add_get("/ws-forbidden", ws_forbidden)
+    state = Echo(url=URL())
+    app[ECHO_STATE] = state
+    runner, state.url = await start_app(app)
+    yield state
+    await runner.cleanup()
+
+
+# --------------------------------------------------------------------------------------------------
+# A minimal proxy app, wired the way the real app does it: copy, strip, forward.
+
+
+def is_session_cookie(name: str) -> bool:
+    return name == COOKIE_NAME or name.startswith(COOKIE_NAME + "_")
+
+
+def proxy_app(upstream: Upstream, identity: IdentityHeaders, claims: dict[str, Any] | None) -> web.Application:
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        try:
+            return await handler(request)
+        except SidecarError as exc:
+            return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        headers = CIMultiDict(request.headers)
+        identity.strip(headers)
+        return await upstream.forward(
+            request,
+            headers=headers,
+            path_qs=request.raw_path,
+            set_headers=identity.values(claims) if claims is not None else (),
+            remove_cookies=is_session_cookie,
+            forwarded=Forwarded.direct(request),
+        )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await upstream.start()
+        yield
+        await upstream.close()
+
+    app = web.Application(middlewares=[errors])
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+MakeProxy = Callable[..., Awaitable[URL]]
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[MakeProxy]:
+    runners: list[web.AppRunner] = []
+
+    async def factory(
+        upstream_url: URL,
+        *,
+        claims: dict[str, Any] | None = CLAIMS,
+        mapping: tuple[tuple[str, str], ...] = DEFAULT_HEADERS,
+        timeout: float = 30.0,
+    ) -> URL:
+        upstream = Upstream(upstream_url, timeout=timeout, connect_timeout=2.0)
+        runner, url = await start_app(proxy_app(upstream, IdentityHeaders(mapping), claims))
+        runners.append(runner)
+        return url
+
+    yield factory
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    # No invented headers and no decompression: the tests see exactly what crossed the wire.
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        timeout=aiohttp.ClientTimeout(total=60),
+    ) as session:
+        yield session
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def echoed(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    assert resp.status == 200, await resp.text()
+    data: dict[str, Any] = json.loads(await resp.read())
+    return data
+
+
+def header_values(data: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in data["headers"] if k.lower() == name.lower()]
+
+
+def header_names(data: dict[str, Any]) -> set[str]:
+    return {k.lower() for k, _ in data["headers"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods, paths, queries
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND", "TRACE"])
+async def test_every_method_is_forwarded(
+    method: str, echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    body = b"payload" if method in ("POST", "PUT", "PATCH", "DELETE") else None
+    async with client.request(method, proxy / "echo" / "m", data=body) as resp:
+        data = await echoed(resp)
+    assert data["method"] == method
+    assert data["body_length"] == (len(body) if body else 0)
+
+
+async def test_head_returns_headers_without_body(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy.with_path("/download").with_query(n="5000", length="1")) as resp:
+        assert resp.headers["Content-Length"] == "5000"
+    async with client.head(proxy.with_path("/download").with_query(n="5000", length="1")) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == "5000"
+        assert await resp.read() == b""
+
+
+async def test_path_and_query_are_forwarded_byte_for_byte(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    raw = "/echo/a%20b/c%2Fd/%E2%9C%93/semi;colon?x=1&y=a%26b&z=%2B+&empty=&flag&u=%C3%A9"
+    async with client.get(URL(str(proxy) + raw, encoded=True)) as resp:
+        data = await echoed(resp)
+    assert data["raw_path"] == raw
+
+
+async def test_base_path_prefix_is_joined_in_front(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url / "echo" / "")
+    async with client.get(proxy / "x" / "y", params={"q": "1"}) as resp:
+        data = await echoed(resp)
+    assert data["raw_path"] == "/echo/x/y?q=1"
+
+
+async def test_redirects_are_passed_through_not_followed(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "status" / "302", allow_redirects=False) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == "/elsewhere"
+
+
+@pytest.mark.parametrize("code", [204, 304])
+async def test_bodyless_statuses(
+    code: int, echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    for _ in range(2):  # and the connection stays usable afterwards
+        async with client.get(proxy / "status" / str(code)) as resp:
+            assert resp.status == code
+            assert await resp.read() == b""
+            assert "Transfer-Encoding" not in resp.headers
+            if code == 304:
+                assert resp.headers["ETag"] == '"v1"'
+
+
+# --------------------------------------------------------------------------------------------------
+# Headers
+
+
+async def test_hop_by_hop_request_headers_are_not_forwarded(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    headers = {
+        "Connection": "keep-alive, X-Hop-Req",
+        "X-Hop-Req": "1",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic eDp5",
+        "Proxy-Connection": "keep-alive",
+        "TE": "trailers",
+        "Trailer": "X-Checksum",
+        "Upgrade": "foo/1",
+        "Transfer_Encoding": "chunked",
+        "X-Kept": "yes",
+    }
+    async with client.get(proxy / "echo" / "hop", headers=headers) as resp:
+        data = await echoed(resp)
+    names = header_names(data)
+    assert not names & (HOP_BY_HOP | {"x-hop-req", "transfer_encoding"})
+    assert header_values(data, "X-Kept") == ["yes"]
+
+
+async def test_hop_by_hop_response_headers_are_not_returned(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "hop") as resp:
+        assert await resp.text() == "ok"
+        names = {k.lower() for k in resp.headers}
+        assert "x-hop-resp" not in names
+        assert not names & {"keep-alive", "proxy-authenticate", "trailer"}
+        assert resp.headers.get("Connection") is None
+        assert resp.headers["X-Kept"] == "yes"
+        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
+
+
+async def test_forwarded_headers_replace_client_sent_ones(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    spoof = CIMultiDict(
+        [
+            ("Host", "console.test:8443"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-For", "7.7.7.7"),
+            ("x_forwarded_for", "8.8.8.8"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.test"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6;proto=https"),
+        ]
+    )
+    async with client.get(proxy / "echo" / "fwd", headers=spoof) as resp:
+        data = await echoed(resp)
+    assert header_values(data, "Host") == ["console.test:8443"]  # the client's Host is passed through
+    assert header_values(data, "X-Forwarded-For") == ["127.0.0.1"]
+    assert header_values(data, "X-Forwarded-Proto") == ["http"]
+    assert header_values(data, "X-Forwarded-Host") == ["console.test:8443"]
+    assert header_values(data, "X-Real-IP") == ["127.0.0.1"]
+    assert not header_names(data) & {"forwarded", "x_forwarded_for", "x_real_ip"}
+
+
+async def test_no_headers_are_invented(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """No Accept-Encoding (we never decompress), User-Agent or Content-Type the client did not send."""
+    proxy = await make_proxy(echo_console.url, claims=None)
+    async with client.post(proxy / "echo" / "x", data=b"raw", skip_auto_headers=("Content-Type", "Accept")) as resp:
+        data = await echoed(resp)
+    assert not header_names(data) & {"accept-encoding", "user-agent", "content-type", "accept"}
+
+
+async def test_spoofed_identity_headers_are_stripped_in_every_spelling(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url, claims={"preferred_username": "alice"})
+    spoof = CIMultiDict(
+        [
+            ("X-Forwarded-User", "admin"),
+            ("x-forwarded-user", "admin2"),
+            ("X_Forwarded_User", "admin3"),
+            ("X-FORWARDED-EMAIL", "boss@example.com"),
+            ("x_forwarded_groups", "admins"),
+            ("X-Forwarded-Access-Token", "t"),
+            ("X-Forwarded-Preferred-Username", "admin"),
+            ("X-Auth-Request-User", "admin"),
+            ("x_auth_request_email", "boss@example.com"),
+        ]
+    )
+    async with client.get(proxy / "echo" / "spoof", headers=spoof) as resp:
+        data = await echoed(resp)
+    identity_names = {n for n in header_names(data) if n.replace("_", "-").startswith(("x-forwarded-", "x-auth"))}
+    assert identity_names == {"x-forwarded-user", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    assert header_values(data, "X-Forwarded-User") == ["alice"]
+
+
+async def test_pass_through_strips_identity_headers_and_adds_none(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url, claims=None)
+    async with client.get(proxy / "echo" / "p", headers={"X_Forwarded_User": "admin"}) as resp:
+        data = await echoed(resp)
+    assert not any(n.replace("_", "-") == "x-forwarded-user" for n in header_names(data))
+
+
+async def test_identity_values_reach_the_console(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    mapping = (
+        ("X-Forwarded-User", "preferred_username"),
+        ("X-Forwarded-Groups", "cognito:groups"),
+        ("X-Roles", "https://example.com/roles"),
+        ("X-Forwarded-Name", "name"),
+        ("X-Forwarded-Email", "email"),  # claim missing: no header
+        ("X-Note", "note"),
+    )
+    claims = {
+        "preferred_username": "alice",
+        "cognito:groups": ["a", "b"],
+        "https://example.com/roles": ["r1", "r2"],
+        "name": "Zoë 日本",
+        "note": "x\r\nX-Forwarded-User: admin",
+    }
+    proxy = await make_proxy(echo_console.url, claims=claims, mapping=mapping)
+    async with client.get(proxy / "echo" / "id") as resp:
+        data = await echoed(resp)
+    assert header_values(data, "X-Forwarded-User") == ["alice"]
+    assert header_values(data, "X-Forwarded-Groups") == ["a,b"]
+    assert header_values(data, "X-Roles") == ["r1,r2"]
+    assert header_values(data, "X-Forwarded-Name") == ["Zoë 日本"]  # raw UTF-8 on the wire
+    assert header_values(data, "X-Note") == ["xX-Forwarded-User: admin"]
+    assert header_values(data, "X-Forwarded-Email") == []
+
+
+async def test_session_cookies_are_removed_and_others_kept(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    cookie = f"a=1; {COOKIE_NAME}=secret; b=two=2;{COOKIE_NAME}_1=more; c="
+    async with client.get(proxy / "echo" / "c", headers={"Cookie": cookie}) as resp:
+        data = await echoed(resp)
+    assert header_values(data, "Cookie") == ["a=1; b=two=2; c="]
+
+
+async def test_cookie_header_dropped_when_only_session_cookies(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "echo" / "c", headers={"Cookie": f"{COOKIE_NAME}=secret"}) as resp:
+        data = await echoed(resp)
+    assert "cookie" not in header_names(data)
+
+
+async def test_content_encoding_and_length_preserved_without_decompression(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "gzip", headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert resp.headers["Content-Length"] == str(len(GZIPPED))
+        assert await resp.read() == GZIPPED
+
+
+async def test_unknown_length_response_is_chunked(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy.with_path("/download").with_query(n="300000")) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert len(await resp.read()) == 300000
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming
+
+
+async def test_upload_with_length_is_streamed(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """The console starts receiving before the client has sent it all (it waits for that)."""
+    proxy = await make_proxy(echo_console.url)
+    block = b"u" * MiB
+
+    async def body() -> AsyncIterator[bytes]:
+        yield block
+        await asyncio.wait_for(echo_console.upload_started.wait(), 10)
+        for _ in range(63):
+            yield block
+
+    headers = {"Content-Length": str(64 * MiB)}
+    async with client.put(proxy / "upload", data=body(), headers=headers) as resp:
+        data = await echoed(resp)
+    assert data == {"received": 64 * MiB, "content_length": str(64 * MiB), "transfer_encoding": None}
+
+
+async def test_upload_without_length_is_streamed_chunked(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    block = b"u" * MiB
+
+    async def body() -> AsyncIterator[bytes]:
+        yield block
+        await asyncio.wait_for(echo_console.upload_started.wait(), 10)
+        for _ in range(63):
+            yield block
+
+    async with client.post(proxy / "upload", data=body()) as resp:
+        data = await echoed(resp)
+    assert data == {"received": 64 * MiB, "content_length": None, "transfer_encoding": "chunked"}
+
+
+@pytest.mark.parametrize("length", ["1", "0"])
+async def test_download_is_streamed(
+    length: str, echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """The client gets the first bytes before the console has sent it all (it waits for that)."""
+    proxy = await make_proxy(echo_console.url)
+    url = proxy.with_path("/download").with_query(n=str(64 * MiB), wait="1", length=length, chunk=str(MiB))
+    async with client.get(url) as resp:
+        first = await asyncio.wait_for(resp.content.readany(), 10)
+        assert first
+        assert not echo_console.download_finished.is_set()
+        echo_console.client_got_first.set()
+        total = len(first)
+        async for chunk in resp.content.iter_any():
+            total += len(chunk)
+    assert total == 64 * MiB
+
+
+PROXY_SCRIPT = """
+import asyncio, sys
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+from proxy.upstream import Forwarded, Upstream
+
+async def main():
+    upstream = Upstream(URL(sys.argv[1]), timeout=30)
+    await upstream.start()
+
+    async def handle(request):
+        return await upstream.forward(
+            request, headers=CIMultiDict(request.headers), path_qs=request.raw_path,
+            set_headers=(), remove_cookies=None, forwarded=Forwarded.direct(request),
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_proxy_process_memory_stays_flat_for_64_mib_each_way(
+    echo_console: Echo, client: aiohttp.ClientSession
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PROXY_SCRIPT,
+        str(echo_console.url),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout is not None
+        port = int(await asyncio.wait_for(process.stdout.readline(), 30))
+        proxy = URL.build(scheme="http", host="127.0.0.1", port=port)
+        block = b"m" * MiB
+
+        async def body(n: int) -> AsyncIterator[bytes]:
+            for _ in range(n):
+                yield block
+
+        async def roundtrip(mib: int) -> None:
+            async with client.post(proxy / "upload", data=body(mib)) as resp:
+                assert (await echoed(resp))["received"] == mib * MiB
+            url = proxy.with_path("/download").with_query(n=str(mib * MiB), length="1", chunk=str(MiB))
+            async with client.get(url) as resp:
+                total = 0
+                async for chunk in resp.content.iter_any():
+                    total += len(chunk)
+                assert total == mib * MiB
+
+        await roundtrip(2)  # warm up: imports, pools, buffers
+        before = peak_rss_kib(process.pid)
+        await roundtrip(64)
+        growth_mib = (peak_rss_kib(process.pid) - before) / 1024
+        assert growth_mib < 16, f"proxy peak RSS grew by {growth_mib:.1f} MiB for 64 MiB bodies"
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def test_client_disconnect_mid_download_releases_the_upstream(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    resp = await client.get(proxy / "endless")
+    assert await resp.content.readexactly(100000)
+    resp.close()  # drop the connection mid-body
+    await asyncio.wait_for(echo_console.endless_stopped.wait(), 10)
+
+
+# --------------------------------------------------------------------------------------------------
+# Failures
+
+
+async def test_upstream_down_is_502(make_proxy: MakeProxy, client: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(URL(f"http://127.0.0.1:{free_port()}"))
+    async with client.get(proxy / "anything") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "bad_gateway"
+
+
+async def test_upstream_timeout_is_504(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url, timeout=0.3)
+    async with client.get(proxy.with_path("/slow").with_query(delay="2")) as resp:
+        assert resp.status == 504
+        assert (await resp.json())["error"] == "gateway_timeout"
+
+
+@dataclass
+class RawUpstream:
+    """A hand-written HTTP/1.1 server for the misbehaviours aiohttp will not produce."""
+
+    url: URL
+    requests: list[bytes]
+
+
+Respond = Callable[[int, int, bytes], tuple[bytes, bool]]
+
+
+async def start_raw(respond: Respond) -> tuple[asyncio.Server, RawUpstream]:
+    """``respond(connection_no, request_no_on_connection, head)`` -> (bytes to send, keep the connection)."""
+    requests: list[bytes] = []
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        conn_no, req_no = connections, 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                req_no += 1
+                requests.append(head)
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        await reader.readexactly(int(line.split(b":")[1]))
+                answer, keep = respond(conn_no, req_no, head)
+                writer.write(answer)
+                await writer.drain()
+                if not keep:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, RawUpstream(URL(f"http://127.0.0.1:{port}"), requests)
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Callable[..., Awaitable[RawUpstream]]]:
+    servers: list[asyncio.Server] = []
+
+    async def factory(respond: Respond) -> RawUpstream:
+        server, raw = await start_raw(respond)
+        servers.append(server)
+        return raw
+
+    yield factory
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 100,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n" + b"a" * 100 + b"\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_upstream_closing_mid_body_gives_the_client_a_broken_response(
+    answer: bytes, raw_upstream: Any, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    raw = await raw_upstream(lambda conn, n, head: (answer, False))
+    proxy = await make_proxy(raw.url)
+    async with client.get(proxy / "truncated") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 10)
+
+
+OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_stale_pooled_connection_is_retried_once_for_idempotent_requests(
+    raw_upstream: Any, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    # The first connection answers one request and then hangs up on the next, as a console closing an
+    # idle keep-alive connection at the moment it is reused would.
+    raw = await raw_upstream(lambda conn, n, head: (OK_RESPONSE, True) if conn > 1 or n == 1 else (b"", False))
+    proxy = await make_proxy(raw.url)
+    for _ in range(2):
+        async with client.get(proxy / "x") as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"ok"
+    assert len(raw.requests) == 3
+
+
+async def test_stale_pooled_connection_is_not_retried_for_post(
+    raw_upstream: Any, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    raw = await raw_upstream(lambda conn, n, head: (OK_RESPONSE, True) if conn > 1 or n == 1 else (b"", False))
+    proxy = await make_proxy(raw.url)
+    async with client.get(proxy / "x") as resp:
+        assert resp.status == 200
+        await resp.read()
+    async with client.post(proxy / "x", data=b"once only") as resp:
+        assert resp.status == 502
+    assert len(raw.requests) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Websockets
+
+
+async def test_websocket_text_and_binary_echo_with_identity(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    headers = {"X_Forwarded_Email": "boss@example.com", "Cookie": f"{COOKIE_NAME}=s; theme=dark"}
+    async with client.ws_connect(proxy / "ws", headers=headers) as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello == {
+            "user": "alice",
+            "email": ["alice@example.com"],
+            "spoofed_names": ["X-Forwarded-Email"],
+            "protocol": None,
+            "cookie": "theme=dark",
+            "key_forwarded": True,
+        }
+        await ws.send_str("héllo")
+        assert await ws.receive_str(timeout=5) == "héllo"
+        payload = os.urandom(200000)
+        await ws.send_bytes(payload)
+        assert await ws.receive_bytes(timeout=5) == payload
+        await ws.close(code=4002, message=b"done")
+    assert await asyncio.wait_for(echo_console.ws_closed.get(), 5) == 4002
+
+
+async def test_websocket_subprotocol_is_negotiated_with_the_console(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.ws_connect(proxy / "ws", protocols=("v3.proto", "v1.proto", "v2.proto")) as ws:
+        assert ws.protocol == "v1.proto"
+        assert (await ws.receive_json(timeout=5))["protocol"] == "v1.proto"
+    async with client.ws_connect(proxy / "ws", protocols=("v9.proto",)) as ws:
+        assert ws.protocol is None
+        assert (await ws.receive_json(timeout=5))["protocol"] is None
+
+
+async def test_websocket_close_code_from_console_reaches_the_client(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.ws_connect(proxy / "ws") as ws:
+        await ws.receive_json(timeout=5)
+        await ws.send_str("close:4001")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.CLOSE
+        assert msg.data == 4001
+        assert msg.extra == "bye"
+    assert ws.close_code == 4001
+
+
+async def test_websocket_console_vanishing_closes_the_client_with_bad_gateway(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.ws_connect(proxy / "ws") as ws:
+        await ws.receive_json(timeout=5)
+        await ws.send_str("drop")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.CLOSE
+        assert msg.data == 1014
+
+
+async def test_websocket_client_vanishing_closes_the_console_with_going_away(
+    echo_console: Echo, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    assert proxy.host is not None and proxy.port is not None
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: console.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    writer.close()  # no close frame
+    await writer.wait_closed()
+    assert await asyncio.wait_for(echo_console.ws_closed.get(), 5) == 1001
+
+
+async def test_websocket_refused_by_console_passes_its_status(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(proxy / "ws-forbidden")
+    assert info.value.status == 403
+    assert info.value.headers is not None
+    assert info.value.headers["X-Reason"] == "policy"
+
+
+async def test_websocket_to_a_down_console_is_502(make_proxy: MakeProxy, client: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(URL(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(proxy / "ws")
+    assert info.value.status == 502

@@ -1,47 +1,210 @@
-"""Config reload: validate the new config completely, then swap it in whole, or keep the old one."""
+"""Config reload: validate the new config completely, then swap it in whole, or keep the old one.
+
+Triggers: SIGHUP, and the file watcher (``proxy.watch``) on the config file and its ``*_file`` secrets.
+Whatever the trigger, one reload runs at a time and goes through the same steps:
+
+1. read and validate the file (``load_settings``: every problem, each naming its key);
+2. build everything for it (``Runtime.build`` reuses what did not change);
+3. when the SSO settings changed: fetch the issuer's discovery document and JWKS and prove the client
+   credentials at the token endpoint (``verify_provider``, which ``sso-sidecar check`` runs too);
+4. swap it in whole (``Runtime.swap``), or on any problem log it, count it and keep the running config.
+
+Settings that a running process cannot change (``Settings.restart_needed``) are reported, and the rest
+applies.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
 
-from proxy.errors import ConfigError, SidecarError
+from aiohttp import web
+
+from proxy.errors import ConfigError, ConfigProblem, SidecarError
+from proxy.login import RUNTIME
+from proxy.oidc import OIDCClient, ProviderMetadata
 from proxy.runtime import Runtime
-from proxy.settings import load_settings
+from proxy.settings import Settings, load_settings
+from proxy.watch import FileWatcher
 
 log = logging.getLogger("sso_sidecar.reload")
 
+TRIGGER_SIGHUP = "sighup"
+TRIGGER_WATCH = "watch"
+# Bookkeeping fields of Settings, not settings anyone changes.
+_NOT_KEYS = frozenset({"source", "digest", "secret_files"})
 
-async def reload_config(runtime: Runtime, path: str) -> bool:
+
+@dataclass
+class ProviderCheck:
+    """What the provider said about an SSO config: its metadata, if any, and every problem found."""
+
+    metadata: ProviderMetadata | None = None
+    signing_keys: int = 0
+    credentials_ok: bool = False
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+
+async def verify_provider(client: OIDCClient) -> ProviderCheck:
+    """Discovery, JWKS and client credentials, as a reload must pass them before the swap.
+
+    Shared with ``sso-sidecar check`` so that both report the same problem in the same words.
+    """
+    sso = client.settings
+    secret_key = "sso.client_secret_file" if sso.client_secret_file else "sso.client_secret"
+    result = ProviderCheck()
+    try:
+        result.metadata = await client.metadata()
+    except SidecarError as exc:
+        result.problems.append(ConfigProblem("sso.issuer_url", exc.message))
+        return result
+    try:
+        # The client's own fetch (size limits, key filtering) also warms the cache the swap inherits.
+        keys = await client._jwks(result.metadata)
+    except SidecarError as exc:
+        result.problems.append(ConfigProblem("sso.issuer_url", exc.message))
+    else:
+        result.signing_keys = len(keys)
+        if not keys:
+            result.problems.append(ConfigProblem("sso.issuer_url", "The provider's JWKS has no usable signature key"))
+    try:
+        await client.prove_client_credentials()
+    except SidecarError as exc:
+        result.problems.append(ConfigProblem(secret_key, exc.message))
+    else:
+        result.credentials_ok = True
+    return result
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """Top-level config keys (``sso``, ``access``...) whose value differs, for the log and status."""
+    keys = [
+        f.name for f in fields(Settings) if f.name not in _NOT_KEYS and getattr(old, f.name) != getattr(new, f.name)
+    ]
+    return ["listen" if k in ("listen_host", "listen_port") else k for k in dict.fromkeys(keys)]
+
+
+async def reload_config(runtime: Runtime, path: str, *, trigger: str = TRIGGER_SIGHUP) -> bool:
     """Load ``path`` and apply it; on any problem log it, keep the running config and return False."""
+    async with runtime.reload_lock:
+        return await _reload(runtime, path, trigger)
+
+
+async def _reload(runtime: Runtime, path: str, trigger: str) -> bool:
     status = runtime.reload_status
     status.last_attempt = time.time()
+    current = runtime.active.settings
     try:
         settings = load_settings(path)
-        current = runtime.active.settings
-        if settings.digest == current.digest:
-            return True
-        restart = current.restart_needed(settings)
-        active = await runtime.build(settings)
-        if active.oidc is not None and active.oidc is not runtime.active.oidc:
-            # Prove the new provider settings before anyone depends on them.
-            await active.oidc.metadata()
     except ConfigError as exc:
-        status.last_error = str(exc)
-        status.count_failed += 1
-        for problem in exc.problems:
-            log.error("reload rejected, keeping the running config: %s", problem)
-        return False
-    except SidecarError as exc:
-        status.last_error = exc.message
-        status.count_failed += 1
-        log.error("reload rejected, keeping the running config: %s", exc.message)
-        return False
-    runtime.swap(active)
+        return _refuse(runtime, exc.problems, trigger)
+    except Exception as exc:  # a reload must never take the process down; report and keep running
+        log.exception("reload (%s): unexpected error reading %s", trigger, path)
+        return _refuse(runtime, [ConfigProblem("(file)", f"unexpected error: {type(exc).__name__}")], trigger)
+    if settings.digest == current.digest:
+        # The file says what is already running (perhaps reverted after a refused edit): nothing to do,
+        # and nothing outstanding to report.
+        status.last_error = None
+        runtime.metrics.config_last_reload_successful.set(1)
+        log.info("reload (%s): the file matches the running config (version %s)", trigger, current.digest)
+        return True
+    candidate = None
+    try:
+        candidate = await runtime.build(settings)
+        problems: list[ConfigProblem] = []
+        if candidate.oidc is not None and candidate.oidc is not runtime.active.oidc:
+            # New provider settings are proven before anyone depends on them.
+            problems = (await verify_provider(candidate.oidc)).problems
+    except Exception as exc:  # a reload must never take the process down; report and keep running
+        log.exception("reload (%s): unexpected error", trigger)
+        problems = [ConfigProblem("(reload)", f"unexpected error: {type(exc).__name__}")]
+    if problems:
+        if candidate is not None:
+            runtime.discard(candidate)
+        return _refuse(runtime, problems, trigger)
+    assert candidate is not None
+    restart = runtime.boot_settings.restart_needed(settings)
+    changed = changed_keys(current, settings)
+    runtime.swap(candidate)
+    if settings.log_level != current.log_level:
+        logging.getLogger().setLevel(settings.log_level.upper())
     status.last_error = None
+    status.last_error_at = None
     status.needs_restart = restart
     status.count_ok += 1
+    runtime.metrics.reload_result(True, trigger)
+    runtime.metrics.config_loaded(settings.digest, settings.sso.enabled, restart_needed=len(restart))
     for key in restart:
         log.warning("reload: %s changed and needs a restart; the rest of the new config applies", key)
-    log.info("config reloaded (version %s, sso %s)", settings.digest, "on" if settings.sso.enabled else "off")
+    if current.sso.identity != settings.sso.identity and current.sso.enabled and settings.sso.enabled:
+        log.warning("reload: issuer or client changed: sessions signed in under the previous one now sign in again")
+    log.info(
+        "config reloaded (%s): version %s -> %s, sso %s, changed: %s",
+        trigger,
+        current.digest,
+        settings.digest,
+        "on" if settings.sso.enabled else "off",
+        ", ".join(changed) or "secrets only",
+    )
     return True
+
+
+def _refuse(runtime: Runtime, problems: Sequence[ConfigProblem], trigger: str) -> bool:
+    status = runtime.reload_status
+    status.last_error = "; ".join(str(p) for p in problems)
+    status.last_error_at = time.time()
+    status.count_failed += 1
+    runtime.metrics.reload_result(False, trigger)
+    version = runtime.active.settings.digest
+    for problem in problems:
+        log.error("reload (%s) refused, keeping the running config (version %s): %s", trigger, version, problem)
+    return False
+
+
+def triggers(path: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` for ``sso-sidecar run``: SIGHUP and the file watcher reload ``path``.
+
+    Append it after the context that creates the runtime.
+    """
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            log.info("SIGHUP: reloading %s", path)
+            task = loop.create_task(reload_config(runtime, path, trigger=TRIGGER_SIGHUP))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        async def on_change() -> None:
+            log.info("config or secret file changed: reloading %s", path)
+            await reload_config(runtime, path, trigger=TRIGGER_WATCH)
+
+        def watched() -> list[str]:
+            settings = runtime.active.settings
+            return [path, *settings.secret_files]
+
+        watcher = FileWatcher(
+            watched,
+            on_change,
+            interval=lambda: runtime.active.settings.reload.watch_interval,
+            enabled=lambda: runtime.active.settings.reload.watch,
+        )
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        watch_task = loop.create_task(watcher.run())
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            watch_task.cancel()
+            for task in (watch_task, *pending):
+                task.cancel()
+            await asyncio.gather(watch_task, *pending, return_exceptions=True)
+
+    return context

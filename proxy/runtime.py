@@ -3,6 +3,11 @@
 ``Active`` bundles everything derived from one ``Settings``: the OIDC client, cookie codec, identity
 header mapping and upstream. A request reads ``runtime.active`` once at its start and uses that object to
 its end, so a reload never mixes two configs within one request.
+
+An ``Upstream`` (a connection pool) outlives the config that created it while requests still use it:
+``pinned()`` counts every request from its start to its last byte (a websocket until it closes), and a
+pool that a reload replaced is closed when its count reaches zero, not after a guessed grace period,
+so a download or websocket that spans any number of reloads is never cut.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from proxy.cookies import CookieCodec
 from proxy.identity import IdentityHeaders
+from proxy.metrics import Metrics
 from proxy.oidc import OIDCClient
+from proxy.refresh import Refresher
 from proxy.sessions import SessionManager, SessionStore
 from proxy.settings import Settings
 from proxy.upstream import Upstream
@@ -41,7 +50,8 @@ class Active:
 @dataclass
 class ReloadStatus:
     last_attempt: float | None = None
-    last_error: str | None = None
+    last_error: str | None = None  # every problem, "key: cause; key: cause"; None after a good reload
+    last_error_at: float | None = None
     needs_restart: list[str] = field(default_factory=list)
     count_ok: int = 0
     count_failed: int = 0
@@ -56,11 +66,42 @@ class Runtime:
         self.store = store
         self.http = http
         self.sessions = SessionManager(store, settings.session)
+        self.refresher = Refresher(self.sessions)
         self.reload_status = ReloadStatus()
-        self._retired: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics()
+        # What the process was started with: listen, store... changed since then need a restart, also
+        # when an earlier reload already carried the change (and reported it).
+        self.boot_settings = settings
+        self.reload_lock = asyncio.Lock()
+        self._users: dict[Upstream, int] = {}
+        self._retiring: set[Upstream] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self, settings: Settings) -> None:
         self.active = await self.build(settings)
+        self.metrics.config_loaded(settings.digest, settings.sso.enabled)
+
+    @contextmanager
+    def pinned(self) -> Iterator[Active]:
+        """The active config for one request, keeping its upstream pool open until the request ends."""
+        active = self.active
+        upstream = active.upstream
+        self._users[upstream] = self._users.get(upstream, 0) + 1
+        try:
+            yield active
+        finally:
+            left = self._users[upstream] - 1
+            if left:
+                self._users[upstream] = left
+            else:
+                del self._users[upstream]
+                if upstream in self._retiring:
+                    self._retiring.discard(upstream)
+                    log.info("upstream pool of a previous config closed: the last request using it ended")
+                    self._close(upstream)
+
+    def in_use(self, upstream: Upstream) -> int:
+        return self._users.get(upstream, 0)
 
     async def build(self, settings: Settings) -> Active:
         """Everything for ``settings``, reusing what did not change (OIDC caches, upstream pool)."""
@@ -95,18 +136,29 @@ class Runtime:
         self.active = new
         self.sessions.configure(new.settings.session)
         if old.upstream is not new.upstream:
-            # Requests already under way keep the old pool; close it once they have had time to finish.
-            task = asyncio.ensure_future(self._retire(old.upstream, old.settings.upstream_timeout))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            # Requests under way keep the old pool; the last of them to finish closes it.
+            if self._users.get(old.upstream):
+                self._retiring.add(old.upstream)
+                log.info("upstream pool of the previous config stays open for %d request(s) still using it",
+                         self._users[old.upstream])  # fmt: skip
+            else:
+                self._close(old.upstream)
 
-    @staticmethod
-    async def _retire(upstream: Upstream, grace: float) -> None:
-        await asyncio.sleep(min(grace, 600.0))
-        await upstream.close()
+    def discard(self, candidate: Active) -> None:
+        """Release what ``build`` opened for a config that was then refused."""
+        if candidate.upstream is not self.active.upstream and not self._users.get(candidate.upstream):
+            self._close(candidate.upstream)
+
+    def _close(self, upstream: Upstream) -> None:
+        task = asyncio.ensure_future(upstream.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        for task in list(self._retired):
-            task.cancel()
-        await self.active.upstream.close()
+        """At shutdown, after the server has drained: close every pool, retired or not."""
+        for upstream in (self.active.upstream, *self._retiring):
+            await upstream.close()
+        self._retiring.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self.store.close()

@@ -1,0 +1,224 @@
+"""Break-glass access: an operator gets to the console while the identity provider is unreachable.
+
+End to end against real sidecar processes whose issuer does not answer; the rate limiter and the
+settings are also tested in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.breakglass import WINDOW, FailureLimiter
+from proxy.errors import ConfigError
+from proxy.settings import parse_settings
+from support.idp import login
+from support.procs import LOOPBACK, free_port
+
+TOKEN = "bg-" + secrets.token_urlsafe(24)
+FORM = "/oauth2/break-glass"
+
+
+def down_config(tmp_path: Path, token: str = TOKEN, **extra: Any) -> dict[str, Any]:
+    """A sidecar whose provider is unreachable, with break-glass configured from a token file."""
+    token_file = tmp_path / "break-glass-token"
+    token_file.write_text(token + "\n")
+    return {
+        "sso": {"issuer_url": f"http://{LOOPBACK}:{free_port()}/realms/down"},
+        "break_glass": {"token_file": str(token_file)},
+        **extra,
+    }
+
+
+async def console_view(client: Any, url: str, **kwargs: Any) -> dict[str, Any]:
+    async with client.get(url, **kwargs) as resp:
+        assert resp.status == 200, (resp.status, await resp.text())
+        return dict(await resp.json())
+
+
+async def metrics_text(listen: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://{listen}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def post_token(client: Any, sidecar: Any, token: str, rd: str = "/reports") -> aiohttp.ClientResponse:
+    async with client.post(sidecar.url_for(FORM), data={"token": token, "rd": rd}) as resp:
+        await resp.read()
+        return resp
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end
+
+
+async def test_the_form_lets_an_operator_through_while_the_provider_is_down(http, sidecar_factory, tmp_path):
+    listen = f"{LOOPBACK}:{free_port()}"
+    sc = sidecar_factory(down_config(tmp_path, metrics_listen=listen), register=False)
+    operator = http()
+    async with operator.get(sc.url_for("/reports")) as resp:
+        assert resp.status == 502  # locked out: the provider does not answer
+
+    async with operator.get(sc.url_for(f"{FORM}?rd=/reports")) as resp:
+        assert resp.status == 200
+        page = await resp.text()
+    assert 'name="token"' in page and 'type="password"' in page and 'value="/reports"' in page
+
+    wrong = await post_token(operator, sc, "not-the-token")
+    assert wrong.status == 403
+    resp = await post_token(operator, sc, TOKEN)
+    assert resp.status == 303 and resp.headers["Location"] == "/reports"
+    cookie = next(c for c in resp.headers.getall("Set-Cookie") if c.startswith("sso_sidecar_break_glass="))
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age=900" in cookie
+
+    seen = await console_view(
+        operator,
+        sc.url_for("/api/whoami"),
+        headers={"X-Forwarded-User": "mallory", "X-Forwarded-Email": "m@evil.example", "Cookie": "theme=dark"},
+    )
+    assert seen["headers"]["X-Forwarded-User"] == "break-glass"
+    assert "X-Forwarded-Email" not in seen["headers"]
+    assert "mallory" not in json.dumps(seen["header_list"])
+    assert "break_glass" not in seen["headers"].get("Cookie", "")
+
+    async with operator.get(sc.url_for("/oauth2/status")) as resp:
+        assert resp.status == 200
+        status = await resp.json()
+    assert status["discovery"]["status"] == "error"
+    assert status["config"]["break_glass"] == {"enabled": True, "ttl_seconds": 900.0}
+
+    logs = sc.logs()
+    assert "break-glass: access granted" in logs and "break-glass: GET /api/whoami" in logs
+    assert "break-glass: wrong token" in logs and TOKEN not in logs
+    text = await metrics_text(listen)
+    assert 'sso_sidecar_break_glass_attempts_total{result="granted",via="form"} 1.0' in text
+    assert 'sso_sidecar_break_glass_attempts_total{result="rejected",via="form"} 1.0' in text
+    assert "sso_sidecar_break_glass_requests_total 1.0" in text
+
+
+async def test_scripts_send_the_token_in_a_header_which_never_reaches_the_console(http, sidecar_factory, tmp_path):
+    sc = sidecar_factory(down_config(tmp_path), register=False)
+    script = http(cookies=False)
+    for name in ("X-Break-Glass", "x_break_glass"):
+        seen = await console_view(script, sc.url_for("/api/whoami"), headers={name: TOKEN})
+        assert seen["headers"]["X-Forwarded-User"] == "break-glass"
+        assert TOKEN not in json.dumps(seen)
+    async with script.get(
+        sc.url_for("/api/whoami"), headers={"X-Break-Glass": "guess", "Accept": "application/json"}
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"] == "break_glass_rejected"
+
+
+async def test_wrong_tokens_are_rate_limited_per_client_even_before_a_right_one(http, sidecar_factory, tmp_path):
+    sc = sidecar_factory(down_config(tmp_path), register=False)
+    client = http()
+    for _ in range(5):
+        assert (await post_token(client, sc, "guess")).status == 403
+    limited = await post_token(client, sc, TOKEN)
+    assert limited.status == 429
+    async with client.get(sc.url_for("/api/whoami"), headers={"X-Break-Glass": TOKEN}) as resp:
+        assert resp.status == 429
+    assert "rate limited" in sc.logs()
+
+
+async def test_changing_the_token_ends_every_break_glass_cookie(http, sidecar_factory, tmp_path):
+    config = down_config(tmp_path)
+    sc = sidecar_factory(config, register=False)
+    operator = http()
+    assert (await post_token(operator, sc, TOKEN)).status == 303
+    await console_view(operator, sc.url_for("/api/whoami"))
+    new_token = "bg-" + secrets.token_urlsafe(24)
+    Path(config["break_glass"]["token_file"]).write_text(new_token + "\n")
+    sc.reload()  # or the watcher, within a second
+
+    async def old_cookie_refused() -> bool:
+        async with operator.get(sc.url_for("/api/whoami")) as resp:
+            return resp.status == 502  # back to the locked-out provider error
+
+    for _ in range(100):
+        if await old_cookie_refused():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the old break-glass cookie still works")
+    seen = await console_view(http(cookies=False), sc.url_for("/api/whoami"), headers={"X-Break-Glass": new_token})
+    assert seen["headers"]["X-Forwarded-User"] == "break-glass"
+
+
+async def test_break_glass_is_off_unless_configured_and_its_header_is_stripped_anyway(http, sidecar_factory):
+    sc = sidecar_factory({"skip_auth": ["^/api/whoami$"]})
+    client = http()
+    async with client.get(sc.url_for(FORM)) as resp:
+        assert resp.status == 404
+    async with client.get(sc.url_for("/reports"), headers={"X-Break-Glass": TOKEN}) as resp:
+        assert resp.status == 302  # an ordinary login, not a way in
+    seen = await console_view(client, sc.url_for("/api/whoami"), headers={"X-Break-Glass": TOKEN})
+    assert TOKEN not in json.dumps(seen) and "X-Forwarded-User" not in seen["headers"]
+
+
+async def test_a_signed_in_user_is_unaffected_by_break_glass_being_configured(http, sidecar_factory, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    sc = sidecar_factory({"break_glass": {"token_file": str(token_file), "user": "emergency"}})
+    user = http()
+    resp = await login(user, sc.url_for("/api/whoami"), "alice.smith")
+    assert resp.status == 200
+    assert json.loads(await resp.text())["headers"]["X-Forwarded-User"] == "alice.smith"
+    seen = await console_view(http(cookies=False), sc.url_for("/api/whoami"), headers={"X-Break-Glass": TOKEN})
+    assert seen["headers"]["X-Forwarded-User"] == "emergency"
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process
+
+
+def test_the_limiter_counts_failures_per_client_and_globally():
+    limiter = FailureLimiter(per_client=2, total=3)
+    limiter.failed("a", now=0)
+    assert not limiter.blocked("a", now=0)
+    limiter.failed("a", now=1)
+    assert limiter.blocked("a", now=1) and not limiter.blocked("b", now=1)
+    limiter.failed("b", now=2)
+    assert limiter.blocked("c", now=2)  # three failures from anyone: everyone waits
+    assert not limiter.blocked("a", now=1 + WINDOW) and not limiter.blocked("c", now=2 + WINDOW)
+
+
+def test_the_limiter_forgets_clients_rather_than_growing_without_bound(monkeypatch):
+    monkeypatch.setattr("proxy.breakglass._MAX_TRACKED_CLIENTS", 10)
+    limiter = FailureLimiter(per_client=1, total=10_000)
+    for i in range(50):
+        limiter.failed(f"10.0.0.{i}", now=float(i))
+    assert len(limiter._clients) <= 10
+    assert limiter.blocked("10.0.0.49", now=49.0)
+
+
+BASE = """
+public_url: https://console.example.com
+upstream: http://127.0.0.1:8888
+sso: {enabled: false}
+session: {cookie_secret: "cccccccccccccccccccccccccccccccccccccccc"}
+"""
+
+
+def test_break_glass_settings_are_validated_with_their_keys():
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(BASE + "break_glass: {token: short, ttl: 0s, tokn: x}\nstatus: {admin_groups: 3}\n", {})
+    keys = {p.key for p in exc.value.problems}
+    assert {"break_glass.token", "break_glass.ttl", "break_glass.tokn", "status.admin_groups"} <= keys
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(BASE + "break_glass: {ttl: 5m}\n", {})
+    assert "break_glass.token" in {p.key for p in exc.value.problems}
+
+
+def test_break_glass_is_off_by_default_and_its_token_is_masked():
+    assert not parse_settings(BASE, {}).break_glass.enabled
+    settings = parse_settings(BASE + f"break_glass: {{token: {TOKEN}, ttl: 5m}}\n", {})
+    assert settings.break_glass.enabled and settings.break_glass.ttl == 300
+    assert TOKEN not in repr(settings)

@@ -29,11 +29,8 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
     """The one place where an error becomes a response: JSON for API callers, a page for browsers."""
     request_id = request.get("request_id", "")
     headers = {"Cache-Control": "no-store"}
-    if isinstance(exc, Unauthenticated):
-        # For nginx's error_page location (forward_auth) and RFC 6750 3 bearer clients.
-        headers[forward_auth.LOGIN_URL_HEADER] = exc.login_url
-        if exc.challenge:
-            headers["WWW-Authenticate"] = exc.challenge
+    if isinstance(exc, Unauthenticated) and exc.challenge:
+        headers["WWW-Authenticate"] = exc.challenge  # RFC 6750 3
     if _wants_json(request):
         body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": request_id}
         if isinstance(exc, Unauthenticated):
@@ -58,6 +55,9 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
         refresh=exc.login_url if isinstance(exc, Unauthenticated) else None,
     )
     response.headers.update(headers)
+    if isinstance(exc, Unauthenticated):
+        # Where nginx's error_page location sends a browser (forward_auth); API clients get no redirect.
+        response.headers[forward_auth.LOGIN_URL_HEADER] = exc.login_url
     return response
 
 
@@ -127,27 +127,36 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-def create_app(settings: Settings) -> web.Application:
+WORKER: web.AppKey[int] = web.AppKey("worker", int)
+
+
+def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
+    """The sidecar for ``settings``; ``worker`` is this process's index when ``workers`` > 1."""
     app = web.Application(
         middlewares=[error_middleware, pin_config],
         client_max_size=64 * 1024,  # only the sidecar's own forms are read whole; proxied bodies stream
         # Consoles and identity providers set large cookies; aiohttp's default stops at 8190 bytes.
         handler_args={"max_line_size": 16384, "max_field_size": 32768},
     )
+    app[WORKER] = worker
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=settings.sso.http_timeout)
         async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as http:
             runtime = Runtime(settings, open_store(settings.session), http)
             await runtime.start(settings)
+            await runtime.sessions.start()
             app[RUNTIME] = runtime
             try:
                 yield
             finally:
+                await runtime.sessions.stop()
                 await runtime.close()
 
     app.cleanup_ctx.append(resources)
-    if settings.metrics_listen is not None:  # changing it needs a restart, so it is read once here
+    # Changing metrics_listen needs a restart, so it is read once here. With several workers only the
+    # first binds it (the others' counters are not merged: see README, Metrics).
+    if settings.metrics_listen is not None and worker == 0:
         host, port = settings.metrics_listen
         app.cleanup_ctx.append(lambda app: metrics.serve(lambda: app[RUNTIME].metrics, host, port))
     app.router.add_get("/healthz", healthz)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import __version__
-from proxy.errors import ConfigError, SidecarError
+from proxy.errors import ConfigError
 from proxy.settings import Settings, load_public_url, load_settings
 
 log = logging.getLogger("sso_sidecar")
@@ -46,6 +45,7 @@ def cmd_check(path: str) -> int:
 
 async def _check(settings: Settings) -> int:
     from proxy.oidc import OIDCClient
+    from proxy.reload import verify_provider
 
     problems: list[str] = []
     out = print
@@ -69,12 +69,11 @@ async def _check(settings: Settings) -> int:
         out(f"scopes:            {' '.join(sso.scopes)}")
         timeout = aiohttp.ClientTimeout(total=sso.http_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            client = OIDCClient(sso, settings.redirect_uri, http)
-            try:
-                meta = await client.metadata()
-            except SidecarError as exc:
-                problems.append(f"sso.issuer_url: {exc.message}")
-            else:
+            # The same checks a reload must pass, so both report a problem in the same words.
+            found = await verify_provider(OIDCClient(sso, settings.redirect_uri, http))
+            problems.extend(str(p) for p in found.problems)
+            meta = found.metadata
+            if meta is not None:
                 out(f"  authorization endpoint:    {meta.authorization_endpoint}")
                 out(f"  token endpoint:            {meta.token_endpoint}")
                 out(f"  userinfo endpoint:         {meta.userinfo_endpoint or '(none)'}")
@@ -82,11 +81,9 @@ async def _check(settings: Settings) -> int:
                 out(f"  JWKS:                      {meta.jwks_uri}")
                 out(f"  ID token algorithms:       {' '.join(meta.id_token_signing_alg_values_supported)}")
                 out(f"  back-channel logout:       {'supported' if meta.backchannel_logout_supported else 'no'}")
-                try:
-                    await client.prove_client_credentials()
+                out(f"  signing keys:              {found.signing_keys} usable in the JWKS")
+                if found.credentials_ok:
                     out("  client credentials:        accepted by the token endpoint")
-                except SidecarError as exc:
-                    problems.append(f"sso.client_secret: {exc.message}")
     out("")
     out("Identity headers sent to the upstream:")
     for header, claim in settings.headers:
@@ -115,27 +112,23 @@ def cmd_run(path: str) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+    log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s, %d worker(s)", __version__,
+             settings.listen_host, settings.listen_port, settings.upstream,
+             "on" if settings.sso.enabled else "off", settings.workers)  # fmt: skip
+    if settings.workers == 1:
+        _serve(settings, path, worker=0)
+        return 0
+    from proxy.workers import run_workers
+
+    return run_workers(settings.workers, lambda index: _serve(settings, path, worker=index))
+
+
+def _serve(settings: Settings, path: str, *, worker: int) -> None:
     from proxy.app import AccessLogger, create_app
-    from proxy.login import RUNTIME
-    from proxy.reload import reload_config
+    from proxy.reload import triggers
 
-    app = create_app(settings)
-
-    async def install_sighup(app: web.Application) -> None:
-        loop = asyncio.get_running_loop()
-        pending: set[asyncio.Task[bool]] = set()
-
-        def on_hup() -> None:
-            log.info("SIGHUP: reloading %s", path)
-            task = loop.create_task(reload_config(app[RUNTIME], path))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-
-    app.on_startup.append(install_sighup)
-    log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s", __version__, settings.listen_host,
-             settings.listen_port, settings.upstream, "on" if settings.sso.enabled else "off")  # fmt: skip
+    app = create_app(settings, worker=worker)
+    app.cleanup_ctx.append(triggers(path))  # SIGHUP and the config/secret file watcher
     web.run_app(
         app,
         host=settings.listen_host,
@@ -143,8 +136,9 @@ def cmd_run(path: str) -> int:
         access_log_class=AccessLogger,
         print=None,
         shutdown_timeout=30.0,
+        reuse_port=settings.workers > 1,
+        handle_signals=True,
     )
-    return 0
 
 
 def _setup_logging(level: str) -> None:

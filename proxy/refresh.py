@@ -80,7 +80,7 @@ class Refresher:
         session.id_token = tokens.id_token or session.id_token
         session.access_expires_at = tokens.expires_at
         session.refreshed_at = time.time()
-        await self._sessions.save(session)
+        await self._sessions.update(session)
         self._retry_at.pop(session.id, None)
         return session
 

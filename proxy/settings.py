@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote
 
 import yaml
 from yarl import URL
@@ -35,10 +36,13 @@ DEFAULT_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Forwarded-Groups", "groups"),
 )
 MIN_COOKIE_SECRET_LENGTH = 32
+MIN_BREAK_GLASS_TOKEN_LENGTH = 24
+MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # Asymmetric algorithms only: an HMAC-signed ID token would be keyed with the client secret, and "none"
 # is never acceptable for tokens we act on (OIDC Core 3.1.3.7).
 SUPPORTED_ID_TOKEN_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_REDIRECT_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -70,6 +74,14 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class ExtraIssuer:
+    """Another issuer whose JWT bearer tokens API clients may present (``sso.extra_issuers``)."""
+
+    issuer_url: str
+    audiences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SSOSettings:
     enabled: bool = True
     issuer_url: str = ""
@@ -84,6 +96,13 @@ class SSOSettings:
     clock_skew: float = 60.0
     http_timeout: float = 10.0
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    # Bearer tokens from API clients: None means [client_id]; an empty tuple accepts none from this issuer.
+    api_audiences: tuple[str, ...] | None = None
+    extra_issuers: tuple[ExtraIssuer, ...] = ()
+
+    @property
+    def bearer_audiences(self) -> tuple[str, ...]:
+        return (self.client_id,) if self.api_audiences is None else self.api_audiences
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -92,9 +111,41 @@ class SSOSettings:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    """How to reach the Redis session store: one server, the master a Sentinel group names, or a Cluster."""
+
+    mode: str = "single"  # single | sentinel | cluster
+    # single: the server; sentinel: the sentinels; cluster: seed nodes (the others are discovered).
+    addresses: tuple[tuple[str, int], ...] = (("127.0.0.1", 6379),)
+    unix_path: str | None = None
+    db: int = 0
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: Secret | None = None  # the Redis servers' (for Sentinel: the master's and replicas')
+    master_name: str = ""
+    sentinel_password: Secret | None = None
+    timeout: float = 2.0  # bounds every store call: a request waits at most this long for Redis
+
+    @property
+    def url(self) -> str:
+        """The target as a ``redis_url``, with the password masked: for logs and ``check``."""
+        scheme = {"single": "redis", "sentinel": "redis+sentinel", "cluster": "redis+cluster"}[self.mode]
+        scheme = scheme.replace("redis", "rediss", 1) if self.tls else scheme
+        user = (self.username or "") + (":****" if self.password else "")
+        auth = f"{user}@" if user else ""
+        if self.unix_path is not None:
+            return f"unix://{auth}{self.unix_path}" + (f"?db={self.db}" if self.db else "")
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        path = {"single": f"/{self.db}", "sentinel": f"/{self.master_name}/{self.db}", "cluster": ""}[self.mode]
+        return f"{scheme}://{auth}{hosts}{path}"
+
+
+@dataclass(frozen=True)
 class SessionSettings:
     store: str = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # the effective target (``redis.url``), password masked
+    redis: RedisSettings = field(default_factory=RedisSettings)
     cookie_secrets: tuple[Secret, ...] = ()
     cookie_secret_file: str | None = None
     cookie_name: str = "sso_sidecar"
@@ -102,6 +153,9 @@ class SessionSettings:
     idle_timeout: float = 3600.0
     login_timeout: float = 600.0
     max_pending_logins: int = 5
+    # How long a worker may reuse a session it read from Redis without asking again; sign-out and
+    # back-channel logout reach every worker at once through Redis pub/sub. 0 turns the cache off.
+    cache_ttl: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +168,33 @@ class AccessSettings:
     @property
     def restricted(self) -> bool:
         return bool(self.allowed_email_domains or self.allowed_emails or self.allowed_groups)
+
+
+@dataclass(frozen=True)
+class ReloadSettings:
+    """How the running process notices a changed config (SIGHUP always works)."""
+
+    watch: bool = True
+    watch_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class BreakGlassSettings:
+    """Lock-out protection: a secret token that lets an operator past SSO. Off while ``token`` is None."""
+
+    token: Secret | None = None
+    token_file: str | None = None
+    ttl: float = 900.0
+    user: str = "break-glass"
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    admin_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,8 +224,13 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     skip_auth: tuple[SkipRule, ...] = ()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Hosts (host or host:port, lower case) an absolute return-to URL may name besides public_url's own.
+    allowed_redirect_hosts: tuple[str, ...] = ()
     upstream_timeout: float = 300.0
     log_level: str = "info"
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+    break_glass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
     source: str = ""
     digest: str = ""
     secret_files: tuple[str, ...] = ()
@@ -181,6 +267,8 @@ class Settings:
             keys.append("session.store")
         if self.session.redis_url != new.session.redis_url:
             keys.append("session.redis_url")
+        elif self.session.redis != new.session.redis:
+            keys.append("session.redis_*")
         return keys
 
 
@@ -195,6 +283,8 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] | Non
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem("(file)", f"{path} is not UTF-8 text")]) from None
     return parse_settings(text, env, source=str(path))
 
 
@@ -264,6 +354,107 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+REDIS_PORT, SENTINEL_PORT = 6379, 26379
+_REDIS_SCHEMES = {
+    "redis": ("single", False),
+    "rediss": ("single", True),
+    "unix": ("single", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+_REDIS_FORMS = "redis://, rediss://, unix://, redis[s]+sentinel:// or redis[s]+cluster://"
+_REDIS_ADDRESS = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([A-Za-z0-9._-]+)(?::(\d+))?")
+
+
+def parse_redis_url(text: str) -> RedisSettings:
+    """The Redis session store's URL; ``ValueError`` (never showing the password) when it is not usable.
+
+    - ``redis[s]://[[user]:password@]host[:port][/db]`` and ``unix://[[user]:password@]/path.sock[?db=N]``
+    - ``redis[s]+sentinel://[[user]:password@]host[:port][,host[:port]...]/MASTER_NAME[/db]``: the
+      sentinels (port 26379 by default); the password is the Redis servers', not the sentinels'
+    - ``redis[s]+cluster://[[user]:password@]host[:port][,host[:port]...]``: seed nodes of a Cluster
+    """
+    shown = redact_redis_url(text)
+    scheme, sep, rest = text.partition("://")
+    form = _REDIS_SCHEMES.get(scheme.lower()) if sep else None
+    if form is None:
+        raise ValueError(f"{shown!r} must start with {_REDIS_FORMS}")
+    mode, tls = form
+    rest, _, query = rest.partition("?")
+    # The last "@" ends the user info even when the password holds an unescaped "/" (base64 does).
+    userinfo, at, rest = rest.rpartition("@")
+    slash = rest.find("/")
+    hosts, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    username: str | None = None
+    password: Secret | None = None
+    if at:
+        user, _, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = Secret(unquote(secret)) if secret else None
+    params = parse_qs(query, keep_blank_values=True)
+    if set(params) - ({"db"} if scheme == "unix" else set()):
+        raise ValueError(f"{shown!r}: query parameters are not supported here; see the session.redis_* keys")
+    if scheme == "unix":
+        if hosts or path in ("", "/"):
+            raise ValueError(f"{shown!r} must name a socket path, e.g. unix:///run/redis/redis.sock")
+        db = _redis_db(params["db"][0]) if "db" in params else 0
+        return RedisSettings(addresses=(), unix_path=unquote(path), db=db, username=username, password=password)
+    if not hosts:
+        raise ValueError(f"{shown!r} names no host")
+    default_port = SENTINEL_PORT if mode == "sentinel" else REDIS_PORT
+    addresses = tuple(_redis_address(h, default_port) for h in hosts.split(","))
+    segments = [unquote(p) for p in path.split("/") if p]
+    db, master = 0, ""
+    if mode == "single":
+        if len(addresses) > 1:
+            raise ValueError(f"{shown!r} names several hosts: use redis+sentinel:// or redis+cluster://")
+        if len(segments) > 1:
+            raise ValueError(f"{shown!r}: the path is only the database number, e.g. redis://host:6379/0")
+        db = _redis_db(segments[0]) if segments else 0
+    elif mode == "sentinel":
+        if not 1 <= len(segments) <= 2:
+            raise ValueError(f"{shown!r} must name the master: redis+sentinel://host:26379,host:26379/MASTER_NAME[/DB]")
+        master = segments[0]
+        db = _redis_db(segments[1]) if len(segments) == 2 else 0
+    elif segments not in ([], ["0"]):
+        raise ValueError(f"{shown!r}: a Redis Cluster has only database 0 and takes no path")
+    return RedisSettings(
+        mode=mode, addresses=addresses, db=db, tls=tls, username=username, password=password, master_name=master
+    )
+
+
+def redact_redis_url(text: str) -> str:
+    """The URL with its password masked, for logs, errors and ``check`` output."""
+    scheme, sep, rest = text.partition("://")
+    rest, question, query = rest.partition("?")
+    userinfo, at, rest = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return text
+    return f"{scheme}://{userinfo.partition(':')[0]}:****@{rest}{question}{query}"
+
+
+def _redis_address(text: str, default_port: int) -> tuple[str, int]:
+    m = _REDIS_ADDRESS.fullmatch(text.strip())
+    port = int(m.group(2) or m.group(4) or default_port) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return (m.group(1) or m.group(3), port)
+
+
+def _redis_db(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise ValueError(f"database {value!r} must be a number like 0")
+    return int(value)
+
+
+def _replace_redis(target: RedisSettings, **changes: Any) -> RedisSettings:
+    from dataclasses import replace
+
+    return replace(target, **changes)
 
 
 _T = TypeVar("_T")
@@ -431,6 +622,9 @@ class _Reader:
         except OSError as exc:
             self.problem(key, f"cannot read {path}: {exc.strerror or exc}")
             return None
+        except UnicodeDecodeError:
+            self.problem(key, f"{path} is not UTF-8 text")
+            return None
         self.secret_files.append(path)
         self.secret_digests.append(hashlib.sha256(content.encode()).hexdigest())
         return content.removesuffix("\n").removesuffix("\r")
@@ -443,7 +637,7 @@ class _Reader:
             {
                 "listen", "public_url", "upstream", "sso", "headers", "header_list_separator", "session",
                 "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
-                "log_level",
+                "log_level", "reload", "break_glass", "status", "allowed_redirect_hosts",
             },
         )  # fmt: skip
         listen = self.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -459,11 +653,19 @@ class _Reader:
             self.problem("log_level", "must be one of debug, info, warning, error")
         sso = self.sso(raw)
         session = self.session(raw)
+        if workers > 1 and session.store != "redis":
+            self.problem(
+                "workers", "more than one worker needs session.store: redis (memory sessions stay in one process)"
+            )
         headers = self.headers(raw)
         separator = self.string(raw, "header_list_separator", "header_list_separator") or ","
         access = self.access(raw)
         skip_auth = self.skip_auth(raw)
         trusted = self.trusted_proxies(raw)
+        redirect_hosts = self.redirect_hosts(raw)
+        reload = self.reload(raw)
+        break_glass = self.break_glass(raw)
+        status = self.status(raw)
         if public_url is None or upstream is None:
             return None
         return Settings(
@@ -480,15 +682,19 @@ class _Reader:
             access=access,
             skip_auth=skip_auth,
             trusted_proxies=trusted,
+            allowed_redirect_hosts=redirect_hosts,
             upstream_timeout=upstream_timeout,
             log_level=log_level.lower(),
+            reload=reload,
+            break_glass=break_glass,
+            status=status,
         )
 
     def sso(self, raw: Mapping[str, Any]) -> SSOSettings:
         allowed = {
             "enabled", "issuer_url", "client_id", "client_secret", "client_secret_file", "scopes",
             "token_endpoint_auth_method", "id_token_signing_algs", "clock_skew", "http_timeout",
-            "extra_authorize_params",
+            "extra_authorize_params", "api_audiences", "extra_issuers",
         }  # fmt: skip
         if "sso" not in raw:
             self.problem("sso", "is required (at least sso.issuer_url, sso.client_id and a client secret)")
@@ -536,21 +742,63 @@ class _Reader:
             extra_authorize_params={
                 str(k): str(self.expand(v, f"sso.extra_authorize_params.{k}")) for k, v in extra.items()
             },
+            api_audiences=self.string_list(s, "api_audiences", "sso.api_audiences"),
+            extra_issuers=self.extra_issuers(s, issuer),
         )
 
-    def check_issuer(self, issuer: str) -> None:
+    def extra_issuers(self, s: Mapping[str, Any], main_issuer: str) -> tuple[ExtraIssuer, ...]:
+        value = s.get("extra_issuers")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem("sso.extra_issuers", "must be a list of {issuer_url, audiences}")
+            return ()
+        result: list[ExtraIssuer] = []
+        seen = {main_issuer}
+        for i, entry in enumerate(value):
+            key = f"sso.extra_issuers[{i}]"
+            if not isinstance(entry, dict):
+                self.problem(key, "must be a mapping with issuer_url and audiences")
+                continue
+            self.unknown(entry, {"issuer_url", "audiences"}, key + ".")
+            issuer = self.string(entry, "issuer_url", f"{key}.issuer_url", required=True)
+            if issuer:
+                self.check_issuer(issuer, f"{key}.issuer_url")
+                if issuer in seen:
+                    self.problem(f"{key}.issuer_url", "is already configured (sso.issuer_url or an earlier entry)")
+                seen.add(issuer)
+            audiences = self.string_list(entry, "audiences", f"{key}.audiences")
+            if not audiences:
+                # An issuer's tokens are for many APIs; accepting them all would accept tokens minted for others.
+                self.problem(
+                    f"{key}.audiences", "is required: the audiences (aud) its tokens must carry for this console"
+                )
+            if issuer and audiences:
+                result.append(ExtraIssuer(issuer, audiences))
+        return tuple(result)
+
+    def redirect_hosts(self, raw: Mapping[str, Any]) -> tuple[str, ...]:
+        hosts = self.string_list(raw, "allowed_redirect_hosts", "allowed_redirect_hosts") or ()
+        for i, host in enumerate(hosts):
+            if not _REDIRECT_HOST.fullmatch(host.lower()):
+                self.problem(
+                    f"allowed_redirect_hosts[{i}]", f"{host!r} must be a host name or host:port, e.g. app.example.com"
+                )
+        return tuple(h.lower() for h in hosts)
+
+    def check_issuer(self, issuer: str, key: str = "sso.issuer_url") -> None:
         try:
             url = URL(issuer)
         except ValueError:
-            self.problem("sso.issuer_url", f"{issuer!r} is not a valid URL")
+            self.problem(key, f"{issuer!r} is not a valid URL")
             return
         if url.scheme not in ("http", "https") or not url.host:
-            self.problem("sso.issuer_url", f"{issuer!r} must be an absolute https:// URL")
+            self.problem(key, f"{issuer!r} must be an absolute https:// URL")
         elif url.scheme == "http" and not is_loopback_host(url.host):
             # OIDC Discovery 3 / Core 3.1.2.1: the issuer is an https URL; plain http is only for local tests.
-            self.problem("sso.issuer_url", f"{issuer!r} uses http://; only https:// is allowed (http only on loopback)")
+            self.problem(key, f"{issuer!r} uses http://; only https:// is allowed (http only on loopback)")
         elif url.query_string or url.fragment:
-            self.problem("sso.issuer_url", "must not have a query or fragment")
+            self.problem(key, "must not have a query or fragment")
 
     def one_secret(
         self, s: Mapping[str, Any], name: str, section: str, *, required: bool
@@ -576,15 +824,16 @@ class _Reader:
     def session(self, raw: Mapping[str, Any]) -> SessionSettings:
         allowed = {
             "store", "redis_url", "cookie_secret", "cookie_secret_file", "cookie_name", "lifetime",
-            "idle_timeout", "login_timeout", "max_pending_logins",
+            "idle_timeout", "login_timeout", "max_pending_logins", "redis_password", "redis_password_file",
+            "redis_sentinel", "redis_cluster", "redis_timeout", "redis_ca_file", "cache_ttl",
         }  # fmt: skip
         s = self.section(raw, "session", allowed, "session")
         store = self.string(s, "store", "session.store") or "memory"
         if store not in ("memory", "redis"):
             self.problem("session.store", f"{store!r} must be 'memory' or 'redis'")
         redis_url = self.string(s, "redis_url", "session.redis_url") or "redis://127.0.0.1:6379/0"
-        if store == "redis" and not re.match(r"^(redis|rediss|unix)://", redis_url):
-            self.problem("session.redis_url", "must start with redis://, rediss:// or unix://")
+        # Redis keys are only read (secret files too) when Redis is in use.
+        redis = self.redis(s, redis_url) if store == "redis" else RedisSettings()
         secrets = self.cookie_secrets(s)
         cookie_name = self.string(s, "cookie_name", "session.cookie_name") or "sso_sidecar"
         if not re.fullmatch(r"[A-Za-z0-9_-]+", cookie_name) or cookie_name.startswith("__"):
@@ -597,7 +846,8 @@ class _Reader:
             self.problem("session.idle_timeout", "must be positive")
         return SessionSettings(
             store=store,
-            redis_url=redis_url,
+            redis_url=redis.url if store == "redis" else redact_redis_url(redis_url),
+            redis=redis,
             cookie_secrets=secrets,
             cookie_secret_file=self.string(s, "cookie_secret_file", "session.cookie_secret_file") or None,
             cookie_name=cookie_name,
@@ -605,6 +855,68 @@ class _Reader:
             idle_timeout=idle,
             login_timeout=self.duration(s, "login_timeout", "session.login_timeout", 600.0),
             max_pending_logins=self.get(s, "max_pending_logins", "session.max_pending_logins", _positive_int, 5),
+            cache_ttl=self.duration(s, "cache_ttl", "session.cache_ttl", 5.0),
+        )
+
+    def redis(self, s: Mapping[str, Any], url: str) -> RedisSettings:
+        sentinel = s.get("redis_sentinel")
+        if sentinel is not None:
+            target = self.redis_sentinel(s)
+            if s.get("redis_url") is not None:
+                self.problem("session.redis_sentinel", "set either this or session.redis_url, not both")
+        else:
+            try:
+                target = parse_redis_url(url)
+            except ValueError as exc:
+                self.problem("session.redis_url", str(exc))
+                target = RedisSettings()
+        if self.boolean(s, "redis_cluster", "session.redis_cluster", False):
+            if target.mode == "sentinel":
+                self.problem("session.redis_cluster", "cannot be combined with Sentinel (a Cluster fails over itself)")
+            elif target.unix_path is not None:
+                self.problem("session.redis_cluster", "a Redis Cluster is reached over TCP, not a unix:// socket")
+            elif target.db != 0:
+                self.problem("session.redis_url", "a Redis Cluster has only database 0")
+            else:
+                target = _replace_redis(target, mode="cluster")
+        password, _ = self.one_secret(s, "redis_password", "session", required=False)
+        if password is not None:
+            if target.password is not None:
+                self.problem("session.redis_password", "session.redis_url has a password too; set it in one place")
+            target = _replace_redis(target, password=password)
+        timeout = self.duration(s, "redis_timeout", "session.redis_timeout", 2.0)
+        if not 0 < timeout <= 60:
+            self.problem("session.redis_timeout", "must be positive and at most 60s")
+            timeout = 2.0
+        ca_file = self.string(s, "redis_ca_file", "session.redis_ca_file") or None
+        if ca_file is not None:
+            if not target.tls:
+                self.problem("session.redis_ca_file", "needs TLS: a rediss:// URL or session.redis_sentinel.tls")
+            elif not os.access(ca_file, os.R_OK):
+                self.problem("session.redis_ca_file", f"cannot read {ca_file}")
+        return _replace_redis(target, timeout=timeout, ca_file=ca_file)
+
+    def redis_sentinel(self, s: Mapping[str, Any]) -> RedisSettings:
+        prefix = "session.redis_sentinel"
+        allowed = {"master_name", "addresses", "db", "tls", "sentinel_password", "sentinel_password_file"}
+        sub = self.section(s, "redis_sentinel", allowed, prefix)
+        master = self.string(sub, "master_name", f"{prefix}.master_name", required=True)
+        addresses: list[tuple[str, int]] = []
+        for i, text in enumerate(self.string_list(sub, "addresses", f"{prefix}.addresses") or ()):
+            try:
+                addresses.append(_redis_address(text, SENTINEL_PORT))
+            except ValueError as exc:
+                self.problem(f"{prefix}.addresses[{i}]", str(exc))
+        if "addresses" not in sub:
+            self.problem(f"{prefix}.addresses", "is required: the sentinels as host:port, e.g. [redis-0:26379]")
+        sentinel_password, _ = self.one_secret(sub, "sentinel_password", prefix, required=False)
+        return RedisSettings(
+            mode="sentinel",
+            addresses=tuple(addresses),
+            db=self.get(sub, "db", f"{prefix}.db", _redis_db, 0),
+            tls=self.boolean(sub, "tls", f"{prefix}.tls", False),
+            master_name=master,
+            sentinel_password=sentinel_password,
         )
 
     def cookie_secrets(self, s: Mapping[str, Any]) -> tuple[Secret, ...]:
@@ -663,6 +975,32 @@ class _Reader:
             seen.add(normal)
             result.append((name, claim))
         return tuple(result)
+
+    def reload(self, raw: Mapping[str, Any]) -> ReloadSettings:
+        s = self.section(raw, "reload", {"watch", "watch_interval"}, "reload")
+        interval = self.duration(s, "watch_interval", "reload.watch_interval", 1.0)
+        if not MIN_WATCH_INTERVAL <= interval <= MAX_WATCH_INTERVAL:
+            self.problem("reload.watch_interval", "must be between 100ms and 1h")
+            interval = 1.0
+        return ReloadSettings(watch=self.boolean(s, "watch", "reload.watch", True), watch_interval=interval)
+
+    def break_glass(self, raw: Mapping[str, Any]) -> BreakGlassSettings:
+        s = self.section(raw, "break_glass", {"token", "token_file", "ttl", "user"}, "break_glass")
+        if not s:
+            return BreakGlassSettings()
+        token, token_file = self.one_secret(s, "token", "break_glass", required=True)
+        if token is not None and len(token.reveal()) < MIN_BREAK_GLASS_TOKEN_LENGTH:
+            key = "break_glass.token_file" if token_file else "break_glass.token"
+            self.problem(key, f"must be at least {MIN_BREAK_GLASS_TOKEN_LENGTH} characters (openssl rand -base64 24)")
+        ttl = self.duration(s, "ttl", "break_glass.ttl", 900.0)
+        if not 0 < ttl <= 86400:
+            self.problem("break_glass.ttl", "must be positive and at most 1d")
+        user = self.string(s, "user", "break_glass.user") or "break-glass"
+        return BreakGlassSettings(token=token, token_file=token_file, ttl=ttl, user=user)
+
+    def status(self, raw: Mapping[str, Any]) -> StatusSettings:
+        s = self.section(raw, "status", {"admin_groups"}, "status")
+        return StatusSettings(admin_groups=self.string_list(s, "admin_groups", "status.admin_groups") or ())
 
     def access(self, raw: Mapping[str, Any]) -> AccessSettings:
         allowed = {"allowed_email_domains", "allowed_emails", "allowed_groups", "groups_claim"}

@@ -108,8 +108,8 @@ async def test_redis_holds_no_token_or_claim_in_clear(redis_server):
     try:
         dump = b""
         async for key in raw.scan_iter("sso:*"):
-            if await raw.type(key) == b"set":
-                dump += b"".join(await raw.smembers(key)) + key
+            if await raw.type(key) == b"zset":
+                dump += b"".join(await raw.zrange(key, 0, -1)) + key
             else:
                 dump += (await raw.get(key) or b"") + key
         ttl = await raw.pttl(f"sso:s:{session.id}")
@@ -158,3 +158,56 @@ def test_a_login_cookie_cannot_stand_in_for_a_session_ticket():
     codec.set_login(response, "1.abc." + "a" * 43, {})
     value = next(iter(response.cookies.values())).value
     assert codec.decode_ticket(value) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The in-process cache and its invalidation across workers and replicas
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def twin_managers(request, redis_server):
+    """Two managers sharing one store, as two workers (or replicas) share Redis."""
+    cached = dataclasses.replace(SETTINGS, cache_ttl=30)
+    if request.param == "memory":
+        shared = MemoryStore()
+        stores = [shared, shared]
+    else:
+        stores = [RedisStore(redis_server.url), RedisStore(redis_server.url)]
+    managers = [SessionManager(store, cached) for store in stores]
+    for m in managers:
+        await m.start()
+    for _ in range(100):  # until both subscriptions are live
+        if all(m._cache_live for m in managers):
+            break
+        await asyncio.sleep(0.01)
+    yield managers
+    for m in managers:
+        await m.stop()
+    for store in set(stores):
+        await store.close()
+
+
+async def test_a_cached_session_is_served_without_the_store(twin_managers):
+    a, _ = twin_managers
+    session = await create(a)
+    assert await a.load(session.ticket, issuer="https://idp", client_id="c") is not None
+    await a.store.delete("s:" + session.id)  # behind the manager's back: no invalidation published
+    assert await a.load(session.ticket, issuer="https://idp", client_id="c") is not None
+
+
+async def test_ending_a_session_on_one_worker_reaches_the_other_within_100ms(twin_managers):
+    a, b = twin_managers
+    session = await create(a)
+    assert await b.load(session.ticket, issuer="https://idp", client_id="c") is not None  # now cached in b
+    started = time.monotonic()
+    await a.end(session)
+    while await b.load(session.ticket, issuer="https://idp", client_id="c") is not None:
+        assert time.monotonic() - started < 0.1, "invalidation took longer than 100 ms"
+        await asyncio.sleep(0.002)
+
+
+async def test_the_cache_never_serves_a_session_to_a_ticket_with_another_key(twin_managers):
+    a, _ = twin_managers
+    session = await create(a)
+    await a.load(session.ticket, issuer="https://idp", client_id="c")
+    assert await a.load(Ticket(session.id, b"x" * 32), issuer="https://idp", client_id="c") is None

@@ -7,9 +7,12 @@ Pending logins (state -> nonce, PKCE verifier, return URL) are stored the same w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -20,11 +23,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.cookies import Ticket
+from proxy.errors import StoreUnavailable
 from proxy.sessions.memory import MemoryStore
 from proxy.sessions.store import SessionStore
 from proxy.settings import SessionSettings
 
 __all__ = ["MemoryStore", "PendingLogin", "Session", "SessionManager", "SessionStore", "open_store"]
+
+log = logging.getLogger("sso_sidecar.sessions")
 
 _SESSION = "s:"
 _LOGIN = "l:"
@@ -149,12 +155,57 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+_INVALIDATE = "sso:invalidate"
+_CACHE_MAX = 50_000
+
+
 class SessionManager:
-    """Creates, loads and ends sessions; stores and takes pending logins."""
+    """Creates, loads and ends sessions; stores and takes pending logins.
+
+    With ``cache_ttl`` > 0 it keeps recently used sessions decoded in memory for that long, so a busy
+    session costs no store round trip per request. Every change to a session (sign-out, back-channel
+    logout, refresh) is published on the store, and every worker and replica drops its copy at once; the
+    cache is used only while that subscription is live.
+    """
 
     def __init__(self, store: SessionStore, settings: SessionSettings) -> None:
         self.store = store
+        self._cache: dict[str, tuple[Session, float, float]] = {}  # id -> (session, expires, touched)
+        self._cache_live = False
+        self._listener: asyncio.Task[None] | None = None
         self.configure(settings)
+
+    async def start(self) -> None:
+        if self.settings.cache_ttl > 0 and self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for message in self.store.subscribe(_INVALIDATE):
+                    if not message:
+                        self._cache_live = True
+                    else:
+                        self._cache.pop(message.decode(), None)
+            except StoreUnavailable:
+                pass
+            except Exception:  # keep listening whatever happens; never serve a cache we cannot invalidate
+                log.exception("session invalidation listener failed")
+            self._cache_live = False
+            self._cache.clear()
+            await asyncio.sleep(1.0)
+
+    async def _forget(self, session_id: str) -> None:
+        self._cache.pop(session_id, None)
+        if self._listener is not None:
+            await self.store.publish(_INVALIDATE, session_id.encode())
 
     def configure(self, settings: SessionSettings) -> None:
         """Apply reloaded timeouts and secrets; the store itself cannot change without a restart."""
@@ -210,6 +261,10 @@ class SessionManager:
 
         Reading it also restarts its idle timer.
         """
+        if self._cache_live:
+            cached = self._cache.get(ticket.session_id)
+            if cached is not None:
+                return await self._from_cache(ticket, cached, issuer=issuer, client_id=client_id)
         sealed = await self.store.get(_SESSION + ticket.session_id, touch=self.settings.idle_timeout)
         if sealed is None:
             return None
@@ -223,14 +278,44 @@ class SessionManager:
         if (session.issuer, session.client_id) != (issuer, client_id):
             # Sessions are only trusted under the provider and client that created them.
             return None
+        if self._cache_live:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.pop(next(iter(self._cache)))
+            now = time.monotonic()
+            self._cache[session.id] = (session, now + self.settings.cache_ttl, now)
         return session
 
+    async def _from_cache(
+        self, ticket: Ticket, cached: tuple[Session, float, float], *, issuer: str, client_id: str
+    ) -> Session | None:
+        session, expires, touched = cached
+        now = time.monotonic()
+        if expires <= now or not hmac.compare_digest(session.key, ticket.key):
+            self._cache.pop(ticket.session_id, None)
+            return await self.load(ticket, issuer=issuer, client_id=client_id) if expires <= now else None
+        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
+            return None
+        # The idle timer lives in the store; restart it now and then rather than on every request.
+        if now - touched > min(60.0, self.settings.idle_timeout / 4):
+            if await self.store.get(_SESSION + session.id, touch=self.settings.idle_timeout) is None:
+                self._cache.pop(session.id, None)
+                return None
+            self._cache[session.id] = (session, expires, now)
+        return session
+
+    async def update(self, session: Session) -> None:
+        """Save a changed session (new tokens, claims) and make every worker read it afresh."""
+        await self.save(session)
+        await self._forget(session.id)
+
     async def delete(self, session_id: str) -> bool:
-        return await self.store.delete(_SESSION + session_id)
+        deleted = await self.store.delete(_SESSION + session_id)
+        await self._forget(session_id)
+        return deleted
 
     async def end(self, session: Session) -> None:
         """Sign-out: the session and its index entries."""
-        await self.store.delete(_SESSION + session.id)
+        await self.delete(session.id)
         for key in _index_keys(session.issuer, session.subject, session.provider_session):
             await self.store.index_remove(key, session.id)
 
@@ -240,7 +325,7 @@ class SessionManager:
         key = _index_key(issuer, "sid", sid) if sid else _index_key(issuer, "sub", sub or "")
         ended = 0
         for session_id in await self.store.index_members(key):
-            ended += await self.store.delete(_SESSION + session_id)
+            ended += await self.delete(session_id)
         await self.store.delete(key)
         return ended
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
+from collections.abc import AsyncIterator
 
 
 class MemoryStore:
@@ -11,8 +13,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float]] = {}
-        self._sets: dict[str, tuple[builtins.set[str], float]] = {}
+        self._sets: dict[str, dict[str, float]] = {}  # index key -> member -> expiry
         self._next_sweep = 1024
+        self._subscribers: dict[str, list[asyncio.Queue[bytes]]] = {}
 
     def _live(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -55,25 +58,36 @@ class MemoryStore:
         return False
 
     async def index_add(self, key: str, member: str, ttl: float) -> None:
-        members, expires = self._live_set(key)
-        members.add(member)
-        self._sets[key] = (members, max(expires, time.monotonic() + ttl))
+        # Each member expires on its own, so a user who signs in again and again does not grow the set.
+        now = time.monotonic()
+        members = {m: exp for m, exp in self._sets.get(key, {}).items() if exp > now}
+        members[member] = now + ttl
+        self._sets[key] = members
 
     async def index_members(self, key: str) -> builtins.set[str]:
-        return set(self._live_set(key)[0])
+        now = time.monotonic()
+        return {m for m, exp in self._sets.get(key, {}).items() if exp > now}
 
     async def index_remove(self, key: str, member: str) -> None:
-        members, _ = self._live_set(key)
-        members.discard(member)
-        if not members:
-            self._sets.pop(key, None)
+        members = self._sets.get(key)
+        if members is not None:
+            members.pop(member, None)
+            if not members:
+                del self._sets[key]
 
-    def _live_set(self, key: str) -> tuple[builtins.set[str], float]:
-        item = self._sets.get(key)
-        if item is None or item[1] <= time.monotonic():
-            self._sets.pop(key, None)
-            return set(), 0.0
-        return item
+    async def publish(self, channel: str, message: bytes) -> None:
+        for queue in self._subscribers.get(channel, ()):
+            queue.put_nowait(message)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._subscribers.setdefault(channel, []).append(queue)
+        try:
+            yield b""
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers[channel].remove(queue)
 
     async def ping(self) -> None:
         return None
@@ -89,7 +103,7 @@ class MemoryStore:
         now = time.monotonic()
         for key in [k for k, (_, expires) in self._data.items() if expires <= now]:
             del self._data[key]
-        for key in [k for k, (_, expires) in self._sets.items() if expires <= now]:
+        for key in [k for k, members in self._sets.items() if max(members.values(), default=0.0) <= now]:
             del self._sets[key]
         # Sweep again when the live set has doubled, so the cost stays amortised O(1) per write.
         self._next_sweep = max(1024, 2 * (len(self._data) + len(self._sets)))

@@ -1,28 +1,56 @@
-"""Redis session store (redis.asyncio): sessions shared by every replica."""
+"""Redis session store (redis.asyncio): sessions shared by every replica, on one server, on the master a
+Sentinel group names, or on a Redis Cluster.
+
+This is the hot path: a request costs one GETEX and nothing more. Every call is bounded by
+``RedisSettings.timeout``; a call Redis cannot answer in time raises ``StoreUnavailable`` (a 503 page) and
+the next call simply tries again, so the sidecar recovers by itself when Redis returns.
+
+Cluster: every command and both Lua scripts touch exactly one key, so nothing ever crosses hash slots.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
-from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
 from proxy.errors import StoreUnavailable
+from proxy.settings import RedisSettings, parse_redis_url
 
 log = logging.getLogger("sso_sidecar.sessions")
 _T = TypeVar("_T")
 _PREFIX = "sso:"
+_MAX_CONNECTIONS = 512
+# How often the Sentinel master is looked up besides on every new connection (see ``_watch_master``).
+_MASTER_CHECK_INTERVAL = 1.0
+# A subscription that has heard nothing for this long pings; with no answer within the timeout it is lost.
+_SUBSCRIPTION_PING = 1.0
+_UNAVAILABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
+
 # Compare-and-delete: release a lock only while it is still ours.
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
-# SADD, and never shorten the set's TTL (it covers the longest-lived member).
+# An index is a sorted set of member -> expiry (ms since the epoch). Expired members are dropped on every
+# add, so the index of a user who signs in daily and never signs out stays as small as their live
+# sessions; the key's own TTL covers its longest-lived member. ARGV: member, now (ms), ttl (ms).
 _INDEX_ADD = """
-redis.call('SADD', KEYS[1], ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not old or tonumber(old) < now + ttl then redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 """
 
@@ -31,26 +59,124 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+class _MasterPool(SentinelConnectionPool):
+    """A connection to a master that is no longer the master is closed when it comes back to the pool.
+
+    redis-py re-resolves the master for every new connection and closes idle ones when it changed, but
+    a connection busy at that moment would otherwise return to the pool still talking to the old master
+    (which, after ``SENTINEL FAILOVER``, keeps accepting writes until Sentinel demotes it).
+    """
+
+    async def release(self, connection: AbstractConnection) -> None:
+        address = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if self.master_address is not None and address != self.master_address:
+            connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
+        await super().release(connection)
+
+
 class RedisStore:
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
-        self._timeout = timeout
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            max_connections=512,
-        )
+    def __init__(self, target: RedisSettings | str, *, timeout: float | None = None) -> None:
+        if isinstance(target, str):
+            target = parse_redis_url(target)
+        self._timeout = target.timeout if timeout is None else timeout
+        self._where = target.url  # password masked
+        self._sentinel: Sentinel | None = None
+        self._master_pool: _MasterPool | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._down = False
+        self._redis: Redis | RedisCluster = self._connect(target)
         self._delete_if = self._redis.register_script(_DELETE_IF)
         self._index_add = self._redis.register_script(_INDEX_ADD)
 
+    def _connect(self, target: RedisSettings) -> Redis | RedisCluster:
+        # Half the budget per attempt, so one retry on a fresh connection still fits in it: the retry
+        # is what replaces a pooled connection that died with a restarted or failed-over server.
+        attempt = self._timeout / 2
+        retry = Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
+        common: dict[str, Any] = {
+            "socket_timeout": attempt,
+            "socket_connect_timeout": attempt,
+            "retry": retry,
+            "health_check_interval": 30,
+        }
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": target.ca_file} if target.tls else {}
+        auth: dict[str, Any] = {
+            "username": target.username,
+            "password": target.password.reveal() if target.password else None,
+            "client_name": "sso-sidecar",
+        }
+        if target.mode == "cluster":
+            return RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in target.addresses],
+                max_connections=_MAX_CONNECTIONS,
+                **common,
+                **tls,
+                **auth,
+            )
+        if target.mode == "sentinel":
+            sentinel_auth = target.sentinel_password.reveal() if target.sentinel_password else None
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(target.addresses),
+                sentinel_kwargs={**common, **tls, "password": sentinel_auth, "health_check_interval": 0},
+            )
+            self._master_pool = _MasterPool(  # type: ignore[no-untyped-call]
+                target.master_name,
+                self._sentinel,
+                is_master=True,
+                max_connections=_MAX_CONNECTIONS,
+                db=target.db,
+                **common,
+                **tls,
+                **auth,
+            )
+            return Redis.from_pool(self._master_pool)
+        return Redis(
+            host=target.addresses[0][0] if target.addresses else "localhost",
+            port=target.addresses[0][1] if target.addresses else 6379,
+            unix_socket_path=target.unix_path,
+            db=target.db,
+            max_connections=_MAX_CONNECTIONS,
+            **common,
+            **tls,
+            **auth,
+        )
+
+    def _watch(self) -> None:
+        if self._master_pool is not None and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_master(self._master_pool))
+
     async def _call(self, op: Callable[[], Awaitable[_T]]) -> _T:
-        # Bounded: a request that needs a session gets a 503 within ``timeout``, never hangs.
+        if self._master_pool is not None and self._watcher is None:
+            self._watch()
         try:
-            return await asyncio.wait_for(op(), self._timeout * 2)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("session store unreachable: %s", type(exc).__name__)
-            raise StoreUnavailable("The session store is unreachable. Please try again shortly.") from None
+            # Bounded: a request that needs a session gets a 503 within ``timeout``, never hangs.
+            async with asyncio.timeout(self._timeout):
+                result = await op()
+        except _UNAVAILABLE as exc:
+            self._unavailable(exc)
+        if self._down:
+            self._down = False
+            log.warning("session store %s is reachable again", self._where)
+        return result
+
+    def _unavailable(self, exc: BaseException) -> NoReturn:
+        if not self._down:  # one line per outage, not one per request
+            self._down = True
+            log.error("session store %s is unreachable: %s: %s", self._where, type(exc).__name__, exc)
+        raise StoreUnavailable("The session store is unreachable. Please try again shortly.") from None
+
+    async def _watch_master(self, pool: _MasterPool) -> None:
+        """Ask Sentinel for the master every second, so that a failover moves every connection over at
+        once instead of when each happens to fail (an old master can stay writable for seconds)."""
+        while True:
+            await asyncio.sleep(_MASTER_CHECK_INTERVAL)
+            with contextlib.suppress(*_UNAVAILABLE):
+                async with asyncio.timeout(self._timeout):
+                    before = pool.master_address
+                    # When the master moved, this also closes the idle connections to the old one.
+                    after = await pool.get_master_address()  # type: ignore[no-untyped-call]
+                    if before is not None and after != before:
+                        log.warning("session store: Sentinel master moved from %s:%s to %s:%s", *before, *after)
 
     async def get(self, key: str, *, touch: float | None = None) -> bytes | None:
         if touch is None:
@@ -76,20 +202,85 @@ class RedisStore:
         return bool(await self._call(lambda: self._delete_if(keys=[_PREFIX + key], args=[value])))
 
     async def index_add(self, key: str, member: str, ttl: float) -> None:
-        await self._call(lambda: self._index_add(keys=[_PREFIX + key], args=[member, _ms(ttl)]))
+        args: list[str | int] = [member, _now_ms(), _ms(ttl)]
+        await self._call(lambda: self._index_add(keys=[_PREFIX + key], args=args))
 
     async def index_members(self, key: str) -> builtins.set[str]:
-        members = await self._call(lambda: self._redis.smembers(_PREFIX + key))
+        members = await self._call(lambda: self._redis.zrangebyscore(_PREFIX + key, f"({_now_ms()}", "+inf"))
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def index_remove(self, key: str, member: str) -> None:
-        await self._call(lambda: self._redis.srem(_PREFIX + key, member))
+        await self._call(lambda: self._redis.zrem(_PREFIX + key, member))
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        # In a Cluster, PUBLISH reaches the subscribers on every node, whichever node it is sent to.
+        await self._call(lambda: self._redis.publish(channel, message))
+
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        self._watch()
+        pubsub = self._redis.pubsub()
+        try:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.subscribe(channel)
+                    while (await pubsub.get_message(timeout=self._timeout) or {}).get("type") != "subscribe":
+                        pass
+            except _UNAVAILABLE as exc:
+                self._unavailable(exc)
+            yield b""
+            while True:
+                yield await self._next_message(pubsub)
+        finally:
+            with contextlib.suppress(*_UNAVAILABLE):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _next_message(self, pubsub: PubSub) -> bytes:
+        """The next published message. Raises ``StoreUnavailable`` whenever one may have been missed: the
+        connection dropped (redis-py reconnects and subscribes again by itself), Redis stopped answering,
+        or Sentinel moved the master (the old one may still be up, hearing nothing published)."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            connection = pubsub.connection
+            if (
+                self._master_pool is not None
+                and connection is not None
+                and (connection.host, connection.port) != self._master_pool.master_address
+            ):
+                self._unavailable(ConnectionError("the Sentinel master moved"))
+            try:
+                message = await pubsub.get_message(timeout=_SUBSCRIPTION_PING)
+                if message is None:
+                    silent = loop.time() - heard
+                    if silent > _SUBSCRIPTION_PING + self._timeout:
+                        raise TimeoutError("the subscription went silent")
+                    if silent >= _SUBSCRIPTION_PING:
+                        await pubsub.ping()  # answered by a "pong" message
+                    continue
+            except _UNAVAILABLE as exc:
+                self._unavailable(exc)
+            heard = loop.time()
+            if message["type"] == "subscribe":
+                self._unavailable(ConnectionError("the subscription was re-established"))
+            if message["type"] == "message":
+                data = message["data"]
+                return data if isinstance(data, bytes) else str(data).encode()
 
     async def ping(self) -> None:
         await self._call(lambda: self._redis.ping())
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:

@@ -7,6 +7,7 @@ Every key is written with a TTL, so nothing a store holds outlives its use.
 from __future__ import annotations
 
 import builtins
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 
@@ -35,6 +36,13 @@ class SessionStore(Protocol):
     async def index_members(self, key: str) -> builtins.set[str]: ...
 
     async def index_remove(self, key: str, member: str) -> None: ...
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Tell every process sharing this store (other workers, other replicas)."""
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        """Messages published on ``channel``; yields ``b""`` once when the subscription is live.
+        Raises ``StoreUnavailable`` when the connection is lost (messages may have been missed)."""
 
     async def ping(self) -> None: ...
 

@@ -1,0 +1,393 @@
+"""Redis for high availability: Sentinel, Cluster, TLS, restarts and outages, with real sidecar processes,
+the real dev IdP and real redis-server processes (tests/support/redis_ha.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from proxy.errors import ConfigError, StoreUnavailable
+from proxy.sessions.redis import RedisStore
+from proxy.settings import Secret, parse_settings
+from support.idp import login, logout
+from support.redis_ha import (
+    RedisClusterNodes,
+    RedisNode,
+    SentinelGroup,
+    TLSRedisNode,
+    aof_server,
+    command,
+    session_keys,
+)
+
+SESSION_COOKIE = "sso_sidecar"
+API = {"X-Requested-With": "test"}  # a lost session answers 401 instead of redirecting to the provider
+# Every request finishes within this, whatever Redis does (the sidecars run with redis_timeout: 1s).
+BOUND = 3.0
+
+
+def redis_config(url: str, **extra: object) -> dict[str, object]:
+    return {"session": {"store": "redis", "redis_url": url, "redis_timeout": "1s", **extra}}
+
+
+def replica_of(sidecar_factory, first, config: dict[str, object]):
+    """A second sidecar that shares the first one's client, cookie secret and public URL."""
+    session = dict(config["session"])  # type: ignore[arg-type]
+    session["cookie_secret"] = first.config["session"]["cookie_secret"]
+    shared = {**config, "session": session, "public_url": first.config["public_url"], "sso": first.config["sso"]}
+    return sidecar_factory(shared, register=False)
+
+
+async def signed_in(http, sidecar, username: str = "alice.smith"):
+    client = http()
+    resp = await login(client, sidecar.url_for("/api/whoami"), username)
+    assert resp.status == 200, await resp.text()
+    return client
+
+
+async def timed_get(client, url: str, **kwargs) -> tuple[int, float, str]:
+    started = time.monotonic()
+    async with client.get(url, **kwargs) as resp:
+        body = await resp.text()
+    return resp.status, time.monotonic() - started, body
+
+
+async def until_unavailable(client, url: str, **kwargs) -> tuple[int, float, str]:
+    """Requests until one gets 503: each within the bound, all within a few seconds."""
+    deadline = time.monotonic() + 2 * BOUND
+    while True:
+        status, elapsed, body = await timed_get(client, url, **kwargs)
+        assert status in (200, 503) and elapsed < BOUND, (status, elapsed)
+        if status == 503:
+            return status, elapsed, body
+        assert time.monotonic() < deadline, "still served while Redis is away"
+        await asyncio.sleep(0.1)
+
+
+async def user_at(client, url: str) -> str | None:
+    status, _, body = await timed_get(client, url, headers=API)
+    return json.loads(body)["headers"].get("X-Forwarded-User") if status == 200 else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+BASE = """
+public_url: "https://console.example.com"
+upstream: "http://127.0.0.1:8888"
+sso: {issuer_url: "https://idp.example.com", client_id: "c", client_secret: "s"}
+session:
+  store: redis
+  cookie_secret: "cccccccccccccccccccccccccccccccccccccccc"
+"""
+
+
+def parse(session_yaml: str, env: dict[str, str] | None = None):
+    text = BASE + textwrap.indent(textwrap.dedent(session_yaml), "  ")
+    return parse_settings(text, env or {})
+
+
+def problems(session_yaml: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse(session_yaml, env)
+    return {p.key: p.message for p in info.value.problems}
+
+
+def test_each_redis_topology_is_read_from_its_url_or_keys(tmp_path: Path):
+    single = parse('redis_url: "rediss://app:${PW}@redis.internal:6380/2"', {"PW": "s3cr/t+x"}).session
+    assert (single.redis.mode, single.redis.addresses, single.redis.db, single.redis.tls) == (
+        "single",
+        (("redis.internal", 6380),),
+        2,
+        True,
+    )
+    assert single.redis.username == "app" and single.redis.password == Secret("s3cr/t+x")
+    assert single.redis_url == "rediss://app:****@redis.internal:6380/2"  # shown by `check`, never the password
+
+    sentinel = parse('redis_url: "redis+sentinel://:pw@s1,s2:26380/mymaster/1"').session.redis
+    assert sentinel.mode == "sentinel" and sentinel.master_name == "mymaster" and sentinel.db == 1
+    assert sentinel.addresses == (("s1", 26379), ("s2", 26380)) and sentinel.password == Secret("pw")
+
+    (tmp_path / "pw").write_text("from-file\n")
+    (tmp_path / "spw").write_text("sentinel-pw\n")
+    keys = parse(f"""
+        redis_password_file: "{tmp_path / "pw"}"
+        redis_sentinel:
+          master_name: mymaster
+          addresses: ["10.0.0.1:26379", "10.0.0.2"]
+          sentinel_password_file: "{tmp_path / "spw"}"
+          tls: true
+    """).session.redis
+    assert (keys.mode, keys.master_name, keys.tls) == ("sentinel", "mymaster", True)
+    assert keys.addresses == (("10.0.0.1", 26379), ("10.0.0.2", 26379))
+    assert keys.password == Secret("from-file") and keys.sentinel_password == Secret("sentinel-pw")
+    assert keys.url == "rediss+sentinel://:****@10.0.0.1:26379,10.0.0.2:26379/mymaster/0"
+
+    cluster = parse('redis_url: "redis+cluster://n1:7000,n2:7001"').session.redis
+    assert cluster.mode == "cluster" and cluster.addresses == (("n1", 7000), ("n2", 7001))
+    flagged = parse('redis_url: "redis://n1:7000"\nredis_cluster: true\nredis_timeout: 500ms').session.redis
+    assert flagged.mode == "cluster" and flagged.timeout == 0.5 and flagged.url == "redis+cluster://n1:7000"
+    assert "s3cr" not in repr(single) and "from-file" not in repr(keys)
+
+
+def test_every_redis_config_problem_names_its_key(tmp_path: Path):
+    assert "+sentinel://" in problems('redis_url: "http://x"')["session.redis_url"]
+    assert "master" in problems('redis_url: "redis+sentinel://s1:26379"')["session.redis_url"]
+    assert "database 0" in problems('redis_url: "redis+cluster://n1/3"')["session.redis_url"]
+    assert "several hosts" in problems('redis_url: "redis://a,b"')["session.redis_url"]
+    found = problems("redis_url: 'redis+sentinel://:hunter2@s1/m'\nredis_cluster: true")
+    assert "Sentinel" in found["session.redis_cluster"]
+    assert "hunter2" not in json.dumps(problems('redis_url: "redis://:hunter2@h:99999"'))
+    assert "one place" in problems('redis_url: "redis://:pw@h"\nredis_password: other')["session.redis_password"]
+    found = problems("""
+        redis_url: "redis://h"
+        redis_timeout: 0s
+        redis_ca_file: /nonexistent
+        redis_sentinel: {addresses: ["h:x"], colour: blue}
+    """)
+    assert set(found) >= {
+        "session.redis_timeout",
+        "session.redis_ca_file",
+        "session.redis_sentinel",
+        "session.redis_sentinel.master_name",
+        "session.redis_sentinel.addresses[0]",
+        "session.redis_sentinel.colour",
+    }
+    assert "required" in problems("redis_sentinel: {master_name: m}")["session.redis_sentinel.addresses"]
+    # With the memory store, Redis keys are not read at all (no password file needed).
+    assert parse("store: memory\nredis_password_file: /nonexistent").session.store == "memory"
+
+
+def test_a_changed_redis_target_needs_a_restart():
+    before = parse('redis_url: "redis+sentinel://s1/m"')
+    assert before.restart_needed(parse('redis_url: "redis+sentinel://s1/m"')) == []
+    assert before.restart_needed(parse('redis_url: "redis+sentinel://s2/m"')) == ["session.redis_url"]
+    assert before.restart_needed(parse('redis_url: "redis+sentinel://s1/m"\nredis_timeout: 5s')) == ["session.redis_*"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hygiene
+
+
+async def test_an_index_forgets_members_whose_time_is_up(redis_clean):
+    """A user who signs in again and again without signing out does not grow their index forever."""
+    store = RedisStore(redis_clean.url)
+    try:
+        await store.index_add("i:user", "old", 0.2)
+        await store.index_add("i:user", "live", 30)
+        await asyncio.sleep(0.3)
+        assert await store.index_members("i:user") == {"live"}
+        await store.index_add("i:user", "new", 10)
+        assert command(redis_clean.port, "ZCARD", "sso:i:user") == 2
+        assert 29_000 < session_keys([redis_clean.port])["sso:i:user"][1] <= 30_000  # never shortened
+        await store.index_remove("i:user", "live")
+        assert await store.index_members("i:user") == {"new"}
+    finally:
+        await store.close()
+
+
+async def test_every_session_key_expires_after_logins_logouts_and_abandoned_logins(http, sidecar_factory, redis_clean):
+    sc = sidecar_factory(redis_config(redis_clean.url))
+    for user in ("alice.smith", "bob.jones", "alice.smith"):
+        await signed_in(http, sc, user)
+    leaving = await signed_in(http, sc, "bob.jones")
+    await logout(leaving, sc.url_for("/oauth2/sign_out"))
+    async with http().get(sc.url_for("/somewhere")) as resp:  # a login started and never finished
+        assert resp.status == 302
+    keys = session_keys([redis_clean.port], "*")
+    assert keys and all(key.startswith("sso:") for key in keys)
+    assert {key: ttl for key, (_, ttl) in keys.items() if ttl <= 0} == {}
+
+
+async def test_a_subscription_hears_publishes_and_ends_when_redis_may_have_missed_one(tmp_path):
+    """Invalidations (sign-out elsewhere) travel by pub/sub; a subscriber that cannot be sure it heard
+    them all must say so (StoreUnavailable) within a bound, so that cached sessions are dropped."""
+    redis = RedisNode(tmp_path / "redis").start()
+    store = RedisStore(redis.url, timeout=0.5)
+    subscription = store.subscribe("sso:test")
+    try:
+        assert await anext(subscription) == b""
+        await store.publish("sso:test", b"session-1")
+        assert await asyncio.wait_for(anext(subscription), 2) == b"session-1"
+
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(anext(subscription), 5)
+        assert time.monotonic() - started < 3
+        redis.proc.send_signal(signal.SIGCONT)
+
+        again = store.subscribe("sso:test")
+        assert await anext(again) == b""
+        await asyncio.to_thread(redis.stop)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(anext(again), 5)
+        await again.aclose()
+    finally:
+        await subscription.aclose()
+        await store.close()
+        redis.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Outages and restarts
+
+
+async def test_outages_give_a_bounded_503_and_an_aof_restart_keeps_sessions(http, sidecar_factory, tmp_path):
+    """A hung Redis (SIGSTOP) and a stopped one both give 503 within the bound and /readyz says not ready;
+    the sidecar recovers by itself, and a graceful restart with AOF persistence loses no session."""
+    redis = aof_server(tmp_path / "redis").start()
+    try:
+        sc = sidecar_factory(redis_config(redis.url))
+        client = await signed_in(http, sc)
+        assert await user_at(client, sc.url_for("/api/whoami")) == "alice.smith"
+
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing: only timeouts help
+        try:
+            # Sessions cached in memory are served until the sidecar notices that it can no longer hear
+            # invalidations (a ping interval plus the timeout); then every request needs Redis.
+            status, elapsed, body = await until_unavailable(client, sc.url_for("/api/whoami"))
+            assert "Temporarily unavailable" in body and "Traceback" not in body
+            status, elapsed, body = await timed_get(client, sc.url_for("/api/whoami"), headers=API)
+            assert (status, json.loads(body)["error"], elapsed < BOUND) == (503, "session_store_unavailable", True)
+            status, elapsed, _ = await timed_get(http(), sc.url_for("/readyz"))
+            assert (status, elapsed < BOUND) == (503, True)
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert await user_at(client, sc.url_for("/api/whoami")) == "alice.smith"
+
+        await asyncio.to_thread(redis.stop)  # SIGTERM: Redis fsyncs the AOF and exits
+        await until_unavailable(client, sc.url_for("/api/whoami"), headers=API)
+        assert (await timed_get(http(), sc.url_for("/readyz")))[0] == 503
+        assert sc.healthz() == 200 and sc.proc is not None and sc.proc.alive
+
+        await asyncio.to_thread(redis.start)  # the same port and directory: the AOF is replayed
+        assert await user_at(client, sc.url_for("/api/whoami")) == "alice.smith"
+        assert (await timed_get(http(), sc.url_for("/readyz")))[0] == 200
+        assert await user_at(await signed_in(http, sc, "bob.jones"), sc.url_for("/api/whoami")) == "bob.jones"
+    finally:
+        redis.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sentinel
+
+
+@pytest.mark.parametrize("how", ["sentinel-failover", "master-crash"])
+async def test_a_sentinel_failover_under_traffic_keeps_every_session(http, sidecar_factory, tmp_path, how):
+    group = await asyncio.to_thread(SentinelGroup(tmp_path / "redis").start)
+    try:
+        sc = sidecar_factory(redis_config(group.url))
+        users = ["alice.smith", "bob.jones", "alice.smith", "bob.jones"]
+        clients = [await signed_in(http, sc, user) for user in users]
+        assert await asyncio.to_thread(group.replicate) == 1  # the replica has every session
+
+        results: list[tuple[int, float]] = []
+        stop = asyncio.Event()
+
+        async def traffic(client) -> None:
+            while not stop.is_set():
+                status, elapsed, _ = await timed_get(client, sc.url_for("/api/whoami"), headers=API)
+                results.append((status, elapsed))
+                await asyncio.sleep(0.02)
+
+        tasks = [asyncio.create_task(traffic(c)) for c in clients]
+        listener = RedisStore(group.url, timeout=1.0)
+        subscription = listener.subscribe("sso:test")
+        assert await anext(subscription) == b""
+        ended = asyncio.create_task(anext(subscription))
+        await asyncio.sleep(0.3)
+        old = group.master.port
+        if how == "master-crash":
+            group.master.kill()
+        else:
+            group.sentinel.command("SENTINEL", "FAILOVER", group.MASTER_NAME)
+        new = await asyncio.to_thread(group.wait_for_new_master, old)
+        assert new == group.replica.port
+        with pytest.raises(StoreUnavailable):  # it might have missed messages published on the new master
+            await asyncio.wait_for(ended, BOUND)
+        await subscription.aclose()
+        await listener.close()
+        await asyncio.sleep(1.5)  # traffic goes on after the switch
+        stop.set()
+        await asyncio.gather(*tasks)
+
+        statuses = Counter(status for status, _ in results)
+        assert set(statuses) <= {200, 503}, statuses  # never a lost session (401), never an error page
+        assert max(elapsed for _, elapsed in results) < BOUND
+        assert statuses[200] > 20
+        for client, user in zip(clients, users, strict=True):
+            assert await user_at(client, sc.url_for("/api/whoami")) == user
+        # New logins (pending login taken on the new master) and /readyz work after the switch.
+        assert await user_at(await signed_in(http, sc, "carol.white"), sc.url_for("/api/whoami")) == "carol.white"
+        assert (await timed_get(http(), sc.url_for("/readyz")))[0] == 200
+        # Carol's session went to the new master, not to an old one that Sentinel has yet to demote.
+        assert len(session_keys([new], "sso:s:*")) == len(clients) + 1
+        assert all(ttl > 0 for _, ttl in session_keys([new]).values())
+        print(how, statuses, max(elapsed for _, elapsed in results))
+    finally:
+        await asyncio.to_thread(group.stop)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster
+
+
+async def test_a_redis_cluster_serves_sessions_to_two_replicas(http, sidecar_factory, tmp_path):
+    cluster = await asyncio.to_thread(RedisClusterNodes(tmp_path / "cluster").start)
+    try:
+        a = sidecar_factory(redis_config(cluster.url))
+        b = replica_of(sidecar_factory, a, redis_config(f"redis://127.0.0.1:{cluster.ports[1]}", redis_cluster=True))
+        users = ["alice.smith", "bob.jones", "carol.white", "alice.smith", "bob.jones", "carol.white"]
+        clients = []
+        for i, user in enumerate(users):  # logins start on one replica and finish on the other
+            client = http()
+            first, second = (a, b) if i % 2 else (b, a)
+            async with client.get(first.url_for("/api/whoami"), headers={"Accept": "text/html"}) as resp:
+                assert resp.status == 302
+                provider = resp.headers["Location"]
+            resp = await login(client, provider.replace(first.url, second.url), user)
+            assert resp.status == 200, await resp.text()
+            clients.append(client)
+        for client, user in zip(clients, users, strict=True):
+            assert await user_at(client, a.url_for("/api/whoami")) == user
+            assert await user_at(client, b.url_for("/api/whoami")) == user
+
+        await logout(clients[0], b.url_for("/oauth2/sign_out"))
+        assert await user_at(clients[0], a.url_for("/api/whoami")) is None
+
+        keys = await asyncio.to_thread(session_keys, cluster.ports)
+        assert len({port for port, _ in keys.values()}) >= 2, keys  # spread over the slots of several masters
+        assert all(ttl > 0 for _, ttl in keys.values()), keys
+        assert (await timed_get(http(), b.url_for("/readyz")))[0] == 200
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+# --------------------------------------------------------------------------------------------------
+# TLS
+
+
+async def test_tls_redis_with_a_private_ca_and_a_password_file(http, sidecar_factory, tmp_path):
+    redis = TLSRedisNode(tmp_path / "redis", password="tls-redis-password").start()
+    try:
+        (tmp_path / "redis-password").write_text("tls-redis-password\n")
+        config = redis_config(
+            redis.url, redis_ca_file=str(redis.ca), redis_password_file=str(tmp_path / "redis-password")
+        )
+        sc = sidecar_factory(config)
+        client = await signed_in(http, sc)
+        assert await user_at(client, sc.url_for("/api/whoami")) == "alice.smith"
+        assert (await timed_get(http(), sc.url_for("/readyz")))[0] == 200
+    finally:
+        redis.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -116,6 +117,8 @@ def cmd_run(path: str) -> int:
              settings.listen_host, settings.listen_port, settings.upstream,
              "on" if settings.sso.enabled else "off", settings.workers)  # fmt: skip
     if settings.workers == 1:
+        # Until the event loop installs the reload handler, a SIGHUP must not kill the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _serve(settings, path, worker=0)
         return 0
     from proxy.workers import run_workers

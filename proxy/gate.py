@@ -1,27 +1,46 @@
 """Every request that is not the sidecar's own: decide, then proxy.
 
-Top to bottom: strip spoofable identity headers -> SSO off? pass through -> skip-auth rule? pass
-without identity -> session? -> (login redirect | 401 JSON | 403 page | proxy with identity headers).
+Top to bottom: normalise the path (``paths``) -> strip spoofable identity headers -> SSO off? pass
+through -> skip-auth rule? pass without identity -> who is calling (session cookie, else a bearer token)
+-> (login redirect | 401 JSON | 403 page | proxy with identity headers). The path that rules were
+matched against is the path forwarded, with the raw query.
+
+The pieces (``caller``, ``authorize``, ``skips_auth``, ``is_trusted_proxy``) are shared with the
+forward-auth endpoint (``forward_auth``), which answers the same questions for nginx and Traefik.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import Forbidden, Unauthenticated
+from proxy import breakglass
+from proxy.bearer import VERIFIERS, bearer_token
+from proxy.errors import Forbidden, InvalidToken, Unauthenticated
 from proxy.login import RUNTIME, begin_login, login_url, session_for
+from proxy.paths import RequestPath, normalise
 from proxy.policy import denial_reason
-from proxy.runtime import Active
+from proxy.runtime import Active, Runtime
+from proxy.settings import Settings, SkipRule
 from proxy.upstream import Forwarded
 
 _BROWSER_ACCEPT = ("text/html", "application/xhtml+xml", "*/*")
+# RFC 6750 3: the challenge for a request that brought no credentials at all.
+BEARER_CHALLENGE = "Bearer"
+_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 
-def is_api_request(request: web.Request) -> bool:
-    """The rule in INTERFACE.md: such requests get 401 JSON instead of a login redirect."""
+def is_api_request(request: web.BaseRequest) -> bool:
+    """The rule in INTERFACE.md, plus: a request with a bearer token is an API client's.
+
+    Such requests get 401 JSON instead of a login redirect."""
     headers = request.headers
-    if "X-Requested-With" in headers:
+    if "X-Requested-With" in headers or bearer_token(request) is not None:
         return True
     mode = headers.get("Sec-Fetch-Mode")
     if mode is not None and mode != "navigate":
@@ -30,36 +49,138 @@ def is_api_request(request: web.Request) -> bool:
     return not any(kind in accept for kind in _BROWSER_ACCEPT)
 
 
-def forwarded_for(request: web.Request, active: Active) -> Forwarded:
+# --------------------------------------------------------------------------------------------------
+# Trusted proxies
+
+
+def is_trusted_proxy(address: str | None, settings: Settings) -> bool:
+    """True when ``address`` is in ``trusted_proxies``: only then are its X-Forwarded-* believed."""
+    if not address or not settings.trusted_proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in settings.trusted_proxies)
+
+
+def forwarded_for(request: web.BaseRequest, settings: Settings) -> Forwarded:
+    """What the console is told about the client.
+
+    From a trusted proxy, its X-Forwarded-For chain is extended with the proxy's own address and the
+    client is the right-most address that is not a trusted proxy (the left-most entries are whatever the
+    client sent); X-Forwarded-Proto and X-Forwarded-Host are taken when well-formed. From anyone else,
+    all of them are replaced: the client is the connected address, the scheme is ``public_url``'s.
+    """
     remote = request.remote or ""
-    return Forwarded(for_=remote, proto=active.settings.public_url.scheme, host=request.host, client=remote)
+    if not is_trusted_proxy(remote, settings):
+        return Forwarded(for_=remote, proto=settings.public_url.scheme, host=request.host, client=remote)
+    chain = [*_addresses(request.headers.getall("X-Forwarded-For", ())), remote]
+    client = next((a for a in reversed(chain) if not is_trusted_proxy(a, settings)), chain[0])
+    proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
+    host = _first(request.headers.get("X-Forwarded-Host"))
+    return Forwarded(
+        for_=", ".join(chain),
+        proto=proto if proto in ("http", "https") else settings.public_url.scheme,
+        host=host if _HOST.match(host) else request.host,
+        client=client,
+    )
+
+
+def _addresses(values: Iterable[str]) -> list[str]:
+    result = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            try:
+                result.append(str(ipaddress.ip_address(item.strip("[]"))))
+            except ValueError:
+                continue  # "unknown", obfuscated identifiers (RFC 7239 6.3) or junk: not an address
+    return result
+
+
+def _first(value: str | None) -> str:
+    return (value or "").split(",", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# The decision
+
+
+def skips_auth(rules: Iterable[SkipRule], method: str | None, target: RequestPath) -> bool:
+    """True when a rule lets this request through without a session.
+
+    A rule must match every reading of the path (``RequestPath.readings``): a path that some server
+    could read as outside the rule is not let through. ``method`` None (unknown, in forward-auth without
+    a method header) matches only rules without methods.
+    """
+    for rule in rules:
+        if rule.methods is not None and (method is None or method not in rule.methods):
+            continue
+        if all(rule.pattern.search(reading) for reading in target.readings):
+            return True
+    return False
+
+
+async def caller(request: web.Request, runtime: Runtime, active: Active) -> Mapping[str, Any] | None:
+    """The claims of whoever sends the request: the session's, else a valid bearer token's.
+
+    None when the request carries neither; ``InvalidToken`` for a bearer token that is not valid.
+    """
+    assert active.oidc is not None
+    session = await session_for(request, runtime, active)
+    if session is not None:
+        return session.claims
+    token = bearer_token(request)
+    if token is None:
+        return None
+    verifier = request.app[VERIFIERS].get(active.oidc, runtime.http)
+    if not verifier.enabled:
+        raise InvalidToken("This console does not accept bearer tokens.")
+    return await verifier.verify(token)
+
+
+def authorize(claims: Mapping[str, Any], settings: Settings) -> None:
+    """``Forbidden`` (a page naming who is signed in, with sign-out) when the access policy says no."""
+    reason = denial_reason(claims, settings.access)
+    if reason is not None:
+        who = claims.get("email") or claims.get("preferred_username") or claims.get("sub") or "an unknown user"
+        raise Forbidden(f"You are signed in as {who}. {reason}", code="access_denied")
+
+
+async def _identity(
+    request: web.Request, runtime: Runtime, active: Active, target: RequestPath
+) -> list[tuple[str, str]] | web.StreamResponse:
+    """The identity headers for the console, or the login redirect a browser without a session gets."""
+    if active.oidc is None or skips_auth(active.settings.skip_auth, request.method, target):
+        return []
+    claims = await caller(request, runtime, active)
+    if claims is None:
+        if is_api_request(request):
+            raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
+        return await begin_login(request, runtime, active, target.path_qs)
+    authorize(claims, active.settings)
+    return active.identity.values(claims)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
+    target = normalise(request.raw_path)
     headers = CIMultiDict(request.headers)
     active.identity.strip(headers)
-    path_qs = request.raw_path
-    identity: list[tuple[str, str]] = []
-    if active.oidc is not None:
-        path = request.path
-        if not any(rule.matches(request.method, path) for rule in active.settings.skip_auth):
-            session = await session_for(request, runtime, active)
-            if session is None:
-                if is_api_request(request):
-                    raise Unauthenticated(login_url=login_url(path_qs))
-                return await begin_login(request, runtime, active, path_qs)
-            reason = denial_reason(session.claims, active.settings.access)
-            if reason is not None:
-                who = session.claims.get("email") or session.claims.get("preferred_username") or session.subject
-                raise Forbidden(f"You are signed in as {who}. {reason}", code="access_denied")
-            identity = active.identity.values(session.claims)
+    # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
+    emergency = breakglass.admit(request, runtime, active, headers)
+    decided = emergency if emergency is not None else await _identity(request, runtime, active, target)
+    if isinstance(decided, web.StreamResponse):
+        return decided
     return await active.upstream.forward(
         request,
         headers=headers,
-        path_qs=path_qs,
-        set_headers=identity,
-        remove_cookies=active.cookies.is_own_cookie,
-        forwarded=forwarded_for(request, active),
+        path_qs=target.path_qs,
+        set_headers=decided,
+        remove_cookies=breakglass.own_cookies(active),
+        forwarded=forwarded_for(request, active.settings),
     )

@@ -25,13 +25,18 @@ _STRIPPED_PREFIX = "x-auth-request-"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def header_key(name: str) -> str:
-    """The key two header names are compared by: case-insensitive, and ``_`` equal to ``-``.
+# Every punctuation character a header name (an RFC 9110 token) may contain compares equal to "-".
+_PUNCTUATION_AS_DASH = str.maketrans(dict.fromkeys("!#$%&'*+.^_`|~", "-"))
 
-    CGI, WSGI, PHP and many frameworks map ``X_Forwarded_User`` and ``X-Forwarded-User`` to the same
-    variable, so a client could smuggle an identity header past a case-only comparison.
+
+def header_key(name: str) -> str:
+    """The key two header names are compared by: case-insensitive, any punctuation equal to ``-``.
+
+    CGI, WSGI, PHP and many frameworks map ``X_Forwarded_User``, ``X.Forwarded.User`` and
+    ``X-Forwarded-User`` to the same variable, so a client could smuggle an identity header past a
+    comparison that only ignores case.
     """
-    return name.lower().replace("_", "-")
+    return name.lower().translate(_PUNCTUATION_AS_DASH)
 
 
 class IdentityHeaders:
@@ -49,7 +54,7 @@ class IdentityHeaders:
         # Most request headers (Accept, Cookie, User-Agent, Sec-*) are rejected on their first
         # character without building a lower-cased copy.
         first = {k[0] for k in stripped} | {_STRIPPED_PREFIX[0]}
-        self._first_chars = frozenset(first | {c.upper() for c in first} | ({"_"} if "-" in first else set()))
+        self._first_chars = frozenset(first | {c.upper() for c in first})
 
     @property
     def mapping(self) -> tuple[tuple[str, str], ...]:
@@ -68,7 +73,7 @@ class IdentityHeaders:
         for name in headers.keys():  # noqa: SIM118 - a CIMultiDict iterates keys; this reads clearer
             if name[:1] not in first_chars:
                 continue
-            key = name.lower().replace("_", "-")
+            key = header_key(name)
             if key in stripped or key.startswith(_STRIPPED_PREFIX):
                 if doomed is None:
                     doomed = [name]

@@ -41,16 +41,19 @@ def render(
     actions: Sequence[tuple[str, str]] = (),
     form: str = "",
     request_id: str | None = None,
+    refresh: str | None = None,
 ) -> web.Response:
     links = "".join(
         f'<a class="button{" secondary" if i else ""}" href="{escape(href)}">{escape(label)}</a>'
         for i, (label, href) in enumerate(actions)
     )
     reference = f"<p><small>Reference: {escape(request_id)}</small></p>" if request_id else ""
+    # A same-site relative URL to go on to at once (no script needed, so the CSP stays script-free).
+    meta = f'<meta http-equiv="refresh" content="0;url={escape(refresh)}">' if refresh else ""
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body><main>"
+        f"{meta}<title>{escape(title)}</title><style>{_STYLE}</style></head><body><main>"
         f"<h1>{escape(title)}</h1><p>{escape(message)}</p>{form}"
         f'<div class="actions">{links}</div>{reference}</main></body></html>'
     )

@@ -29,8 +29,10 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            # Until the worker's event loop installs its reload handler, a SIGHUP must not kill it.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             status = 0
             try:
                 serve(index)

@@ -130,3 +130,13 @@ def test_namespaced_and_url_claims_are_looked_up_literally() -> None:
 
 def test_no_claims_no_headers() -> None:
     assert make_identity().values({}) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["X.Forwarded.User", "X~Forwarded~User", "x|forwarded|user", "X-Forwarded.User", "X*Forwarded+User"]
+)
+def test_every_punctuation_spelling_of_an_identity_header_is_stripped(name):
+    """CGI-style servers turn any punctuation into "_", so all of these could reach the console as the user."""
+    headers = CIMultiDict({name: "mallory", "Accept": "text/html"})
+    IdentityHeaders(DEFAULT_HEADERS).strip(headers)
+    assert list(headers.keys()) == ["Accept"]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
+from conftest import SidecarFactory
+from yarl import URL
 
 from proxy.redirects import safe_return_to
+from support.idp import login, logout
 
 HOSTS = ["evil.com", "evil.com:443", "127.0.0.1.evil.com", "good.com@evil.com", "good.com.evil.com"]
 PREFIXES = [
@@ -57,3 +62,149 @@ def test_ordinary_paths_are_kept_exactly(path: str):
 @pytest.mark.parametrize("value", [None, "", "x" * 5000])
 def test_empty_or_huge_values_fall_back(value):
     assert safe_return_to(value, default="/home") == "/home"
+
+
+# --------------------------------------------------------------------------------------------------
+# Absolute URLs: this site's own origin, and allowed_redirect_hosts
+
+ORIGIN = "https://console.example.com"
+ALLOWED = ("app.example.org", "api.example.org:8443")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://console.example.com/reports?id=7#top", "/reports?id=7#top"),
+        ("https://console.example.com:443/x", "/x"),
+        ("https://CONSOLE.example.com/x", "/x"),
+        ("https://console.example.com", "/"),
+        ("https://app.example.org/home", "https://app.example.org/home"),
+        ("https://app.example.org:443/home", "https://app.example.org:443/home"),
+        ("http://app.example.org/home", "http://app.example.org/home"),
+        ("https://api.example.org:8443/v1", "https://api.example.org:8443/v1"),
+    ],
+)
+def test_absolute_urls_on_this_site_or_an_allowed_host_are_kept(value: str, expected: str):
+    assert safe_return_to(value, allowed_hosts=ALLOWED, public_origin=ORIGIN) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://console.example.com/x",  # another scheme is another origin
+        "https://console.example.com:8443/x",
+        "https://console.example.com.evil.com/x",
+        "https://evil.com@console.example.com/x",
+        "https://console.example.com@evil.com/x",
+        "https://app.example.org:8443/x",  # a bare host entry means its default port only
+        "https://api.example.org/v1",
+        "https://sub.app.example.org/x",
+        "https://app.example.org./x",
+        "https://app.example.org\\@evil.com/x",
+        "https://app.example.org%2F@evil.com/x",
+        "https://app.example.org//evil.com",
+        "https://app.example.org/%2F%2Fevil.com",
+        "https://app.example.org/\t/evil.com",
+        "https://\uff41pp.example.org/x",
+        "javascript://app.example.org/%0aalert(1)",
+        "ftp://app.example.org/x",
+        "//app.example.org/x",
+    ],
+)
+def test_other_absolute_urls_fall_back(value: str):
+    assert safe_return_to(value, allowed_hosts=ALLOWED, public_origin=ORIGIN) == "/"
+
+
+def test_without_an_allow_list_only_relative_paths_pass():
+    assert safe_return_to("https://app.example.org/home") == "/"
+    assert safe_return_to("https://console.example.com/x") == "/"
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end: the corpus against a real sidecar's /oauth2/start and /oauth2/sign_out
+
+
+REDIRECT_ALLOWED = "allowed.example.org"
+
+
+@pytest.fixture(scope="module")
+def redirect_sidecar(idp: Any, console: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    factory = SidecarFactory(idp, console, tmp_path_factory.mktemp("redirects"))
+    yield factory({"allowed_redirect_hosts": [REDIRECT_ALLOWED]}, name="redirects")
+    factory.stop_all()
+
+
+def stays_on(sidecar: Any, location: str) -> bool:
+    """How a browser resolves ``location`` against the sidecar's origin: it must stay there."""
+    resolved = urlsplit(urljoin(sidecar.url + "/", location.replace("\\", "/")))
+    return resolved.netloc == urlsplit(sidecar.url).netloc and resolved.scheme == "http"
+
+
+def with_rd(sidecar: Any, path: str, payload: str) -> URL:
+    return URL(sidecar.url_for(path)).with_query(rd=payload)
+
+
+async def test_every_payload_on_start_goes_only_to_the_provider(http, redirect_sidecar, idp):
+    authorize = idp.discovery()["authorization_endpoint"]
+    client = http(cookies=False)
+    for payload in PAYLOADS:
+        async with client.get(with_rd(redirect_sidecar, "/oauth2/start", payload)) as resp:
+            assert resp.status == 302, (payload, resp.status)
+            assert resp.headers["Location"].startswith(authorize + "?"), payload
+
+
+async def test_every_payload_on_sign_out_stays_on_the_site(http, redirect_sidecar):
+    client = http(cookies=False)
+    for payload in PAYLOADS:
+        async with client.get(with_rd(redirect_sidecar, "/oauth2/sign_out", payload)) as resp:
+            assert resp.status == 302, (payload, resp.status)
+            assert stays_on(redirect_sidecar, resp.headers["Location"]), (payload, resp.headers["Location"])
+
+
+async def test_an_allowed_redirect_host_is_honoured_on_sign_out(http, redirect_sidecar):
+    target = f"https://{REDIRECT_ALLOWED}/bye?x=1"
+    async with http(cookies=False).get(with_rd(redirect_sidecar, "/oauth2/sign_out", target)) as resp:
+        assert resp.headers["Location"] == target
+    own = redirect_sidecar.url_for("/reports?id=7")
+    async with http(cookies=False).get(with_rd(redirect_sidecar, "/oauth2/sign_out", own)) as resp:
+        assert resp.headers["Location"] == "/reports?id=7"
+
+
+# A spread of the corpus (every kind of prefix), completed through a real login: the return-to the
+# sidecar stored is where the callback sends the browser.
+LOGIN_SAMPLE = sorted({p for i, p in enumerate(PAYLOADS) if i % 7 == 0} | {
+    "//evil.com", "/\\evil.com", "/%2F%2Fevil.com", "/%252F%252Fevil.com", "\uff0f\uff0fevil.com",
+    "https://good.com@evil.com", "/\t/evil.com", "javascript:alert(1)", f"https://{REDIRECT_ALLOWED}.evil.com/",
+})  # fmt: skip
+
+
+async def test_after_login_the_callback_never_sends_the_browser_off_site(http, redirect_sidecar):
+    client = http()
+    signed_in = await login(client, redirect_sidecar.url_for("/api/whoami"), "alice.smith")
+    assert signed_in.status == 200
+    for payload in LOGIN_SAMPLE:
+        location = await _login_redirect(client, with_rd(redirect_sidecar, "/oauth2/start", payload))
+        assert stays_on(redirect_sidecar, location), (payload, location)
+
+
+async def test_after_sign_out_at_the_provider_the_browser_stays_on_the_site(http, redirect_sidecar):
+    client = http()
+    await login(client, redirect_sidecar.url_for("/api/whoami"), "alice.smith")
+    url = with_rd(redirect_sidecar, "/oauth2/sign_out", "/%2F%2Fevil.com/\t/x")
+    last = await logout(client, str(url))
+    assert last.url.host == URL(redirect_sidecar.url).host and last.url.port == redirect_sidecar.port, last.url
+    assert last.url.path in ("/", "/oauth2/signed_out")
+
+
+async def _login_redirect(client: Any, start: URL) -> str:
+    """Follow a login that the provider completes at once (signed in there already): the Location the
+    sidecar's callback answers with."""
+    url = start
+    for _ in range(10):
+        async with client.get(url) as resp:
+            assert resp.status in (302, 303), (url, resp.status, await resp.text())
+            location = resp.headers["Location"]
+        if url.path == "/oauth2/callback":
+            return location
+        url = url.join(URL(location))
+    raise AssertionError(f"no callback reached from {start}")

@@ -1,0 +1,130 @@
+"""API clients with ``Authorization: Bearer <JWT>``: which issuer, is it valid, and a short cache.
+
+A token is accepted when it is a JWT signed by the configured issuer (or one of ``sso.extra_issuers``)
+with one of that issuer's audiences (``sso.api_audiences``, default the client id), and not expired.
+Signature checks go through ``OIDCClient`` (its JWKS cache and algorithm rules). A verified token is
+remembered until it expires (at most ``MAX_CACHE_AGE``, ``CACHE_SIZE`` tokens, least recently used out
+first), so a busy API client does not pay for a signature check on every call; the cache is keyed by a
+hash of the token, never the token itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.errors import InvalidToken, ProviderError, TokenValidationError
+from proxy.oidc import OIDCClient
+from proxy.settings import SSOSettings
+
+CACHE_SIZE = 4096
+MAX_CACHE_AGE = 600.0
+_MAX_TOKEN_CHARS = 16 * 1024
+
+
+def bearer_token(request: web.BaseRequest) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 2.1); None without one."""
+    value = request.headers.get("Authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
+
+
+class BearerVerifier:
+    """The issuers whose tokens one active configuration accepts, with the verified-token cache."""
+
+    def __init__(self, primary: OIDCClient, http: aiohttp.ClientSession) -> None:
+        sso = primary.settings
+        self._issuers: dict[str, tuple[OIDCClient, tuple[str, ...]]] = {}
+        if sso.bearer_audiences:
+            self._issuers[sso.issuer_url] = (primary, sso.bearer_audiences)
+        for extra in sso.extra_issuers:
+            # Its own client for discovery and JWKS; the same clock and algorithm rules as the main one.
+            settings = SSOSettings(
+                issuer_url=extra.issuer_url,
+                client_id="",
+                id_token_signing_algs=sso.id_token_signing_algs,
+                clock_skew=sso.clock_skew,
+                http_timeout=sso.http_timeout,
+            )
+            self._issuers[extra.issuer_url] = (OIDCClient(settings, "", http), extra.audiences)
+        self._cache: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._issuers)
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims; ``InvalidToken`` (401, ``invalid_token``) when it must not be trusted."""
+        if not token or len(token) > _MAX_TOKEN_CHARS:
+            raise InvalidToken("The bearer token is missing or too long.")
+        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        now = time.time()
+        hit = self._cache.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                self._cache.move_to_end(key)
+                return hit[1]
+            del self._cache[key]
+        issuer = _unverified_issuer(token)
+        entry = self._issuers.get(issuer) if issuer is not None else None
+        if entry is None:
+            raise InvalidToken("The bearer token is not a JWT from an issuer this console accepts.")
+        client, audiences = entry
+        try:
+            claims = await client.validate_access_token(token, audiences)
+        except TokenValidationError as exc:
+            raise InvalidToken(exc.message) from None
+        except ProviderError as exc:
+            # The issuer's discovery or JWKS is unreachable: the token cannot be checked, so it is not valid.
+            raise InvalidToken(f"The bearer token cannot be checked now: {exc.message}") from None
+        expires = min(float(claims["exp"]), now + MAX_CACHE_AGE)
+        self._cache[key] = (expires, claims)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return claims
+
+
+class BearerVerifiers:
+    """One ``BearerVerifier`` per active OIDC client: a reload that changes ``sso`` builds a new client,
+    and with it a fresh verifier (and cache); a reload that does not keeps both."""
+
+    def __init__(self) -> None:
+        self._by_client: weakref.WeakKeyDictionary[OIDCClient, BearerVerifier] = weakref.WeakKeyDictionary()
+
+    def get(self, client: OIDCClient, http: aiohttp.ClientSession) -> BearerVerifier:
+        verifier = self._by_client.get(client)
+        if verifier is None:
+            verifier = self._by_client[client] = BearerVerifier(client, http)
+        return verifier
+
+
+VERIFIERS: web.AppKey[BearerVerifiers] = web.AppKey("bearer_verifiers", BearerVerifiers)
+
+
+def _unverified_issuer(token: str) -> str | None:
+    """``iss`` from the payload, read before verification only to pick the keys to verify with."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(payload, Mapping):
+        return None
+    issuer = payload.get("iss")
+    return issuer if isinstance(issuer, str) else None

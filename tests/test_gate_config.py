@@ -1,0 +1,115 @@
+"""The gate's config keys: ``sso.api_audiences``, ``sso.extra_issuers``, ``allowed_redirect_hosts``."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+
+from proxy.errors import ConfigError
+from proxy.settings import ExtraIssuer, parse_settings
+from support import REPO
+
+ENV = {"COOKIE_SECRET": "s" * 40, "OIDC_SECRET": "client-secret-value"}
+BASE = """
+public_url: "https://console.example.com"
+upstream: "http://127.0.0.1:8888"
+sso:
+  issuer_url: "https://idp.example.com/realms/main"
+  client_id: "console"
+  client_secret: "${OIDC_SECRET}"
+session:
+  cookie_secret: "${COOKIE_SECRET}"
+"""
+
+
+def parse(extra: str = "", sso: str = ""):
+    text = textwrap.dedent(BASE)
+    if sso:
+        text = text.replace(
+            '  client_id: "console"\n', '  client_id: "console"\n' + textwrap.indent(textwrap.dedent(sso), "  ")
+        )
+    return parse_settings(text + textwrap.dedent(extra), ENV)
+
+
+def problems(extra: str = "", sso: str = "") -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse(extra, sso)
+    return {p.key: p.message for p in info.value.problems}
+
+
+def test_defaults_accept_tokens_for_the_client_id_from_the_issuer_only():
+    s = parse()
+    assert s.sso.bearer_audiences == ("console",)
+    assert s.sso.extra_issuers == ()
+    assert s.allowed_redirect_hosts == ()
+
+
+def test_bearer_keys_are_read():
+    s = parse(
+        sso="""
+        api_audiences: ["console", "api://console"]
+        extra_issuers:
+          - issuer_url: "https://token.actions.githubusercontent.com"
+            audiences: ["https://console.example.com"]
+          - issuer_url: "http://127.0.0.1:9001/realms/ci"
+            audiences: ["a", "b"]
+        """
+    )
+    assert s.sso.bearer_audiences == ("console", "api://console")
+    assert s.sso.extra_issuers == (
+        ExtraIssuer("https://token.actions.githubusercontent.com", ("https://console.example.com",)),
+        ExtraIssuer("http://127.0.0.1:9001/realms/ci", ("a", "b")),
+    )
+
+
+def test_an_empty_audience_list_accepts_no_tokens_from_the_issuer():
+    assert parse(sso="api_audiences: []\n").sso.bearer_audiences == ()
+
+
+def test_every_bearer_problem_is_named():
+    found = problems(
+        sso="""
+        api_audiences: "not a list"
+        extra_issuers:
+          - issuer_url: "http://idp.other.example.com"
+            audiences: ["x"]
+          - issuer_url: "https://idp.example.com/realms/main"
+            audiences: ["x"]
+          - issuer_url: "https://ci.example.com"
+          - issuer_url: "https://ci2.example.com"
+            audiences: ["x"]
+            audience: ["typo"]
+          - "https://just-a-string.example.com"
+        """
+    )
+    assert "sso.extra_issuers[0].issuer_url" in found and "https://" in found["sso.extra_issuers[0].issuer_url"]
+    assert "already configured" in found["sso.extra_issuers[1].issuer_url"]
+    assert "required" in found["sso.extra_issuers[2].audiences"]
+    assert "unknown key" in found["sso.extra_issuers[3].audience"]
+    assert "mapping" in found["sso.extra_issuers[4]"]
+    assert problems(sso="extra_issuers: {issuer_url: x}\n")["sso.extra_issuers"].startswith("must be a list")
+
+
+def test_allowed_redirect_hosts_are_host_names():
+    s = parse('allowed_redirect_hosts: ["App.Example.com", "api.example.com:8443"]\n')
+    assert s.allowed_redirect_hosts == ("app.example.com", "api.example.com:8443")
+    found = problems('allowed_redirect_hosts: ["https://evil.com", "a b", "*.example.com", "ok.example.com"]\n')
+    assert set(found) == {"allowed_redirect_hosts[0]", "allowed_redirect_hosts[1]", "allowed_redirect_hosts[2]"}
+
+
+def test_the_example_config_with_the_gate_keys_switched_on_is_valid(tmp_path):
+    """config/example.yaml documents these keys commented out; uncommented they must load."""
+    text = (REPO / "config" / "example.yaml").read_text()
+    for key in ("api_audiences", "extra_issuers", "allowed_redirect_hosts", "trusted_proxies"):
+        text = re.sub(rf"^(\s*)# ({key}:)", r"\1\2", text, flags=re.MULTILINE)
+    text = re.sub(r"^  #   (- issuer_url|  audiences)", r"    \1", text, flags=re.MULTILINE)
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 40 + "\n")
+    text = text.replace("/etc/sso-sidecar/secrets/client-secret", str(secret))
+    text = text.replace("/etc/sso-sidecar/secrets/cookie-secret", str(secret))
+    s = parse_settings(text, ENV)
+    assert s.sso.bearer_audiences == ("console", "api://console")
+    assert s.sso.extra_issuers[0].audiences == ("https://console.example.com",)
+    assert s.allowed_redirect_hosts == ("app.example.com",)

@@ -35,11 +35,18 @@ def cmd_redirect_uri(path: str) -> int:
     return 0
 
 
-def cmd_check(path: str) -> int:
+def _load(path: str) -> Settings | None:
+    """The settings at ``path``, or None after printing every problem."""
     try:
-        settings = load_settings(path)
+        return load_settings(path)
     except ConfigError as exc:
         _print_config_error(exc, path)
+        return None
+
+
+def cmd_check(path: str) -> int:
+    settings = _load(path)
+    if settings is None:
         return 2
     return asyncio.run(_check(settings))
 
@@ -101,10 +108,8 @@ async def _check(settings: Settings) -> int:
 
 
 def cmd_run(path: str) -> int:
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
+    settings = _load(path)
+    if settings is None:
         return 2
     _setup_logging(settings.log_level)
     try:

@@ -1,0 +1,251 @@
+"""Ratios against the issue's targets, the Markdown report, and py-spy profile summaries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# The issue's targets.
+MIN_VS_APACHE = 1.5
+MAX_OVERHEAD_VS_BARE = 0.15
+MAX_REDIS_OVERHEAD_BYTES = 1024
+MAX_RSS_GROWTH_MIB = 30.0
+MAX_INVALIDATION_MS = 100.0
+MAX_LOGIN_CPU_MS = 5.0
+
+
+def _check(name: str, value: float | None, target: str, ok: bool | None, unit: str = "") -> dict[str, Any]:
+    return {"check": name, "value": value, "unit": unit, "target": target, "ok": ok}
+
+
+def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
+    tp: dict[str, Any] = out.get("throughput", {})
+    checks: list[dict[str, Any]] = []
+    apache = tp.get("apache")
+    for name, row in tp.items():
+        if not name.startswith("sidecar"):
+            continue
+        if apache and name.startswith("sidecar-redis") and apache["rps"]:
+            ratio = row["rps"] / apache["rps"]
+            checks.append(
+                _check(f"{name} / apache req/s", round(ratio, 2), f">= {MIN_VS_APACHE}", ratio >= MIN_VS_APACHE)
+            )
+            checks.append(
+                _check(
+                    f"{name} p99 vs apache p99",
+                    round(row["p99_ms"], 1),
+                    f"<= {apache['p99_ms']:.1f} ms",
+                    row["p99_ms"] <= apache["p99_ms"],
+                    "ms",
+                )
+            )
+        bare = tp.get(f"bare-{row['workers']}w")
+        if bare and bare["rps"]:
+            overhead = 1 - row["rps"] / bare["rps"]
+            checks.append(
+                _check(
+                    f"{name} overhead vs bare-{row['workers']}w",
+                    round(100 * overhead, 1),
+                    f"<= {100 * MAX_OVERHEAD_VS_BARE:.0f} %",
+                    overhead <= MAX_OVERHEAD_VS_BARE,
+                    "%",
+                )
+            )
+    mem = out.get("redis_memory") or {}
+    if mem.get("overhead_bytes") is not None:
+        over = mem["overhead_bytes"]
+        checks.append(
+            _check(
+                "Redis MEMORY USAGE - raw tokens+claims",
+                over,
+                f"<= {MAX_REDIS_OVERHEAD_BYTES} B",
+                over <= MAX_REDIS_OVERHEAD_BYTES,
+                "B",
+            )
+        )
+    rss = out.get("rss") or {}
+    if rss.get("sessions"):
+        scaled = rss["growth_mib"] * 10_000 / rss["sessions"]
+        checks.append(
+            _check(
+                f"RSS growth for {rss['sessions']} sessions (all processes)",
+                rss["growth_mib"],
+                f"<= {MAX_RSS_GROWTH_MIB:.0f} MiB per 10,000",
+                scaled <= MAX_RSS_GROWTH_MIB,
+                "MiB",
+            )
+        )
+    inv = out.get("invalidation") or {}
+    for kind in ("sign_out", "backchannel"):
+        if kind in inv:
+            ms = inv[kind]["latency_ms"]
+            checks.append(
+                _check(
+                    f"invalidation after {kind} (all workers, 2 replicas)",
+                    ms,
+                    f"<= {MAX_INVALIDATION_MS:.0f} ms",
+                    ms <= MAX_INVALIDATION_MS and not inv[kind]["still_accepted_at_end"],
+                    "ms",
+                )
+            )
+    for name, row in (out.get("logins") or {}).items():
+        if name.startswith("sidecar") and row.get("rp_cpu_ms_per_callback") is not None:
+            ms = row["rp_cpu_ms_per_callback"]
+            checks.append(
+                _check(f"login CPU, {name}", ms, f"<= {MAX_LOGIN_CPU_MS:.0f} ms", ms <= MAX_LOGIN_CPU_MS, "ms")
+            )
+    return checks
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    lines: list[str] = []
+    wrk = out.get("wrk") or {}
+    tp = out.get("throughput") or {}
+    versions = out.get("versions") or {}
+    lines.append("## sso-sidecar benchmark")
+    lines.append("")
+    if versions:
+        lines.append("Versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()))
+    if wrk:
+        pin = f", wrk under taskset -c {wrk['pin_cpu']}" if wrk.get("pin_cpu") else ""
+        lines.append(
+            f"Load: {wrk.get('generator')}, {wrk.get('connections')} connections, {wrk.get('threads')} threads, "
+            f"{wrk.get('duration')} s per run{pin}; medians of {out.get('settings', {}).get('reps')} alternating runs; "
+            f"machine: {out.get('machine', {}).get('cpus')} CPUs"
+        )
+    if tp:
+        lines += [
+            "",
+            "| system | workers | req/s | (min-max) | p50 ms | p99 ms | non-2xx | socket errors | Redis cmds/s "
+            "| other load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in tp.items():
+            lines.append(
+                f"| {name} | {row['workers']} | {_num(row['rps'], 0)} | {_num(row['rps_min'], 0)}-"
+                f"{_num(row['rps_max'], 0)} | {_num(row['p50_ms'])} | {_num(row['p99_ms'])} | {row['non2xx']} | "
+                f"{row['socket_errors']} | {_num(row['redis_cmds_per_s'], 0)} | {_num(row.get('other_cpu_pct'), 0)} % |"
+            )
+    checks = out.get("ratios") or []
+    if checks:
+        lines += ["", "| check | value | target | met |", "|---|---:|---|:-:|"]
+        for c in checks:
+            mark = "-" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
+            lines.append(f"| {c['check']} | {c['value']} {c['unit']} | {c['target']} | {mark} |")
+    mem = out.get("redis_memory")
+    if mem:
+        lines += [
+            "",
+            f"Redis per sidecar session: MEMORY USAGE {mem.get('memory_usage_median')} B (median of "
+            f"{mem.get('session_keys')} keys); raw tokens {mem.get('raw_tokens_bytes')} B + claims "
+            f"{mem.get('raw_claims_bytes')} B = {mem.get('raw_bytes')} B; overhead {mem.get('overhead_bytes')} B "
+            f"(record encoding {mem.get('record_overhead_bytes')} B, AES-GCM 28 B, Redis key/object "
+            f"{mem.get('redis_key_overhead_bytes')} B). All sidecar keys incl. logout indexes: "
+            f"{mem.get('all_in_bytes_per_session')} B per session.",
+        ]
+        ap = mem.get("apache_session")
+        if ap and ap.get("keys"):
+            lines.append(f"Apache + mod_auth_openidc session key: MEMORY USAGE {ap['memory_usage_median']} B (median).")
+    rss = out.get("rss")
+    if rss:
+        logins_only = (rss["after_logins_kib"] - rss["before_kib"]) / 1024
+        lines.append(
+            f"Sidecar RSS ({rss['system']}, {rss['workers']} workers, all processes): "
+            f"{rss['before_kib'] / 1024:.1f} -> {rss['after_use_kib'] / 1024:.1f} MiB for {rss['sessions']} more "
+            f"live sessions (+{rss['growth_mib']} MiB, {rss['growth_bytes_per_session']} B per session; "
+            f"+{logins_only:.1f} MiB after the logins alone, the rest once each session was used and cached); "
+            f"the logins took {rss['login_seconds']} s."
+        )
+    mem_login = (out.get("logins") or {}).get("sidecar-memory-1w")
+    if mem_login and mem_login.get("rss_growth_kib") is not None and mem_login.get("sessions"):
+        per = mem_login["rss_growth_kib"] * 1024 / mem_login["sessions"]
+        lines.append(
+            f"Memory store: +{mem_login['rss_growth_kib'] / 1024:.1f} MiB RSS for its {mem_login['sessions']} "
+            f"logins ({per:,.0f} B per session, first logins included)."
+        )
+    logins = out.get("logins") or {}
+    if logins:
+        parts = [
+            f"{name} {row.get('rp_cpu_ms_per_callback')} ms ({row.get('logins_per_second')} logins/s end to end)"
+            for name, row in logins.items()
+        ]
+        lines.append("CPU per login callback (token exchange + validation + session write): " + "; ".join(parts) + ".")
+    inv = out.get("invalidation")
+    if inv:
+        for kind in ("sign_out", "backchannel"):
+            if kind in inv:
+                r = inv[kind]
+                tail = " (still accepted when observation ended)" if r["still_accepted_at_end"] else ""
+                since = [
+                    v["last_accepted_since_request_ms"]
+                    for v in r["replicas"].values()
+                    if v["last_accepted_since_request_ms"] is not None
+                ]
+                window = f"; last acceptance {max(since)} ms after the request was sent" if since else ""
+                lines.append(
+                    f"Invalidation after {kind}: {r['latency_ms']} ms after the {r['trigger_ms']} ms request completed "
+                    f"until every worker of both replicas refused the session{window} (poll resolution "
+                    f"~{r['resolution_ms']} ms, cache_ttl {inv.get('cache_ttl')}){tail}."
+                )
+    prof = out.get("profile")
+    if prof:
+        lines.append("")
+        for name, summary in prof.items():
+            if not summary:
+                continue
+            frames = ", ".join(f"{f['frame']} {f['pct']}%" for f in summary["inclusive_proxy"][:10])
+            lines.append(f"py-spy, one worker of {name} (share of busy samples, inclusive): {frames}")
+    for note in out.get("notes") or []:
+        lines.append(f"- note: {note}")
+    if out.get("error"):
+        lines.append(f"- ERROR: {out['error']}")
+    return "\n".join(lines)
+
+
+# Leaf frames of threads that only wait: the idle pool thread of ``asyncio.to_thread`` and the event
+# loop's own poll (uvloop runs in C, so its wait shows as ``run_app``). py-spy cannot tell they are idle.
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:", "run_app (aiohttp/web.py:")
+
+
+def collapse_profile(path: Path, top: int = 12) -> dict[str, Any]:
+    """From ``py-spy record -f raw`` (collapsed stacks): the busiest innermost frames (self time) and the
+    sidecar's own functions with everything they call (inclusive), each as a share of busy samples."""
+    if not path.exists():
+        return {}
+    leaf: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    busy = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += int(count)
+            continue
+        busy += int(count)
+        leaf[frames[-1]] += int(count)
+        # One count per function per stack, whatever the line: "handle (proxy/gate.py)".
+        for name in {f.rpartition(":")[0] + ")" for f in frames if "proxy/" in f}:
+            inclusive[name] += int(count)
+
+    def share(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [{"frame": f, "pct": round(100 * c / busy, 1)} for f, c in counter.most_common(top)] if busy else []
+
+    entry = {"proxy (proxy/cli.py)", "main (proxy/cli.py)", "cmd_run (proxy/cli.py)", "_serve (proxy/cli.py)"}
+    for name in list(inclusive):
+        if name in entry or name.startswith(("run_workers", "cmd_run")):
+            del inclusive[name]
+    return {
+        "busy_samples": busy,
+        "idle_samples": idle,
+        "self": share(leaf),
+        "inclusive_proxy": share(inclusive),
+    }

@@ -1,0 +1,501 @@
+"""``make bench``: sso-sidecar side by side with Apache + mod_auth_openidc and a bare aiohttp proxy.
+
+Everything runs on this machine, in one run: nginx serving a fixed 200-byte body is the upstream of
+every system; Redis and the dev IdP are shared. Each system gets real logins through the dev IdP, then
+wrk sends authenticated GETs rotating over all of its session cookies. See bench/README.md.
+
+    .venv/bin/python bench/run.py                 # the full benchmark (5-6 minutes on 2 cores)
+    .venv/bin/python bench/run.py --smoke         # seconds: bare proxy + sidecar (memory store) only
+    .venv/bin/python bench/run.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import _paths
+import aiohttp
+import logins
+import probes
+import report
+import stack
+import wrkbench
+from stack import Running
+from wrkbench import WrkResult, WrkSettings
+
+from support.procs import LOOPBACK, ProcessError, free_port
+
+APACHE_COOKIE = "mod_auth_openidc_session"
+SIDECAR_COOKIE = "sso_sidecar"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="a quick check of the harness (no Apache, no Redis)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load per system first (2)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (3)")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="wrk threads")
+    p.add_argument("--sessions", type=int, default=500, help="distinct sessions per system (500)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="sidecar and bare proxy workers")
+    p.add_argument("--cache-ttl", default="5s", help="session.cache_ttl of the 'cache on' variants (5s)")
+    p.add_argument("--rss-sessions", type=int, default=10_000, help="live sessions for the RSS probe; 0 skips")
+    p.add_argument("--pin", choices=("auto", "on", "off"), default="auto", help="wrk under taskset -c 1")
+    p.add_argument("--no-apache", action="store_true", help="leave Apache + mod_auth_openidc out")
+    p.add_argument("--no-install", action="store_true", help="never run apt-get")
+    p.add_argument("--log-level", default="info", help="the sidecars' log_level (info: access log on)")
+    p.add_argument("--profile", type=float, default=0.0, help="py-spy seconds per sidecar variant (if installed)")
+    p.add_argument("--out", type=Path, default=_paths.RESULTS / "latest.json")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.duration, args.warmup, args.reps = min(args.duration, 1.0), 0.5, 1
+        args.sessions, args.rss_sessions, args.no_apache = min(args.sessions, 8), 0, True
+        args.workers, args.pin = 1, "off"
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="sso-bench-"))
+        self.started: list[Any] = []  # anything with stop()
+        self.notes: list[str] = []
+        self.systems: dict[str, Running] = {}
+        self.cookies: dict[str, Path] = {}
+        self.redis: Any = None
+        self.idp: Any = None
+        self.nginx: Running | None = None
+        self.use_wrk = shutil.which("wrk") is not None
+        self.t_start = time.monotonic()
+        self.out: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "notes": self.notes,
+        }
+
+    # -- orchestration --------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        self.prerequisites()
+        self.start_shared()
+        self.start_systems()
+        asyncio.run(self.collect_sessions())
+        wrk = self.wrk_settings()
+        self.out["wrk"] = {**wrk.__dict__, "generator": "wrk" if self.use_wrk else "python (wrk not installed)"}
+        self.throughput(wrk)
+        if a.profile > 0:
+            self.profile(wrk)
+        if self.redis is not None and "sidecar-redis-cache" in self.systems:
+            self.memory()
+        for name in [n for n in self.systems if n not in ("sidecar-redis-cache",)]:
+            self.systems.pop(name).stop()
+        if self.redis is not None and "sidecar-redis-cache" in self.systems:
+            asyncio.run(self.invalidation())
+            if a.rss_sessions > 0:
+                asyncio.run(self.rss(wrk))
+        self.out["ratios"] = report.ratios(self.out)
+        self.out["seconds"] = round(time.monotonic() - self.t_start, 1)
+        return self.out
+
+    def stop_all(self) -> None:
+        for proc in reversed([*self.systems.values(), *self.started]):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the rest
+                print(f"stopping {proc}: {exc}", file=sys.stderr)
+        self.systems.clear()
+        self.started.clear()
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- setup ----------------------------------------------------------------------------------------
+
+    def prerequisites(self) -> None:
+        a = self.args
+        missing = stack.missing_packages(with_apache=not a.no_apache, with_wrk=not a.smoke, with_redis=not a.smoke)
+        if missing and not a.no_install:
+            try:
+                stack.install(missing)
+            except (subprocess.CalledProcessError, OSError) as exc:
+                self.note(f"apt-get install {' '.join(missing)} failed: {exc}")
+        still = stack.missing_packages(with_apache=not a.no_apache, with_wrk=not a.smoke, with_redis=not a.smoke)
+        if any(p in still for p in ("apache2", "libapache2-mod-auth-openidc")):
+            self.note("Apache + mod_auth_openidc not installed: left out")
+            a.no_apache = True
+        if "nginx" in still or "redis-server" in still:
+            raise SystemExit(f"missing: {' '.join(still)} (Debian: apt-get install {' '.join(still)})")
+        self.use_wrk = shutil.which("wrk") is not None
+        if not self.use_wrk:
+            self.note("wrk not installed: a Python load generator is used; its numbers are far lower")
+        self.out["versions"] = stack.versions(with_apache=not a.no_apache)
+
+    def start_shared(self) -> None:
+        """nginx, Redis and the dev IdP, with a static client per relying party.
+
+        Static, not dynamically registered: the dev IdP keeps dynamic registrations in oidc-provider's
+        development store, an LRU of 1000 entries that a few hundred logins of other clients evict.
+        """
+        a = self.args
+        log(f"work directory {self.work}")
+        self.nginx = stack.start_nginx(self.work)
+        self.started.append(self.nginx)
+        if not a.smoke:
+            self.redis = stack.start_redis(self.work)
+            self.started.append(self.redis)
+        self.ports = {k: free_port() for k in ("cache", "nocache", "replica", "memory", "apache")}
+        base = {k: f"http://{LOOPBACK}:{p}" for k, p in self.ports.items()}
+        redis_bases = [base["cache"], base["nocache"], base["replica"]]
+        self.clients = {
+            # Every Redis-backed sidecar shares one client (and the cookie secret and the store), so one
+            # set of sessions serves all of them; back-channel logout goes to the first.
+            "redis": stack.static_client(
+                "bench-sidecar-redis", redis_bases, backchannel=base["cache"] + "/oauth2/backchannel-logout"
+            ),
+            "memory": stack.static_client("bench-sidecar-memory", [base["memory"]]),
+            "apache": stack.static_client("bench-apache", [base["apache"]]),
+        }
+        self.idp = stack.start_idp(self.work, list(self.clients.values()))
+        self.started.append(self.idp)
+        log(f"upstream {self.nginx.url} ({stack.BODY_SIZE}-byte body), dev IdP {self.idp.issuer}")
+
+    def start_systems(self) -> None:
+        a = self.args
+        upstream = self.nginx_url()
+        self.secret = secrets.token_urlsafe(32)
+        workers = a.workers
+        self.add(stack.start_bare(self.work, upstream, workers), f"bare-{workers}w")
+        if workers != 1:
+            self.add(stack.start_bare(self.work, upstream, 1), "bare-1w")
+        if self.redis is not None:
+            self.start_redis_sidecars(upstream)
+        memory = stack.start_sidecar(
+            self.work, "sidecar-memory", idp=self.idp, client=self.clients["memory"], upstream=upstream,
+            cookie_secret=self.secret, store="memory", redis_url=None, workers=1, cache_ttl=None,
+            port=self.ports["memory"], log_level=a.log_level,
+        )  # fmt: skip
+        self.add(memory, "sidecar-memory-1w")
+        if not a.no_apache:
+            try:
+                apache = stack.start_apache(
+                    self.work, idp=self.idp, client=self.clients["apache"], port=self.ports["apache"],
+                    upstream=upstream, redis_port=self.redis.port,
+                )  # fmt: skip
+            except ProcessError as exc:
+                self.note(f"Apache did not start, left out: {str(exc)[:600]}")
+            else:
+                self.add(apache, "apache")
+                self.note(f"Apache event MPM: {apache.extra['mpm']}, MaxKeepAliveRequests 0 (unlimited)")
+        for name, run in self.systems.items():
+            log(f"{name}: {run.url}, {run.workers} worker(s){'; ' + '; '.join(run.notes) if run.notes else ''}")
+
+    def start_redis_sidecars(self, upstream: str) -> None:
+        a = self.args
+        variants = [("sidecar-redis-cache", "cache", a.cache_ttl), ("sidecar-redis-nocache", "nocache", "0")]
+        for name, key, ttl in variants:
+            try:
+                run = self.redis_sidecar(name, key, ttl, upstream)
+            except ProcessError as exc:
+                if stack.config_refused(exc, "cache_ttl"):
+                    self.note(f"{name}: this sidecar refuses session.cache_ttl={ttl}; variant skipped")
+                    continue
+                raise
+            self.add(run, name)
+        if not any(n.startswith("sidecar-redis") for n in self.systems):
+            # A sidecar without the setting at all: run it once, as it comes.
+            self.add(self.redis_sidecar("sidecar-redis-cache", "cache", None, upstream), "sidecar-redis-cache")
+            self.note("sidecar-redis-cache ran without session.cache_ttl (the sidecar's default)")
+
+    def redis_sidecar(self, name: str, key: str, ttl: str | None, upstream: str) -> Running:
+        try:
+            return self._redis_sidecar(name, key, ttl, upstream, self.args.workers)
+        except ProcessError as exc:
+            if self.args.workers == 1 or not stack.config_refused(exc, "workers"):
+                raise
+            self.note(f"{name}: this sidecar refuses workers={self.args.workers}; ran with 1 worker")
+            return self._redis_sidecar(name, key, ttl, upstream, 1)
+
+    def _redis_sidecar(self, name: str, key: str, ttl: str | None, upstream: str, workers: int) -> Running:
+        return stack.start_sidecar(
+            self.work, name, idp=self.idp, client=self.clients["redis"], upstream=upstream,
+            cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
+            cache_ttl=ttl, port=self.ports[key], log_level=self.args.log_level,
+        )  # fmt: skip
+
+    def add(self, run: Running, label: str) -> None:
+        run.name = label
+        self.systems[label] = run
+
+    def note(self, text: str) -> None:
+        log("NOTE " + text)
+        self.notes.append(text)
+
+    # -- sessions -------------------------------------------------------------------------------------
+
+    async def collect_sessions(self) -> None:
+        """``--sessions`` real logins per system that needs them; the Redis sidecars share theirs."""
+        n = self.args.sessions
+        users = [f"bench.user{i:05d}" for i in range(n)]
+        self.out["logins"] = {}
+        for label, run in list(self.systems.items()):
+            if label.startswith("bare") or label == "sidecar-redis-nocache":
+                continue
+            cookie = APACHE_COOKIE if label == "apache" else SIDECAR_COOKIE
+            rss_before = probes.rss_total_kib(run)["total_kib"]
+            batch = await logins.login_many(run.url, users, cookie_name=cookie, cpu_seconds=run.cpu)
+            rss_after = probes.rss_total_kib(run)["total_kib"]
+            summary = batch.summary()
+            summary["rss_growth_kib"] = rss_after - rss_before
+            self.out["logins"][label] = summary
+            log(f"{label}: {summary}")
+            if not batch.cookies:
+                raise SystemExit(f"no session for {label}: {batch.failures[:3]}")
+            self.cookies[label] = wrkbench.write_cookies(self.work / f"cookies-{label}.txt", batch.cookies)
+        if "sidecar-redis-cache" in self.cookies:
+            self.cookies["sidecar-redis-nocache"] = self.cookies["sidecar-redis-cache"]
+        for label in self.systems:
+            if label.startswith("bare"):
+                # The same Cookie headers as the sidecar gets: the bare proxy forwards them untouched.
+                self.cookies[label] = self.cookies.get("sidecar-redis-cache") or self.cookies["sidecar-memory-1w"]
+
+    # -- throughput -----------------------------------------------------------------------------------
+
+    def wrk_settings(self) -> WrkSettings:
+        a = self.args
+        base = WrkSettings(connections=a.connections, threads=a.threads, duration=a.duration)
+        if a.pin == "on":
+            return WrkSettings(**{**base.__dict__, "pin_cpu": "1"})
+        if a.pin == "off" or not self.use_wrk or (os.cpu_count() or 1) < 2:
+            return base
+        # Try both on the bare proxy and the first sidecar; keep whichever let the systems go faster.
+        probe = [n for n in (f"bare-{a.workers}w", "sidecar-redis-cache", "sidecar-memory-1w") if n in self.systems]
+        probe = probe[:2]
+        trial = {"off": base, "on": WrkSettings(**{**base.__dict__, "pin_cpu": "1"})}
+        scores: dict[str, dict[str, float]] = {"off": {}, "on": {}}
+        for _ in range(2):
+            for mode, settings in trial.items():
+                short = WrkSettings(**{**settings.__dict__, "duration": 3.0})
+                for name in probe:
+                    scores[mode][name] = max(scores[mode].get(name, 0.0), self.load(name, short).rps)
+        total = {mode: sum(v.values()) for mode, v in scores.items()}
+        choice = "on" if total["on"] > total["off"] else "off"
+        self.out["pin_trial"] = {"req_per_s": scores, "chosen": f"taskset -c 1 wrk: {choice}"}
+        log(f"wrk pinned to CPU 1 vs not: {scores}; using pin={choice}")
+        return trial[choice]
+
+    def load(self, name: str, settings: WrkSettings, cookie_file: Path | None = None) -> WrkResult:
+        """One load run against ``name``; also how busy the machine was with processes not ours."""
+        run = self.systems[name]
+        cookie_file = cookie_file or self.cookies.get(name)
+        redis_port = self.redis.port if self.redis is not None else None
+        ours0, busy0, t0 = self._our_cpu(), stack.busy_seconds(), time.monotonic()
+        if self.use_wrk:
+            result = wrkbench.run_wrk(run.url, cookie_file, settings, redis_port=redis_port)
+        else:
+            cookies = cookie_file.read_text().split() if cookie_file else []
+            result = wrkbench.run_python_load(run.url, cookies, settings, redis_port=redis_port)
+        ours1, busy1, t1 = self._our_cpu(), stack.busy_seconds(), time.monotonic()
+        foreign = max(0.0, (busy1 - busy0) - (ours1 - ours0))
+        result.other_cpu_pct = round(100 * foreign / ((t1 - t0) * (os.cpu_count() or 1)), 1)
+        result.sut_cpu_pct = round(100 * (ours1 - ours0) / ((t1 - t0) * (os.cpu_count() or 1)), 1)
+        return result
+
+    @staticmethod
+    def _our_cpu() -> float:
+        """CPU of this process and everything it started, running or reaped (wrk), in seconds."""
+        return stack.cpu_seconds(stack.tree(os.getpid()))
+
+    def throughput(self, wrk: WrkSettings) -> None:
+        a = self.args
+        names = list(self.systems)
+        warm = WrkSettings(**{**wrk.__dict__, "duration": a.warmup})
+        for name in names:
+            if a.warmup > 0:
+                self.load(name, warm)
+        runs: dict[str, list[WrkResult]] = {n: [] for n in names}
+        for rep in range(a.reps):
+            # Alternate: every repetition visits every system, each time starting one further along.
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            for name in order:
+                result = self.load(name, wrk)
+                runs[name].append(result)
+                log(
+                    f"rep {rep + 1}/{a.reps} {name:22s} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                    f"p99 {result.p99_ms:6.1f} ms  non-2xx {result.non2xx}  socket errors {result.socket_errors}  "
+                    f"CPU ours {result.sut_cpu_pct}% others {result.other_cpu_pct}%"
+                )
+        self.out["throughput"] = {
+            name: {"workers": self.systems[name].workers, **wrkbench.median_of(r)} for name, r in runs.items()
+        }
+
+    def profile(self, wrk: WrkSettings) -> None:
+        spy = shutil.which("py-spy")
+        if spy is None:
+            self.note("--profile: py-spy not on PATH (pip install py-spy); skipped")
+            return
+        self.out["profile"] = {}
+        for name in [n for n in self.systems if n.startswith("sidecar")]:
+            run = self.systems[name]
+            worker = run.worker_pids()[0]
+            raw = self.work / f"profile-{name}.txt"
+            seconds = self.args.profile
+            spy_proc = subprocess.Popen(
+                [spy, "record", "-p", str(worker), "-d", str(int(seconds)), "-r", "250", "-f", "raw", "-o", str(raw)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.load(name, WrkSettings(**{**wrk.__dict__, "duration": seconds + 1}))
+            spy_proc.wait(timeout=60)
+            self.out["profile"][name] = report.collapse_profile(raw)
+            if raw.exists():
+                _paths.RESULTS.mkdir(parents=True, exist_ok=True)
+                shutil.copy(raw, _paths.RESULTS / f"profile-{name}.txt")
+
+    # -- memory, invalidation, RSS --------------------------------------------------------------------
+
+    def memory(self) -> None:
+        direct = asyncio.run(logins.direct_tokens(self.idp.issuer, "bench.user99999"))
+        userinfo = asyncio.run(self._userinfo("sidecar-redis-cache"))
+        mem = probes.session_memory(self.redis.port, direct, userinfo)
+        if "apache" in self.out.get("logins", {}):
+            mem["apache_session"] = probes.redis_memory(self.redis.port, "s:*")
+        self.out["redis_memory"] = mem
+        log(f"Redis per session: {mem}")
+
+    async def _userinfo(self, name: str) -> dict[str, Any] | None:
+        cookie = self.cookies[name].read_text().split()[0]
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+            http.get(self.systems[name].url + "/oauth2/userinfo", headers={"Cookie": cookie}) as resp,
+        ):
+            return dict(await resp.json()) if resp.status == 200 else None
+
+    async def invalidation(self) -> None:
+        """Two replicas with the cache on (``workers`` each): sign out on one, then sign out at the
+        provider (back-channel logout to the first); how long until every worker of both says no."""
+        a = self.args
+        first = self.systems["sidecar-redis-cache"]
+        try:
+            replica = self.redis_sidecar("sidecar-redis-replica", "replica", a.cache_ttl, self.nginx_url())
+        except ProcessError as exc:
+            self.note(f"second replica did not start: {str(exc)[:400]}")
+            return
+        self.started.append(replica)
+        replicas = [first, replica]
+        meta = self.idp.discovery()
+        result: dict[str, Any] = {"cache_ttl": a.cache_ttl, "workers": a.workers}
+        try:
+            for kind in ("sign_out", "backchannel"):
+                try:
+                    cookie, browser = await logins.login_one(first.url, f"bench.logout.{kind}", SIDECAR_COOKIE)
+                except (logins.LoginFailed, aiohttp.ClientError) as exc:
+                    self.note(f"invalidation ({kind}): login failed: {str(exc)[:300]}")
+                    continue
+                trigger: Callable[[], Awaitable[dict[str, Any]]]
+                try:
+                    if kind == "sign_out":
+                        trigger = functools.partial(probes.sign_out, first, cookie)
+                    else:
+                        trigger = await probes.prepare_provider_logout(browser, meta["end_session_endpoint"])
+                    result[kind] = await probes.invalidation(replicas, cookie, trigger)
+                finally:
+                    await browser.close()
+                log(f"invalidation after {kind}: {result[kind]['latency_ms']} ms")
+        finally:
+            replica.stop()
+            self.started.remove(replica)
+        self.out["invalidation"] = result
+
+    def nginx_url(self) -> str:
+        assert self.nginx is not None
+        return self.nginx.url
+
+    async def rss(self, wrk: WrkSettings) -> None:
+        """RSS of the cache-on Redis sidecar (all its processes) before and after ``--rss-sessions`` more
+        live sessions, each of them used once afterwards so that the caches hold them."""
+        a = self.args
+        run = self.systems["sidecar-redis-cache"]
+        n = a.rss_sessions
+        pass_settings = WrkSettings(**{**wrk.__dict__, "duration": 6.0})
+        await asyncio.to_thread(self.load, "sidecar-redis-cache", pass_settings)
+        before = probes.rss_total_kib(run)
+        log(f"RSS probe: {n} logins into {run.name} ({before['total_kib']} KiB now)")
+        # 100 users, each signing in n/100 times on their provider session: the sidecar does a full login
+        # every time (new session, token exchange, validation); the provider skips its forms.
+        users = [f"bench.rss{i:04d}" for i in range(min(100, n))]
+        t0 = time.monotonic()
+        batch = await logins.login_repeatedly(run.url, users, -(-n // len(users)), SIDECAR_COOKIE)
+        login_seconds = time.monotonic() - t0
+        after_logins = probes.rss_total_kib(run)
+        cookie_file = wrkbench.write_cookies(self.work / "cookies-rss.txt", batch.cookies)
+        used = await asyncio.to_thread(self.load, "sidecar-redis-cache", pass_settings, cookie_file)
+        after = probes.rss_total_kib(run)
+        growth = after["total_kib"] - before["total_kib"]
+        self.out["rss"] = {
+            "system": run.name,
+            "workers": run.workers,
+            "sessions": len(batch.cookies),
+            "users": len(users),
+            "failures": len(batch.failures),
+            "first_failure": batch.failures[0] if batch.failures else None,
+            "login_seconds": round(login_seconds, 1),
+            "logins_per_second": round(len(batch.cookies) / login_seconds, 1) if login_seconds else None,
+            "before_kib": before["total_kib"],
+            "after_logins_kib": after_logins["total_kib"],
+            "after_use_kib": after["total_kib"],
+            "growth_mib": round(growth / 1024, 1),
+            "growth_bytes_per_session": round(growth * 1024 / max(1, len(batch.cookies))),
+            "per_process_kib": {"before": before["per_process_kib"], "after": after["per_process_kib"]},
+            "use_pass": used.as_dict(),
+        }
+        log(f"RSS: {self.out['rss']['growth_mib']} MiB for {len(batch.cookies)} sessions ({login_seconds:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    status = 0
+    try:
+        out = bench.run()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        out = bench.out
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        status = 1
+    finally:
+        bench.stop_all()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print()
+    print(report.markdown(out))
+    print(f"\nresults: {args.out}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ _LOGIN_SALT = "sso-sidecar/pending-login/v1"
 _SIGNOUT_SALT = "sso-sidecar/sign-out-form/v1"
 _LOGOUT_STATE_SALT = "sso-sidecar/post-logout-state/v1"
 _TICKET_VERSION = "1"
+_VERIFIED_MAX = 20_000  # cookie values whose signature is known good (about 4 MB at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class CookieCodec:
         self._login = TimestampSigner(keys, salt=_LOGIN_SALT)
         self._signout = TimestampSigner(keys, salt=_SIGNOUT_SALT)
         self._logout_state = URLSafeTimedSerializer(keys, salt=_LOGOUT_STATE_SALT)
+        self._verified: dict[str, tuple[Ticket, float]] = {}
+        self._ticket_max_age = int(session.lifetime) + 60
         self.secure = secure
         self.lifetime = session.lifetime
         self.login_timeout = session.login_timeout
@@ -71,9 +75,15 @@ class CookieCodec:
         """The ticket in a session cookie, or None when it is absent, forged, expired or malformed."""
         if not value:
             return None
+        # A cookie value whose signature checked out once is the same value next time: remember it
+        # (keyed by the whole string) instead of paying HMAC key derivation on every request.
+        known = self._verified.get(value)
+        if known is not None:
+            ticket, signed_at = known
+            return ticket if time.time() - signed_at <= self._ticket_max_age else None
         try:
-            payload = self._ticket.unsign(value, max_age=int(self.lifetime) + 60).decode("ascii")
-            version, session_id, key = payload.split(".")
+            payload, signed = self._ticket.unsign(value, max_age=self._ticket_max_age, return_timestamp=True)
+            version, session_id, key = payload.decode("ascii").split(".")
             if version != _TICKET_VERSION:
                 return None
             raw_key = _unb64(key)
@@ -81,7 +91,11 @@ class CookieCodec:
             return None
         if len(raw_key) != 32 or not session_id:
             return None
-        return Ticket(session_id, raw_key)
+        ticket = Ticket(session_id, raw_key)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[value] = (ticket, signed.timestamp())
+        return ticket
 
     def set_session(self, response: web.StreamResponse, ticket: Ticket) -> None:
         self._set(response, self.session_name, self.encode_ticket(ticket), max_age=None)

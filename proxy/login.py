@@ -160,6 +160,12 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
             )
     location = rd
     if session is not None:
+        if session.tokens_elided:  # a cached copy: the ID token for id_token_hint is in the store record
+            sso = active.settings.sso
+            stored = await runtime.sessions.load(
+                session.ticket, issuer=sso.issuer_url, client_id=sso.client_id, use_cache=False
+            )
+            session = stored or session
         await runtime.sessions.end(session)
         log.info("sign-out sub=%s", _short(session.subject))
         location = await _provider_logout_url(active, session, rd) or rd

@@ -48,7 +48,9 @@ class Refresher:
         try:
             # Read it again under the lock: another replica may have refreshed it since we loaded it,
             # and its refresh token may already be spent.
-            current = await self._sessions.load(session.ticket, issuer=session.issuer, client_id=session.client_id)
+            current = await self._sessions.load(
+                session.ticket, issuer=session.issuer, client_id=session.client_id, use_cache=False
+            )
             if current is None or not current.refresh_due(time.time()):
                 return current
             return await self._renew(current, oidc)

@@ -216,3 +216,15 @@ async def test_the_cache_never_serves_a_session_to_a_ticket_with_another_key(twi
     session = await create(a)
     await a.load(session.ticket, issuer="https://idp", client_id="c")
     assert await a.load(Ticket(session.id, b"x" * 32), issuer="https://idp", client_id="c") is None
+
+
+async def test_cached_copies_hold_no_tokens_and_the_store_still_has_them(twin_managers):
+    a, _ = twin_managers
+    session = await create(a, refresh_token="rt-value", access_expires_at=time.time() + 60)
+    await a.load(session.ticket, issuer="https://idp", client_id="c")
+    cached = await a.load(session.ticket, issuer="https://idp", client_id="c")
+    assert cached is not None and cached.tokens_elided
+    assert (cached.access_token, cached.id_token) == ("", "") and "rt-value" not in repr(cached)
+    assert cached.refresh_due(time.time() + 10**6), "a cached copy still knows a refresh token exists"
+    full = await a.load(session.ticket, issuer="https://idp", client_id="c", use_cache=False)
+    assert full is not None and (full.access_token, full.refresh_token) == (TOKEN, "rt-value")

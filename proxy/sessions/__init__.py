@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,19 @@ class Session:
     client_id: str
     refreshed_at: float = 0.0  # when the current access token was obtained (login or refresh)
     extra: dict[str, Any] = field(default_factory=dict)
+    # True for the copies kept in the in-process cache: they hold claims but no tokens (memory), and
+    # whoever needs a token (refresh, sign-out's id_token_hint) reads the session from the store.
+    tokens_elided: bool = False
+
+    def without_tokens(self) -> Session:
+        return dataclasses.replace(
+            self,
+            claims={sys.intern(k): v for k, v in self.claims.items()},
+            id_token="",
+            access_token="",
+            refresh_token=_ELIDED if self.refresh_token else None,
+            tokens_elided=True,
+        )
 
     @property
     def ticket(self) -> Ticket:
@@ -156,6 +171,7 @@ def _dumps(value: Any) -> bytes:
 
 
 _INVALIDATE = "sso:invalidate"
+_ELIDED = "(elided)"  # stands for a refresh token in cached copies, so refresh_due() still works
 _CACHE_MAX = 50_000
 
 
@@ -172,6 +188,7 @@ class SessionManager:
         self.store = store
         self._cache: dict[str, tuple[Session, float, float]] = {}  # id -> (session, expires, touched)
         self._cache_live = False
+        self._next_sweep = 0.0
         self._listener: asyncio.Task[None] | None = None
         self.configure(settings)
 
@@ -256,12 +273,15 @@ class SessionManager:
         sealed = _seal(session.key, _dumps(session.to_record()), session.id.encode())
         await self.store.set(_SESSION + session.id, sealed, ttl)
 
-    async def load(self, ticket: Ticket, *, issuer: str, client_id: str) -> Session | None:
+    async def load(
+        self, ticket: Ticket, *, issuer: str, client_id: str, use_cache: bool = True
+    ) -> Session | None:
         """The live session for a ticket, or None (unknown, expired, or from another provider/client).
 
-        Reading it also restarts its idle timer.
+        Reading it also restarts its idle timer. From the cache it comes without tokens
+        (``tokens_elided``); ``use_cache=False`` reads the complete session from the store.
         """
-        if self._cache_live:
+        if self._cache_live and use_cache:
             cached = self._cache.get(ticket.session_id)
             if cached is not None:
                 return await self._from_cache(ticket, cached, issuer=issuer, client_id=client_id)
@@ -279,11 +299,18 @@ class SessionManager:
             # Sessions are only trusted under the provider and client that created them.
             return None
         if self._cache_live:
+            self._remember(session)
+        return session
+
+    def _remember(self, session: Session) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep or len(self._cache) >= _CACHE_MAX:
+            # Expired copies go, so the cache holds only sessions used within the last cache_ttl.
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            self._next_sweep = now + self.settings.cache_ttl
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.pop(next(iter(self._cache)))
-            now = time.monotonic()
-            self._cache[session.id] = (session, now + self.settings.cache_ttl, now)
-        return session
+        self._cache[session.id] = (session.without_tokens(), now + self.settings.cache_ttl, now)
 
     async def _from_cache(
         self, ticket: Ticket, cached: tuple[Session, float, float], *, issuer: str, client_id: str

@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from proxy import __version__, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
@@ -106,25 +105,6 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     except SidecarError:
         return web.json_response({"status": "not ready", "session_store": "unreachable"}, status=503)
     return web.json_response({"status": "ready", "config": runtime.active.settings.digest})
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, without the query string: it can hold authorization codes and state."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            '%s "%s %s" %d %.1fms [%s]',
-            request.remote,
-            request.method,
-            request.path,
-            response.status,
-            time * 1000,
-            request.get("request_id", "-"),
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
 
 
 WORKER: web.AppKey[int] = web.AppKey("worker", int)

@@ -132,7 +132,8 @@ def cmd_run(path: str) -> int:
 
 
 def _serve(settings: Settings, path: str, *, worker: int) -> None:
-    from proxy.app import AccessLogger, create_app
+    from proxy.accesslog import BATCH, AccessLogger
+    from proxy.app import create_app
     from proxy.reload import triggers
 
     app = create_app(settings, worker=worker)
@@ -147,6 +148,7 @@ def _serve(settings: Settings, path: str, *, worker: int) -> None:
         reuse_port=settings.workers > 1,
         handle_signals=True,
     )
+    BATCH.flush()
 
 
 def _setup_logging(level: str) -> None:

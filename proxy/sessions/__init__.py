@@ -273,9 +273,7 @@ class SessionManager:
         sealed = _seal(session.key, _dumps(session.to_record()), session.id.encode())
         await self.store.set(_SESSION + session.id, sealed, ttl)
 
-    async def load(
-        self, ticket: Ticket, *, issuer: str, client_id: str, use_cache: bool = True
-    ) -> Session | None:
+    async def load(self, ticket: Ticket, *, issuer: str, client_id: str, use_cache: bool = True) -> Session | None:
         """The live session for a ticket, or None (unknown, expired, or from another provider/client).
 
         Reading it also restarts its idle timer. From the cache it comes without tokens

@@ -12,9 +12,8 @@ import asyncio
 import hashlib
 import json
 import secrets
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from support.configmap import ConfigMapDir, ConfigMapSidecar
 from support.http import HttpClient
 from support.idp import login
 from support.procs import LOOPBACK, free_port
-from support.sidecar import merge, sidecar_command
+from support.reloading import check_output, metric, metrics, status_of, until
+from support.sidecar import merge
 
 TOKEN = "break-glass-" + secrets.token_urlsafe(24)
 DOWNLOAD = 512 * 1024  # 8 chunks of 64 KiB with a delay after each: a download spans several reloads
@@ -37,31 +37,11 @@ DOWNLOAD_SHA256 = hashlib.sha256(bytes(range(256)) * (DOWNLOAD // 256)).hexdiges
 # Helpers
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def status_of(sidecar: Any) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(sidecar.url_for("/oauth2/status"), headers={"X-Break-Glass": TOKEN}) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        return dict(await resp.json())
-
-
 async def applied(sidecar: Any, before: dict[str, Any]) -> dict[str, Any]:
     """Wait for a reload that replaced the config ``before`` describes; return the new status."""
 
     async def check() -> dict[str, Any] | None:
-        st = await status_of(sidecar)
+        st = await status_of(sidecar, TOKEN)
         assert st["reload"]["failed"] == before["reload"]["failed"], st["reload"]["last_error"]
         return st if st["config"]["version"] != before["config"]["version"] else None
 
@@ -72,7 +52,7 @@ async def refused(sidecar: Any, before: dict[str, Any]) -> dict[str, Any]:
     """Wait for a refused reload; the running config must be the one ``before`` describes."""
 
     async def check() -> dict[str, Any] | None:
-        st = await status_of(sidecar)
+        st = await status_of(sidecar, TOKEN)
         return st if st["reload"]["failed"] > before["reload"]["failed"] else None
 
     st = await until(check, "the reload to be refused")
@@ -96,19 +76,6 @@ async def login_redirect(client: HttpClient, sidecar: Any) -> URL:
     async with client.get(sidecar.url_for("/reports")) as resp:
         assert resp.status == 302, (resp.status, await resp.text())
         return URL(resp.headers["Location"])
-
-
-async def metrics(sidecar: Any) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"http://{sidecar.config['metrics_listen']}/metrics") as resp:
-        assert resp.status == 200
-        return await resp.text()
-
-
-def metric(text: str, line_start: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(line_start + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 class Traffic:
@@ -205,20 +172,6 @@ class Traffic:
         assert self.downloads >= 2 and self.echoes >= 5, (self.downloads, self.echoes, self.statuses)
 
 
-async def check_output(config: Path) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *sidecar_command(),
-        "check",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
-
-
 def dead_port() -> int:
     return free_port()  # nothing listens there once the probe socket is closed
 
@@ -275,7 +228,7 @@ async def test_configmap_updates_apply_live_under_traffic_without_a_failed_reque
     user = http()
     await signed_in(user, sc)
     traffic = await Traffic(user, sc).start()
-    st = await status_of(sc)
+    st = await status_of(sc, TOKEN)
     assert st["reload"]["last_error"] is None and st["config"]["sso"]["enabled"] is True
 
     # SSO off: a pass-through, with identity headers stripped; the console's own login takes over.
@@ -368,7 +321,7 @@ async def _logged(sidecar: Any, text: str) -> bool:
 
 
 async def _status_where(sidecar: Any, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-    st = await status_of(sidecar)
+    st = await status_of(sidecar, TOKEN)
     return st if predicate(st) else None
 
 
@@ -380,14 +333,14 @@ async def test_sighup_reloads_under_traffic_and_reports_what_needs_a_restart(htt
     user = http()
     await signed_in(user, sc)
     traffic = await Traffic(user, sc).start()
-    st = await status_of(sc)
+    st = await status_of(sc, TOKEN)
     assert st["config"]["watch"]["enabled"] is False
 
     # With watching off, a changed file waits for SIGHUP.
     config = merge(config, {"sso": {"enabled": False}})
     sc.write_config(config)
     await asyncio.sleep(0.6)
-    assert (await status_of(sc))["config"]["version"] == st["config"]["version"]
+    assert (await status_of(sc, TOKEN))["config"]["version"] == st["config"]["version"]
     sc.reload()
     st = await applied(sc, st)
     status, seen = await whoami(user, sc)

@@ -632,12 +632,7 @@ class OIDCClient:
         typ = header.get("typ")
         if (isinstance(typ, str) and typ.lower() in _LOGOUT_TYPES) or "events" in claims:
             raise TokenValidationError(f"{what} is a logout token")
-        if claims.get("iss") != self._sso.issuer_url:
-            raise TokenValidationError(f"{what} issuer does not match")
-        aud = claims.get("aud")
-        granted = [aud] if isinstance(aud, str) else aud
-        if not isinstance(granted, list) or not all(isinstance(a, str) for a in granted):
-            raise TokenValidationError(f"{what} audience (aud) is missing or malformed")
+        granted = self._issuer_and_audiences(claims, what)
         if not set(granted) & set(audiences):
             raise TokenValidationError(f"{what} is not meant for this console (audience)")
         _check_sub(claims, what)
@@ -857,13 +852,18 @@ class OIDCClient:
 
     # -- claims -------------------------------------------------------------------------------------
 
-    def _check_iss_aud(self, claims: Mapping[str, Any], what: str) -> None:
+    def _issuer_and_audiences(self, claims: Mapping[str, Any], what: str) -> list[str]:
+        """The token's audiences, after checking that our issuer issued it."""
         if claims.get("iss") != self._sso.issuer_url:
             raise TokenValidationError(f"{what} issuer does not match")
         aud = claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else aud
         if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
             raise TokenValidationError(f"{what} audience (aud) is missing or malformed")
+        return audiences
+
+    def _check_iss_aud(self, claims: Mapping[str, Any], what: str) -> None:
+        audiences = self._issuer_and_audiences(claims, what)
         if self._sso.client_id not in audiences:
             raise TokenValidationError(f"{what} audience does not include this client")
         azp = claims.get("azp")

@@ -62,9 +62,16 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The only middleware: a request id, the config pin, and turning errors into responses.
+
+    The pin holds the active config's upstream pool open until the request's last byte
+    (``Runtime.pinned``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
+    so both see the same config. (One middleware, not two: each layer costs every request.)
+    """
     request["request_id"] = secrets.token_hex(8)
     try:
-        response: web.StreamResponse = await handler(request)
+        with request.app[RUNTIME].pinned():
+            response: web.StreamResponse = await handler(request)
         return response
     except SidecarError as exc:
         level = logging.WARNING if exc.status < 500 else logging.ERROR
@@ -80,18 +87,6 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 async def not_found(request: web.Request) -> web.StreamResponse:
     raise NotFound("The sidecar has no page at this address.")
-
-
-@web.middleware
-async def pin_config(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Hold the active config's upstream pool open until this request's last byte (``Runtime.pinned``).
-
-    The innermost middleware: the handler starts, and reads ``runtime.active``, in the same step as the
-    pin, so both see the same config.
-    """
-    with request.app[RUNTIME].pinned():
-        response: web.StreamResponse = await handler(request)
-        return response
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -113,7 +108,7 @@ WORKER: web.AppKey[int] = web.AppKey("worker", int)
 def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     """The sidecar for ``settings``; ``worker`` is this process's index when ``workers`` > 1."""
     app = web.Application(
-        middlewares=[error_middleware, pin_config],
+        middlewares=[error_middleware],
         client_max_size=64 * 1024,  # only the sidecar's own forms are read whole; proxied bodies stream
         # Consoles and identity providers set large cookies; aiohttp's default stops at 8190 bytes.
         handler_args={"max_line_size": 16384, "max_field_size": 32768},

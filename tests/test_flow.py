@@ -14,6 +14,7 @@ import pytest
 from yarl import URL
 
 from support.idp import login, parse_forms
+from support.sidecar import replica_of
 
 IDENTITY = {
     "X-Forwarded-User": "alice.smith",
@@ -108,16 +109,7 @@ async def test_happy_path_with_each_store(http, sidecar_factory, redis_clean, st
 
 async def test_two_replicas_on_one_redis_serve_the_same_session(http, sidecar_factory, redis_clean):
     a = sidecar_factory({"session": {"store": "redis", "redis_url": redis_clean.url}})
-    b_config = {
-        "session": {
-            "store": "redis",
-            "redis_url": redis_clean.url,
-            "cookie_secret": a.config["session"]["cookie_secret"],
-        },
-        "public_url": a.config["public_url"],
-        "sso": a.config["sso"],
-    }
-    b = sidecar_factory(b_config, register=False)
+    b = sidecar_factory(replica_of(a), register=False)
     client, _ = await signed_in(http, a)
     seen = await whoami(client, b.url_for("/api/whoami"))
     assert seen["headers"]["X-Forwarded-User"] == "alice.smith"

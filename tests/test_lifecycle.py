@@ -18,6 +18,7 @@ import pytest
 from support import REPO
 from support.idp import login, logout
 from support.procs import Process
+from support.sidecar import replica_of
 
 SESSION_COOKIE = "sso_sidecar"
 
@@ -132,15 +133,7 @@ async def test_concurrent_requests_on_two_replicas_never_refresh_twice(
 ):
     a = sidecar_factory({"session": {"store": "redis", "redis_url": redis_clean.url}}, idp=short_token_idp)
     b = sidecar_factory(
-        {
-            "public_url": a.config["public_url"],
-            "sso": a.config["sso"],
-            "session": {
-                "store": "redis",
-                "redis_url": redis_clean.url,
-                "cookie_secret": a.config["session"]["cookie_secret"],
-            },
-        },
+        replica_of(a),
         idp=short_token_idp,
         register=False,
     )
@@ -243,15 +236,7 @@ async def test_sign_out_returns_to_a_safe_rd_through_the_provider(http, sidecar_
 async def test_a_logout_at_the_provider_ends_the_session_on_both_replicas(http, sidecar_factory, idp, redis_clean):
     a = sidecar_factory({"session": {"store": "redis", "redis_url": redis_clean.url}})
     b = sidecar_factory(
-        {
-            "public_url": a.config["public_url"],
-            "sso": a.config["sso"],
-            "session": {
-                "store": "redis",
-                "redis_url": redis_clean.url,
-                "cookie_secret": a.config["session"]["cookie_secret"],
-            },
-        },
+        replica_of(a),
         register=False,
     )
     client = http()

@@ -128,3 +128,13 @@ def start_sidecar(
     wait: bool = True,
 ) -> Sidecar:
     return Sidecar(config, work_dir, env=env, name=name).start(timeout, wait=wait)
+
+
+def replica_of(sidecar: Sidecar) -> dict[str, Any]:
+    """Config overrides for another replica of ``sidecar``: the same public URL, provider client, session
+    store and cookie secret (what replicas behind one Service share)."""
+    return {
+        "public_url": sidecar.config["public_url"],
+        "sso": sidecar.config["sso"],
+        "session": dict(sidecar.config["session"]),
+    }

@@ -86,8 +86,8 @@ async def callback(request: web.Request) -> web.StreamResponse:
     state = query.get("state", "")
     if "error" in query:
         error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
-        # Drop the pending login too, so the state cannot be used afterwards.
-        if state:
+        # Drop this browser's pending login too, so its state cannot be used afterwards.
+        if state and active.cookies.login_belongs_to_browser(state, request.cookies):
             await runtime.sessions.take_login(state)
         raise LoginError(f"The identity provider refused the sign-in ({error}).", code="provider_denied")
     if not state:

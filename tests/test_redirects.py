@@ -26,7 +26,7 @@ SUFFIXES = ["", "/", "/path?x=1", "#frag", "%2f..", "?next=/"]
 
 def corpus() -> list[str]:
     payloads = {p + h + s for p, h, s in itertools.product(PREFIXES, HOSTS, SUFFIXES)}
-    payloads |= {quote(p, safe="") for p in list(payloads)[:200]}
+    payloads |= {quote(p, safe="") for p in sorted(payloads)[:200]}
     payloads |= {
         "https://good.com@evil.com", "javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x",
         "evil.com", "@evil.com", "/\\evil.com", "/%09/evil.com", "/%5cevil.com", "https:evil.com",

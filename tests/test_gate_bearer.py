@@ -22,7 +22,7 @@ from proxy.bearer import BearerVerifier
 from proxy.errors import InvalidToken
 from proxy.oidc import OIDCClient
 from proxy.settings import SSOSettings
-from support.badop import BadOP
+from support.badop import BadOP, running_badop
 from support.procs import LOOPBACK, free_port
 from support.sidecar import Sidecar
 
@@ -31,18 +31,14 @@ PARTNER_AUDIENCE = "api://console"
 
 @pytest.fixture(scope="module")
 async def main_op() -> AsyncIterator[BadOP]:
-    op = BadOP(issuer_path="/realms/main")
-    await op.start(LOOPBACK)
-    yield op
-    await op.stop()
+    async with running_badop("/realms/main") as op:
+        yield op
 
 
 @pytest.fixture(scope="module")
 async def partner_op() -> AsyncIterator[BadOP]:
-    op = BadOP(issuer_path="/realms/partner")
-    await op.start(LOOPBACK)
-    yield op
-    await op.stop()
+    async with running_badop("/realms/partner") as op:
+        yield op
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from proxy.oidc import (
 )
 from proxy.settings import Secret, SSOSettings
 from support import REPO
-from support.badop import BadOP
+from support.badop import BadOP, running_badop
 
 REDIRECT_URI = "https://console.example.com/oauth2/callback"
 MakeClient = Callable[..., OIDCClient]
@@ -41,10 +41,8 @@ MakeClient = Callable[..., OIDCClient]
 
 @pytest.fixture(scope="session")
 async def badop_server() -> AsyncIterator[BadOP]:
-    op = BadOP(issuer_path="/realms/test")
-    await op.start()
-    yield op
-    await op.stop()
+    async with running_badop("/realms/test") as op:
+        yield op
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from conftest import SidecarFactory
 
 from proxy.policy import GROUPS_MISSING, GROUPS_OVERAGE, GROUPS_UNREADABLE, NOT_ALLOWED, UNVERIFIED, denial_reason
 from proxy.settings import AccessSettings
-from support.badop import BadOP
+from support.badop import BadOP, running_badop
 from support.idp import login
 from support.procs import LOOPBACK, free_port
 from support.sidecar import Sidecar
@@ -194,10 +194,8 @@ async def test_the_403_page_says_an_unverified_email_is_why(http, policy_sidecar
 
 @pytest.fixture(scope="module")
 async def group_op() -> AsyncIterator[BadOP]:
-    op = BadOP(issuer_path="/realms/groups")
-    await op.start(LOOPBACK)
-    yield op
-    await op.stop()
+    async with running_badop("/realms/groups") as op:
+        yield op
 
 
 @pytest.fixture(scope="module")

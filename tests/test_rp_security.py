@@ -24,7 +24,7 @@ import pytest
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from support.badop import BadOP
+from support.badop import BadOP, running_badop
 from support.http import HttpClient, new_client
 from support.procs import LOOPBACK, free_port
 from support.sidecar import Sidecar, merge
@@ -46,10 +46,8 @@ SEEN_SECRETS: set[str] = set()
 
 @pytest.fixture(scope="module")
 async def badop() -> AsyncIterator[BadOP]:
-    op = BadOP(issuer_path="/realms/rp")
-    await op.start(LOOPBACK)
-    yield op
-    await op.stop()
+    async with running_badop("/realms/rp") as op:
+        yield op
 
 
 @pytest.fixture

@@ -573,21 +573,23 @@ async def test_unknown_length_response_is_chunked(
 # Streaming
 
 
+async def upload_after_first_block(echo_console: Echo) -> AsyncIterator[bytes]:
+    """64 MiB, of which only the first MiB goes out until the console has started receiving."""
+    block = b"u" * MiB
+    yield block
+    await asyncio.wait_for(echo_console.upload_started.wait(), 10)
+    for _ in range(63):
+        yield block
+
+
 async def test_upload_with_length_is_streamed(
     echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     """The console starts receiving before the client has sent it all (it waits for that)."""
     proxy = await make_proxy(echo_console.url)
-    block = b"u" * MiB
-
-    async def body() -> AsyncIterator[bytes]:
-        yield block
-        await asyncio.wait_for(echo_console.upload_started.wait(), 10)
-        for _ in range(63):
-            yield block
 
     headers = {"Content-Length": str(64 * MiB)}
-    async with client.put(proxy / "upload", data=body(), headers=headers) as resp:
+    async with client.put(proxy / "upload", data=upload_after_first_block(echo_console), headers=headers) as resp:
         data = await echoed(resp)
     assert data == {"received": 64 * MiB, "content_length": str(64 * MiB), "transfer_encoding": None}
 
@@ -596,15 +598,8 @@ async def test_upload_without_length_is_streamed_chunked(
     echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     proxy = await make_proxy(echo_console.url)
-    block = b"u" * MiB
 
-    async def body() -> AsyncIterator[bytes]:
-        yield block
-        await asyncio.wait_for(echo_console.upload_started.wait(), 10)
-        for _ in range(63):
-            yield block
-
-    async with client.post(proxy / "upload", data=body()) as resp:
+    async with client.post(proxy / "upload", data=upload_after_first_block(echo_console)) as resp:
         data = await echoed(resp)
     assert data == {"received": 64 * MiB, "content_length": None, "transfer_encoding": "chunked"}
 
@@ -663,7 +658,6 @@ def peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_proxy_process_memory_stays_flat_for_64_mib_each_way(
     echo_console: Echo, client: aiohttp.ClientSession
 ) -> None:

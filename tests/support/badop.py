@@ -43,6 +43,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -52,6 +53,7 @@ import signal
 import time
 import warnings
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
@@ -604,6 +606,17 @@ class BadOP:
 
 # --------------------------------------------------------------------------------------------------
 # As a process
+
+
+@contextlib.asynccontextmanager
+async def running_badop(issuer_path: str = "") -> AsyncIterator[BadOP]:
+    """A BadOP on a free loopback port for the duration of the ``async with`` (a test fixture's body)."""
+    op = BadOP(issuer_path=issuer_path)
+    await op.start("127.0.0.1")
+    try:
+        yield op
+    finally:
+        await op.stop()
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -20,6 +21,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy import h1
 from proxy.errors import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -101,28 +103,41 @@ class Upstream:
         *,
         timeout: float,
         connect_timeout: float = 5.0,
-        limit: int = 0,
         ws_max_message: int = _DEFAULT_WS_MAX_MESSAGE,
     ) -> None:
         """``timeout`` bounds the wait for the response head and each later read (not the whole body),
-        like nginx ``proxy_read_timeout``; ``limit`` caps pooled connections (0: unlimited)."""
+        like nginx ``proxy_read_timeout``."""
         if base.query_string or base.fragment:
             raise ValueError("upstream URL must not have a query or fragment")
         self.base = base
         # Joined in front of the request's path_qs by plain concatenation: path_qs is already encoded.
-        self._prefix = str(base.origin()) + base.raw_path.rstrip("/")
+        self._path_prefix = base.raw_path.rstrip("/")
+        self._prefix = str(base.origin()) + self._path_prefix
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_connect=connect_timeout, sock_read=timeout
         )
+        self._read_timeout = timeout
+        self._connect_timeout = connect_timeout
         self._ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0)
-        self._limit = limit
+        self._pool: h1.Pool | None = None
         self._ws_max_message = ws_max_message
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is not None:
             return
-        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, enable_cleanup_closed=False)
+        base = self.base
+        tls = ssl.create_default_context() if base.scheme == "https" else None
+        self._pool = h1.Pool(
+            host=base.raw_host or "localhost",
+            port=base.port or (443 if tls is not None else 80),
+            tls=tls,
+            authority=base.raw_authority,
+            read_timeout=self._read_timeout,
+            connect_timeout=self._connect_timeout,
+        )
+        # Websockets only: plain HTTP goes through ``h1``.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=False)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -133,6 +148,9 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -155,71 +173,15 @@ class Upstream:
         adds ``set_headers``). ``path_qs`` is the already-normalised, still-encoded path and raw query.
         A websocket upgrade is proxied as a websocket.
         """
-        session = self._session
-        if session is None:
+        session, pool = self._session, self._pool
+        if session is None or pool is None:
             raise RuntimeError("Upstream.start() was not called")
         upgrade = headers.get("Upgrade")
         _prepare_headers(headers, set_headers, remove_cookies, forwarded)
-        url = URL(self._prefix + path_qs, encoded=True)
         if upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET":
+            url = URL(self._prefix + path_qs, encoded=True)
             return await self._websocket(session, request, headers, url)
-        return await self._http(session, request, headers, url)
-
-    # -- plain HTTP --------------------------------------------------------------------------------
-
-    async def _http(
-        self,
-        session: aiohttp.ClientSession,
-        request: web.Request,
-        headers: CIMultiDict[str],
-        url: URL,
-    ) -> web.StreamResponse:
-        # Handing over the StreamReader streams it with back-pressure (chunked when the client sent no
-        # Content-Length); aiohttp retries an idempotent request once on a stale pooled connection, but
-        # never after a streamed body has started to go out.
-        try:
-            up = await session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=request.content if request.body_exists else None,
-                allow_redirects=False,
-            )
-        except TimeoutError:
-            raise UpstreamError("The console did not answer in time.", code="gateway_timeout", status=504) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"The console could not be reached ({_describe(exc)}).") from None
-
-        if up.content.is_eof():
-            # The whole body arrived with the head (most small responses): answer with one write instead
-            # of head and body separately, and hand the pooled connection back before answering.
-            try:
-                body = await up.read()
-            except (aiohttp.ClientError, OSError) as exc:
-                up.close()
-                raise UpstreamError(f"The console sent a broken response ({_describe(exc)}).") from None
-            whole = web.Response(status=up.status, reason=up.reason, body=body)
-            whole.headers.extend(up.headers)
-            _drop_hop_by_hop(whole.headers)
-            up.release()
-            return whole
-
-        released = False
-        try:
-            resp = web.StreamResponse(status=up.status, reason=up.reason)
-            resp.headers.extend(up.headers)
-            _drop_hop_by_hop(resp.headers)
-            try:
-                await resp.prepare(request)
-            except OSError:
-                return resp  # the client left before the head went out; nothing to tell it
-            if await _pump_body(up.content, resp, request):
-                up.release()
-                released = True
-            return resp
-        finally:
-            if not released:
-                up.close()  # mid-body: the connection cannot be reused
+        return await _http(pool, request, headers, self._path_prefix + path_qs)
 
     # -- websockets --------------------------------------------------------------------------------
 
@@ -285,6 +247,44 @@ class Upstream:
                 await upstream_ws.close(code=_CLOSE_GOING_AWAY)
             if client_ws is not None and client_ws.prepared and not client_ws.closed:
                 await client_ws.close(code=_CLOSE_BAD_GATEWAY)
+
+
+# -- plain HTTP ---------------------------------------------------------------------------------------
+
+
+async def _http(pool: h1.Pool, request: web.Request, headers: CIMultiDict[str], target: str) -> web.StreamResponse:
+    try:
+        answer = await pool.request(request.method, target, headers, request.content if request.body_exists else None)
+    except h1.Timeout:
+        raise UpstreamError("The console did not answer in time.", code="gateway_timeout", status=504) from None
+    except h1.Broken as exc:
+        raise UpstreamError(f"The console sent a broken response ({exc}).") from None
+    except h1.UpstreamFailure as exc:
+        raise UpstreamError(f"The console could not be reached ({exc}).") from None
+
+    if answer.complete:
+        # The whole body arrived with the head (most small responses): answer with one write instead of
+        # head and body separately, and hand the pooled connection back before answering.
+        whole = web.Response(status=answer.status, reason=answer.reason or None, body=answer.take_body())
+        whole.headers.extend(answer.headers)
+        answer.release()
+        return whole
+
+    released = False
+    try:
+        resp = web.StreamResponse(status=answer.status, reason=answer.reason or None)
+        resp.headers.extend(answer.headers)
+        try:
+            await resp.prepare(request)
+        except OSError:
+            return resp  # the client left before the head went out; nothing to tell it
+        if await _pump_body(answer, resp, request):
+            answer.release()
+            released = True
+        return resp
+    finally:
+        if not released:
+            answer.close()  # mid-body: the connection cannot be reused
 
 
 # -- helpers (module level: no attribute lookups through self on the hot path) --------------------------
@@ -362,29 +362,17 @@ def _filter_cookies(values: list[str], remove: Callable[[str], bool]) -> str | N
     return "; ".join(kept) if changed else None
 
 
-def _drop_hop_by_hop(headers: CIMultiDict[str]) -> None:
-    connection = headers.getall("Connection", None)
-    if connection:
-        for token in _connection_tokens(connection) or ():
-            if token:
-                headers.popall(token, None)
-    for name in HOP_BY_HOP:
-        headers.popall(name, None)
-
-
-async def _pump_body(content: aiohttp.StreamReader, resp: web.StreamResponse, request: web.Request) -> bool:
+async def _pump_body(answer: h1.Exchange, resp: web.StreamResponse, request: web.Request) -> bool:
     """Copy the upstream body to the client; True when it all arrived and the connection may be reused."""
-    read = content.readany
+    read = answer.read
     write = resp.write
     while True:
         try:
             chunk = await read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except h1.UpstreamFailure as exc:
             # The head is out, so no error page is possible: cut the client connection so it sees a
             # truncated body instead of a complete-looking short one.
-            log.warning(
-                "upstream response aborted mid-body for %s %s: %s", request.method, request.path, _describe(exc)
-            )
+            log.warning("upstream response aborted mid-body for %s %s: %s", request.method, request.path, exc)
             _abort_client(resp, request)
             return False
         if not chunk:

@@ -1,0 +1,510 @@
+"""A lean HTTP/1.1 client to the console: one origin, pooled keep-alive connections, streamed bodies.
+
+Every proxied request pays for the client side of the hop, and aiohttp's general-purpose
+``ClientSession`` spends more CPU per request than the whole rest of the sidecar (request and response
+objects, cookie and redirect machinery, per-read timers). This client does only what a reverse proxy
+needs: write a request head and stream its body, parse the answer with llhttp (``httptools``, the parser
+Node.js uses), and hand the body on as it arrives, with back-pressure both ways.
+
+Rules it follows (RFC 9112):
+- one exchange at a time per connection; a connection goes back to the pool only when the request was
+  sent in full, the response was read in full and both sides allow keep-alive;
+- interim 1xx answers (103 Early Hints...) are skipped; HEAD, 204 and 304 answers have no body; a body
+  with neither length nor chunking ends when the console closes the connection;
+- a reused connection that the console closed just before our request (idle keep-alive race) is retried
+  once on a fresh connection, only for an idempotent method without a body (RFC 9110 9.2.2);
+- ``read_timeout`` bounds every wait for the console (head or next body bytes), not the whole body.
+
+Websockets are not handled here (``upstream`` keeps aiohttp's client for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import Iterable
+from typing import Final, cast
+
+import httptools
+from aiohttp import StreamReader
+from multidict import CIMultiDict
+
+__all__ = ["Broken", "Exchange", "Pool", "Timeout", "Unreachable"]
+
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Read pausing: the console is not read further while this much body waits for the client.
+_HIGH_WATER: Final = 256 * 1024
+_LOW_WATER: Final = 64 * 1024
+_IDLE_KEEPALIVE: Final = 15.0  # pooled connections older than this are closed, not reused
+# Response headers that describe this hop only (RFC 9110 7.6.1), by lower-case name; Connection is read
+# first for the names it lists.
+_HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_BODY_FREE_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class UpstreamFailure(Exception):
+    """The console could not give an answer; the message is safe to show (no headers, no bodies)."""
+
+
+class Unreachable(UpstreamFailure):
+    """No connection, or it was closed before any answer."""
+
+
+class Broken(UpstreamFailure):
+    """The answer was malformed, or cut off in the middle."""
+
+
+class Timeout(UpstreamFailure):
+    """The console did not send anything for ``read_timeout``."""
+
+
+class _Closed(Unreachable):
+    """Closed before the first byte of the answer: a reused connection may have been stale."""
+
+
+class Exchange(asyncio.Protocol):
+    """One connection to the console, and the request/response exchange currently on it.
+
+    After ``Pool.request`` returns, ``status``, ``reason`` and ``headers`` are known; ``complete`` says
+    whether the whole body has already arrived (``take_body``), otherwise ``read`` streams it. Finish
+    with ``release`` (back to the pool when reusable) or ``close``.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._lost = False
+        self._paused_writing = False
+        self._drain: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+        self.reused = False
+        self._reset("GET")
+
+    def _reset(self, method: str) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = method == "HEAD"
+        self.status = 0
+        self.reason = ""
+        self._reason = b""
+        self._raw_headers: list[tuple[str, str]] = []
+        self._listed: list[bytes] | None = None  # Connection header values
+        self._framed = False  # Content-Length or chunked: the end of the body is known
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self._have_head = False
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self.complete = False
+        self._keep_alive = False
+        self._request_sent = False
+        self._error: UpstreamFailure | None = None
+        self._got_bytes = False
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._body_task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        self._last_read = self._loop.time()
+        if self.complete:
+            return  # bytes after a complete answer (or a HEAD answer's unwanted body): not reused
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(Broken("it switched protocols unasked"))
+        except httptools.HttpParserError as exc:
+            self._fail(Broken(f"malformed HTTP: {_short(exc)}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._pool.forget(self)
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("the console closed the connection"))
+        if self.complete:
+            return
+        if self._have_head and not self._framed and exc is None:
+            self._message_done()  # a body without length ends when the connection does
+            return
+        if not self._got_bytes:
+            self._fail(_Closed("connection closed by the console"))
+        elif self._have_head:
+            self._fail(Broken("connection closed in the middle of the body"))
+        else:
+            self._fail(Broken("connection closed in the middle of the response head"))
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks ------------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower in _HOP_BY_HOP:
+            if lower == b"connection":
+                if self._listed is None:
+                    self._listed = [value]
+                else:
+                    self._listed.append(value)
+            elif lower == b"transfer-encoding":
+                self._framed = True  # llhttp refuses anything but a final "chunked" (RFC 9112 6.3)
+            return
+        if lower == b"content-length":
+            self._framed = True
+        self._raw_headers.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise httptools.HttpParserError("101 Switching Protocols to a plain request")
+            # An interim answer: forget it and parse the final one that follows.
+            self._reason, self._raw_headers, self._listed, self._framed = b"", [], None, False
+            return
+        self.status = status
+        self.reason = self._reason.decode("latin-1").strip()
+        headers = CIMultiDict(self._raw_headers)
+        if self._listed is not None:
+            for value in self._listed:
+                for token in value.decode("latin-1").split(","):
+                    token = token.strip()
+                    if token:
+                        headers.popall(token, None)
+        self.headers = headers
+        self._keep_alive = self._parser.should_keep_alive()
+        if status in (204, 304):
+            self._framed = True
+        self._have_head = True
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._head_only:
+            self._framed = True
+            self._message_done()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self._keep_alive = False  # a body after a HEAD answer's head: dropped, and not reused
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def on_message_complete(self) -> None:
+        if not self._have_head:
+            return  # the end of an interim 1xx answer
+        self._keep_alive = self._keep_alive and self._parser.should_keep_alive()
+        self._message_done()
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def _message_done(self) -> None:
+        if self.complete:
+            return
+        self.complete = True
+        self._cancel_timer()
+        self._wake_body()
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamFailure) -> None:
+        if self._error is None:
+            self._error = error
+        self._cancel_timer()
+        for waiter in (self._head_waiter, self._body_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm_timer(self, delay: float) -> None:
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.complete or self._error is not None:
+            return
+        waiting = self._head_waiter is not None or self._body_waiter is not None
+        quiet = self._loop.time() - self._last_read
+        timeout = self._pool.read_timeout
+        if waiting and quiet >= timeout:
+            self._fail(Timeout("the console did not answer in time"))
+        else:
+            self._arm_timer(timeout - quiet if waiting else timeout)
+
+    # -- the exchange -------------------------------------------------------------------------------
+
+    def _send(self, method: str, head: bytes, body: StreamReader | None, chunked: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._reset(method)
+        self._last_read = self._loop.time()
+        self._arm_timer(self._pool.read_timeout)
+        transport.write(head)
+        if body is None:
+            self._request_sent = True
+        else:
+            self._body_task = self._loop.create_task(self._send_body(body, chunked))
+
+    async def _send_body(self, body: StreamReader, chunked: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            while True:
+                chunk = await body.readany()
+                if not chunk:
+                    break
+                if self._error is not None or self._lost:
+                    return
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._paused_writing:
+                    self._drain = self._loop.create_future()
+                    await self._drain
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+            self._request_sent = True
+        except Exception:
+            # The client's upload broke (a reset, or aiohttp's payload errors for a malformed body), or the
+            # console hung up: cut the request short so the console never takes it for complete.
+            self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    async def _head(self) -> None:
+        if not self._have_head and self._error is None:
+            self._head_waiter = self._loop.create_future()
+            self._last_read = self._loop.time()
+            try:
+                await self._head_waiter
+            finally:
+                self._head_waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def take_body(self) -> bytes:
+        """The whole body, when ``complete`` (it arrived with the head)."""
+        chunks, self._chunks, self._buffered = self._chunks, collections.deque(), 0
+        return b"".join(chunks)
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last read; b"" at the end. ``Broken``/``Timeout``."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return b""
+            self._body_waiter = self._loop.create_future()
+            self._last_read = self._loop.time()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+        data = self.take_body()
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
+
+    def release(self) -> None:
+        """Done with the answer: back to the pool when both sides allow it, else closed."""
+        self._cancel_timer()
+        task = self._body_task
+        reusable = (
+            self.complete
+            and self._keep_alive
+            and self._request_sent
+            and self._error is None
+            and not self._lost
+            and (task is None or task.done())
+        )
+        if reusable:
+            self._body_task = None
+            self._pool.put_back(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self._cancel_timer()
+        task, self._body_task = self._body_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    @property
+    def closing(self) -> bool:
+        return self._lost or self.transport is None or self.transport.is_closing()
+
+
+class Pool:
+    """Keep-alive connections to one origin, most recently used first."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        authority: str,
+        read_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._authority = authority
+        self.read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        self._idle: list[Exchange] = []
+        self._closed = False
+        self.loop = asyncio.get_running_loop()
+        self.connections_made = 0  # for tests and metrics
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: StreamReader | None,
+    ) -> Exchange:
+        """Send a request and wait for the head of its answer. ``headers`` is sent as given, plus Host when
+        missing and the body framing: the client's Content-Length when it sent one, else chunked."""
+        chunked = False
+        if body is not None:
+            if "Content-Length" not in headers:
+                headers["Transfer-Encoding"] = "chunked"
+                chunked = True
+        elif method not in _BODY_FREE_METHODS and "Content-Length" not in headers:
+            headers["Content-Length"] = "0"  # RFC 9110 8.6: a POST without a body says so
+        if "Host" not in headers:
+            headers["Host"] = self._authority
+        head = _serialize(method, target, headers.items(), len(headers))
+        retry = body is None and method in _IDEMPOTENT
+        while True:
+            exchange = self._take_idle() or await self._connect()
+            exchange._send(method, head, body, chunked)
+            try:
+                await exchange._head()
+            except _Closed:
+                exchange.close()
+                if retry and exchange.reused:
+                    retry = False
+                    continue
+                raise
+            except BaseException:
+                exchange.close()
+                raise
+            return exchange
+
+    def _take_idle(self) -> Exchange | None:
+        idle = self._idle
+        stale = time.monotonic() - _IDLE_KEEPALIVE
+        while idle:
+            exchange = idle.pop()
+            if exchange.closing or exchange.idle_since < stale:
+                exchange.close()
+                continue
+            exchange.reused = True
+            return exchange
+        return None
+
+    async def _connect(self) -> Exchange:
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, exchange = await self.loop.create_connection(
+                    lambda: Exchange(self),
+                    self._host,
+                    self._port,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls is not None else None,
+                )
+        except TimeoutError:
+            raise Timeout("connecting timed out") from None
+        except ssl.SSLError as exc:
+            raise Unreachable(f"TLS failed: {exc.reason or type(exc).__name__}") from None
+        except OSError as exc:
+            raise Unreachable(f"connection failed: {exc.strerror or type(exc).__name__}") from None
+        self.connections_made += 1
+        return exchange
+
+    def put_back(self, exchange: Exchange) -> None:
+        if self._closed or exchange.closing:
+            exchange.close()
+            return
+        exchange.idle_since = time.monotonic()
+        self._idle.append(exchange)
+
+    def forget(self, exchange: Exchange) -> None:
+        """A connection closed: it is no longer pooled."""
+        if self._idle and exchange in self._idle:
+            self._idle.remove(exchange)
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they are released."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for exchange in idle:
+            exchange.close()
+
+
+def _serialize(method: str, target: str, headers: Iterable[tuple[str, str]], count: int) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers]) + "\r\n"
+    # Each line ends in the one CRLF we wrote: a CR or LF inside a name or value would split a header.
+    if head.count("\n") != count + 2 or head.count("\r") != count + 2:
+        raise ValueError("a request header contains a line break")
+    return head.encode("utf-8", "surrogateescape")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:80]

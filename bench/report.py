@@ -52,6 +52,12 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
                     "%",
                 )
             )
+        passthrough = tp.get(f"passthrough-{row['workers']}w")
+        if passthrough and passthrough["rps"]:
+            cost = 1 - row["rps"] / passthrough["rps"]
+            checks.append(
+                _check(f"{name} auth cost vs passthrough-{row['workers']}w", round(100 * cost, 1), "(info)", None, "%")
+            )
     mem = out.get("redis_memory") or {}
     if mem.get("overhead_bytes") is not None:
         over = mem["overhead_bytes"]

@@ -190,6 +190,15 @@ class Bench:
         if workers != 1:
             self.add(stack.start_bare(self.work, upstream, 1), "bare-1w")
         if self.redis is not None:
+            # The sidecar itself with SSO switched off: the same server and upstream client as the
+            # sidecars below, no authentication. Against it, the sidecars' figures are the cost of auth.
+            passthrough = stack.start_sidecar(
+                self.work, "passthrough", idp=self.idp, client=self.clients["memory"], upstream=upstream,
+                cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
+                cache_ttl=None, log_level=a.log_level, sso_enabled=False,
+            )  # fmt: skip
+            self.add(passthrough, f"passthrough-{workers}w")
+        if self.redis is not None:
             self.start_redis_sidecars(upstream)
         memory = stack.start_sidecar(
             self.work, "sidecar-memory", idp=self.idp, client=self.clients["memory"], upstream=upstream,
@@ -260,7 +269,7 @@ class Bench:
         users = [f"bench.user{i:05d}" for i in range(n)]
         self.out["logins"] = {}
         for label, run in list(self.systems.items()):
-            if label.startswith("bare") or label == "sidecar-redis-nocache":
+            if label.startswith(("bare", "passthrough")) or label == "sidecar-redis-nocache":
                 continue
             cookie = APACHE_COOKIE if label == "apache" else SIDECAR_COOKIE
             rss_before = probes.rss_total_kib(run)["total_kib"]
@@ -276,8 +285,8 @@ class Bench:
         if "sidecar-redis-cache" in self.cookies:
             self.cookies["sidecar-redis-nocache"] = self.cookies["sidecar-redis-cache"]
         for label in self.systems:
-            if label.startswith("bare"):
-                # The same Cookie headers as the sidecar gets: the bare proxy forwards them untouched.
+            if label.startswith(("bare", "passthrough")):
+                # The same Cookie headers as the sidecar gets: these proxies forward them untouched.
                 self.cookies[label] = self.cookies.get("sidecar-redis-cache") or self.cookies["sidecar-memory-1w"]
 
     # -- throughput -----------------------------------------------------------------------------------

@@ -276,6 +276,7 @@ def start_sidecar(
     port: int | None = None,
     public_url: str | None = None,
     log_level: str = "info",
+    sso_enabled: bool = True,
 ) -> Running:
     """``sso-sidecar run`` through its real CLI. ``workers`` and ``session.cache_ttl`` are left out of the
     config when None; a config the sidecar refuses raises ``ProcessError`` with its log."""
@@ -294,7 +295,12 @@ def start_sidecar(
         "listen": f"{LOOPBACK}:{port}",
         "public_url": public_url or f"http://{LOOPBACK}:{port}",
         "upstream": upstream,
-        "sso": {"issuer_url": idp.issuer, "client_id": client.client_id, "client_secret": client.client_secret},
+        "sso": {
+            "enabled": sso_enabled,
+            "issuer_url": idp.issuer,
+            "client_id": client.client_id,
+            "client_secret": client.client_secret,
+        },
         "session": session,
         "log_level": log_level,
     }

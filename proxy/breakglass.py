@@ -33,6 +33,7 @@ from itsdangerous import BadData, TimestampSigner
 from multidict import CIMultiDict
 
 from proxy import pages
+from proxy.cookies import cookie_value
 from proxy.errors import Forbidden, SidecarError
 from proxy.identity import header_key
 from proxy.login import RUNTIME
@@ -127,7 +128,7 @@ def token_matches(settings: BreakGlassSettings, offered: str) -> bool:
 
 def _cookie_grant(request: web.Request, active: Active) -> str | None:
     """The grant id in a valid break-glass cookie, else None."""
-    value = request.cookies.get(cookie_name(active))
+    value = cookie_value(request, cookie_name(active))
     if not value:
         return None
     settings = active.settings.break_glass

@@ -37,6 +37,28 @@ class Ticket:
     key: bytes
 
 
+def cookie_value(request: web.BaseRequest, name: str) -> str | None:
+    """The value of cookie ``name``, as ``request.cookies`` would give it, without parsing every cookie.
+
+    The common case (the name once, an unquoted value) is read directly from the Cookie header; anything
+    else (quoted values, the name twice) is left to aiohttp's full parser, so both always agree.
+    """
+    header = request.headers.get("Cookie")  # the first one only, as aiohttp's parser reads
+    prefix = name + "="
+    if not header or name not in header:
+        return None
+    found: str | None = None
+    for pair in header.split(";"):
+        pair = pair.strip()
+        if pair.startswith(prefix):
+            if found is not None:
+                return request.cookies.get(name)
+            found = pair[len(prefix) :]
+    if found is None or found.startswith('"') or "\\" in found:
+        return request.cookies.get(name)
+    return found
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

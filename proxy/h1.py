@@ -117,7 +117,6 @@ class Exchange(asyncio.Protocol):
         self._error: UpstreamFailure | None = None
         self._got_bytes = False
         self._last_read = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._body_task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -258,24 +257,14 @@ class Exchange(asyncio.Protocol):
             self.transport.close()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._pool.busy.discard(self)
 
-    def _arm_timer(self, delay: float) -> None:
-        self._timer = self._loop.call_at(self._loop.time() + delay, self._check_timeout)
-
-    def _check_timeout(self) -> None:
-        self._timer = None
+    def check_timeout(self, now: float, timeout: float) -> None:
+        """Called by the pool's sweep: fail when someone waits and the console sent nothing for too long."""
         if self.complete or self._error is not None:
-            return
-        waiting = self._head_waiter is not None or self._body_waiter is not None
-        quiet = self._loop.time() - self._last_read
-        timeout = self._pool.read_timeout
-        if waiting and quiet >= timeout:
+            self._pool.busy.discard(self)
+        elif (self._head_waiter is not None or self._body_waiter is not None) and now - self._last_read >= timeout:
             self._fail(Timeout("the console did not answer in time"))
-        else:
-            self._arm_timer(timeout - quiet if waiting else timeout)
 
     # -- the exchange -------------------------------------------------------------------------------
 
@@ -284,7 +273,7 @@ class Exchange(asyncio.Protocol):
         assert transport is not None
         self._reset(method)
         self._last_read = self._loop.time()
-        self._arm_timer(self._pool.read_timeout)
+        self._pool.watch(self)
         transport.write(head)
         if body is None:
             self._request_sent = True
@@ -406,6 +395,11 @@ class Pool:
         self.read_timeout = read_timeout
         self._connect_timeout = connect_timeout
         self._idle: list[Exchange] = []
+        # Exchanges in flight, checked for read timeouts by one sweep instead of a timer per request; a
+        # timeout fires between 1x and 1.25x ``read_timeout`` after the console's last byte.
+        self.busy: set[Exchange] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_every = max(0.01, min(1.0, read_timeout / 4))
         self._closed = False
         self.loop = asyncio.get_running_loop()
         self.connections_made = 0  # for tests and metrics
@@ -477,6 +471,19 @@ class Pool:
         self.connections_made += 1
         return exchange
 
+    def watch(self, exchange: Exchange) -> None:
+        self.busy.add(exchange)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self._sweep_every, self._check)
+
+    def _check(self) -> None:
+        self._sweep = None
+        now, timeout = self.loop.time(), self.read_timeout
+        for exchange in list(self.busy):
+            exchange.check_timeout(now, timeout)
+        if self.busy:
+            self._sweep = self.loop.call_later(self._sweep_every, self._check)
+
     def put_back(self, exchange: Exchange) -> None:
         if self._closed or exchange.closing:
             exchange.close()
@@ -492,13 +499,17 @@ class Pool:
     def close(self) -> None:
         """Close the idle connections; those in use are closed when they are released."""
         self._closed = True
+        if self._sweep is not None and not self.busy:
+            self._sweep.cancel()
+            self._sweep = None
         idle, self._idle = self._idle, []
         for exchange in idle:
             exchange.close()
 
 
 def _serialize(method: str, target: str, headers: Iterable[tuple[str, str]], count: int) -> bytes:
-    head = f"{method} {target} HTTP/1.1\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers]) + "\r\n"
+    lines = "\r\n".join(map(": ".join, headers))
+    head = f"{method} {target} HTTP/1.1\r\n{lines}\r\n\r\n" if lines else f"{method} {target} HTTP/1.1\r\n\r\n"
     # Each line ends in the one CRLF we wrote: a CR or LF inside a name or value would split a header.
     if head.count("\n") != count + 2 or head.count("\r") != count + 2:
         raise ValueError("a request header contains a line break")

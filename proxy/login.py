@@ -15,6 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import pages
+from proxy.cookies import cookie_value
 from proxy.errors import LoginError, SidecarError, Unauthenticated
 from proxy.oidc import new_pkce, random_token
 from proxy.redirects import return_to_for
@@ -36,7 +37,7 @@ def login_url(return_to: str) -> str:
 
 async def session_for(request: web.Request, runtime: Runtime, active: Active) -> Session | None:
     """The session the request's cookie points at, if it is live and from the configured provider."""
-    ticket = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
+    ticket = active.cookies.decode_ticket(cookie_value(request, active.cookies.session_name))
     if ticket is None or active.oidc is None:
         return None
     sso = active.settings.sso

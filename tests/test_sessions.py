@@ -228,3 +228,33 @@ async def test_cached_copies_hold_no_tokens_and_the_store_still_has_them(twin_ma
     assert cached.refresh_due(time.time() + 10**6), "a cached copy still knows a refresh token exists"
     full = await a.load(session.ticket, issuer="https://idp", client_id="c", use_cache=False)
     assert full is not None and (full.access_token, full.refresh_token) == (TOKEN, "rt-value")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        ["other=1"],
+        ["sso=abc.def-_1"],
+        ["a=1; sso=abc.def; b=2"],
+        ["a=1;sso=abc.def;b=2"],
+        ["sso_login_x=1; sso=abc"],
+        ["xsso=evil; sso=good"],
+        ["sso=first; sso=second"],
+        ['sso="quoted value"'],
+        ["sso=with\\\\backslash"],
+        ["sso="],
+        ["a=1", "sso=in-the-second-header"],
+        ["sso=one", "sso=two"],
+        ["sso = spaced"],
+        ["notsso=1"],
+    ],
+)
+def test_cookie_value_agrees_with_aiohttps_parser(headers):
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from proxy.cookies import cookie_value
+
+    request = make_mocked_request("GET", "/", headers=CIMultiDict([("Cookie", h) for h in headers]))
+    assert cookie_value(request, "sso") == request.cookies.get("sso")

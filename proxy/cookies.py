@@ -77,7 +77,7 @@ class CookieCodec:
         self._login = TimestampSigner(keys, salt=_LOGIN_SALT)
         self._signout = TimestampSigner(keys, salt=_SIGNOUT_SALT)
         self._logout_state = URLSafeTimedSerializer(keys, salt=_LOGOUT_STATE_SALT)
-        self._verified: dict[str, tuple[Ticket, float]] = {}
+        self._verified: dict[str, float] = {}  # cookie value -> when it was signed
         self._ticket_max_age = int(session.lifetime) + 60
         self.secure = secure
         self.lifetime = session.lifetime
@@ -98,11 +98,14 @@ class CookieCodec:
         if not value:
             return None
         # A cookie value whose signature checked out once is the same value next time: remember it
-        # (keyed by the whole string) instead of paying HMAC key derivation on every request.
-        known = self._verified.get(value)
-        if known is not None:
-            ticket, signed_at = known
-            return ticket if time.time() - signed_at <= self._ticket_max_age else None
+        # (keyed by the whole string) instead of paying HMAC key derivation on every request. Only the
+        # signing time is kept; the ticket is read from the string again, which costs less memory.
+        signed_at = self._verified.get(value)
+        if signed_at is not None:
+            if time.time() - signed_at > self._ticket_max_age:
+                return None
+            _, session_id, key, _ = value.split(".", 3)
+            return Ticket(session_id, _unb64(key))
         try:
             payload, signed = self._ticket.unsign(value, max_age=self._ticket_max_age, return_timestamp=True)
             version, session_id, key = payload.decode("ascii").split(".")
@@ -113,11 +116,10 @@ class CookieCodec:
             return None
         if len(raw_key) != 32 or not session_id:
             return None
-        ticket = Ticket(session_id, raw_key)
         if len(self._verified) >= _VERIFIED_MAX:
             self._verified.clear()
-        self._verified[value] = (ticket, signed.timestamp())
-        return ticket
+        self._verified[value] = signed.timestamp()
+        return Ticket(session_id, raw_key)
 
     def set_session(self, response: web.StreamResponse, ticket: Ticket) -> None:
         self._set(response, self.session_name, self.encode_ticket(ticket), max_age=None)

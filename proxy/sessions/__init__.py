@@ -18,6 +18,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +44,74 @@ _LOGOUT_JTI = "j:"
 _LOGIN_AAD = b"pending-login"
 
 
+# Claims that only served to validate the ID token they came in: cached copies leave them out.
+_TOKEN_ONLY_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})
+# Claims whose values are the same for every session (the provider, our client): one shared copy.
+_SHARED_VALUE_CLAIMS = frozenset({"iss", "aud", "azp"})
+_SHARED_MAX = 1024
+_shared_strings: dict[str, str] = {}
+_shapes: dict[tuple[str, ...], dict[str, int]] = {}
+_NO_EXTRA: dict[str, Any] = {}  # shared by cached copies: nothing ever writes to ``extra`` in place
+
+
+def _share(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    shared = _shared_strings.get(value)
+    if shared is not None:
+        return shared
+    if len(_shared_strings) < _SHARED_MAX:
+        _shared_strings[value] = value
+    return value
+
+
+class CompactClaims(Mapping[str, Any]):
+    """A cached session's claims in half a dict's memory or less: the values in a tuple, the names in
+    an index shared by every session whose claims have the same names (one provider sends the same ones).
+    """
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: tuple[Any, ...]) -> None:
+        self._index = index
+        self._values = values
+
+    @staticmethod
+    def of(claims: Mapping[str, Any]) -> Mapping[str, Any]:
+        names = tuple(sys.intern(k) for k in claims if k not in _TOKEN_ONLY_CLAIMS)
+        values = tuple(_share(claims[k]) if k in _SHARED_VALUE_CLAIMS else claims[k] for k in names)
+        index = _shapes.get(names)
+        if index is None:
+            if len(_shapes) >= _SHARED_MAX:
+                return dict(zip(names, values, strict=True))  # an endless variety of claim names: plain dicts
+            index = _shapes[names] = {name: i for i, name in enumerate(names)}
+        return CompactClaims(index, values)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[self._index[name]]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        i = self._index.get(name)
+        return default if i is None else self._values[i]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"CompactClaims({dict(self)!r})"
+
+
 @dataclass(slots=True)
 class Session:
     id: str
     key: bytes
-    claims: dict[str, Any]
+    claims: Mapping[str, Any]
     id_token: str
     access_token: str
     refresh_token: str | None
@@ -62,12 +126,16 @@ class Session:
     tokens_elided: bool = False
 
     def without_tokens(self) -> Session:
+        """The copy the in-process cache keeps: no tokens, and as little memory as the claims allow."""
         return dataclasses.replace(
             self,
-            claims={sys.intern(k): v for k, v in self.claims.items()},
+            claims=CompactClaims.of(self.claims),
             id_token="",
             access_token="",
             refresh_token=_ELIDED if self.refresh_token else None,
+            issuer=_share(self.issuer),
+            client_id=_share(self.client_id),
+            extra=_NO_EXTRA,
             tokens_elided=True,
         )
 
@@ -98,7 +166,7 @@ class Session:
 
     def to_record(self) -> dict[str, Any]:
         return {
-            "c": self.claims,
+            "c": dict(self.claims),
             "it": self.id_token,
             "at": self.access_token,
             "rt": self.refresh_token,

@@ -144,6 +144,7 @@ def test_ticket_round_trip_and_tampering():
     flipped = "B" if value[signature_start] != "B" else "C"
     assert codec.decode_ticket(value[:signature_start] + flipped + value[signature_start + 1 :]) is None
     assert codec.decode_ticket("garbage") is None
+    assert codec.decode_ticket(value) == ticket  # from the cache of verified values this time
     assert codec.session_name == "__Host-sso_sidecar"
 
 

@@ -124,6 +124,10 @@ class Session:
     # True for the copies kept in the in-process cache: they hold claims but no tokens (memory), and
     # whoever needs a token (refresh, sign-out's id_token_hint) reads the session from the store.
     tokens_elided: bool = False
+    # The cache's bookkeeping for such copies (``time.monotonic()``): until when it may be served, and when
+    # the store's idle timer was last restarted. Kept here rather than in a tuple beside it: less memory.
+    cached_until: float = 0.0
+    touched_at: float = 0.0
 
     def without_tokens(self) -> Session:
         """The copy the in-process cache keeps: no tokens, and as little memory as the claims allow."""
@@ -254,7 +258,7 @@ class SessionManager:
 
     def __init__(self, store: SessionStore, settings: SessionSettings) -> None:
         self.store = store
-        self._cache: dict[str, tuple[Session, float, float]] = {}  # id -> (session, expires, touched)
+        self._cache: dict[str, Session] = {}  # id -> a copy without tokens
         self._cache_live = False
         self._next_sweep = 0.0
         self._listener: asyncio.Task[None] | None = None
@@ -372,28 +376,29 @@ class SessionManager:
         now = time.monotonic()
         if now >= self._next_sweep or len(self._cache) >= _CACHE_MAX:
             # Expired copies go, so the cache holds only sessions used within the last cache_ttl.
-            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            self._cache = {k: v for k, v in self._cache.items() if v.cached_until > now}
             self._next_sweep = now + self.settings.cache_ttl
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.pop(next(iter(self._cache)))
-        self._cache[session.id] = (session.without_tokens(), now + self.settings.cache_ttl, now)
+        copy = session.without_tokens()
+        copy.cached_until = now + self.settings.cache_ttl
+        copy.touched_at = now
+        self._cache[session.id] = copy
 
-    async def _from_cache(
-        self, ticket: Ticket, cached: tuple[Session, float, float], *, issuer: str, client_id: str
-    ) -> Session | None:
-        session, expires, touched = cached
+    async def _from_cache(self, ticket: Ticket, session: Session, *, issuer: str, client_id: str) -> Session | None:
         now = time.monotonic()
-        if expires <= now or not hmac.compare_digest(session.key, ticket.key):
+        expired = session.cached_until <= now
+        if expired or not hmac.compare_digest(session.key, ticket.key):
             self._cache.pop(ticket.session_id, None)
-            return await self.load(ticket, issuer=issuer, client_id=client_id) if expires <= now else None
+            return await self.load(ticket, issuer=issuer, client_id=client_id) if expired else None
         if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
             return None
         # The idle timer lives in the store; restart it now and then rather than on every request.
-        if now - touched > min(60.0, self.settings.idle_timeout / 4):
+        if now - session.touched_at > min(60.0, self.settings.idle_timeout / 4):
             if await self.store.get(_SESSION + session.id, touch=self.settings.idle_timeout) is None:
                 self._cache.pop(session.id, None)
                 return None
-            self._cache[session.id] = (session, expires, now)
+            session.touched_at = now
         return session
 
     async def update(self, session: Session) -> None:

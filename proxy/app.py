@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -68,10 +70,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     (``Runtime.pinned``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
     so both see the same config. (One middleware, not two: each layer costs every request.)
     """
-    request["request_id"] = secrets.token_hex(8)
+    request["request_id"] = _next_request_id()
+    runtime = request.app[RUNTIME]
+    upstream = runtime.pin()
     try:
-        with request.app[RUNTIME].pinned():
-            response: web.StreamResponse = await handler(request)
+        response: web.StreamResponse = await handler(request)
         return response
     except SidecarError as exc:
         level = logging.WARNING if exc.status < 500 else logging.ERROR
@@ -83,6 +86,27 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         log.exception("unhandled error on %s %s [%s]", request.method, request.path, request["request_id"])
         return render_error(request, SidecarError("An unexpected error occurred."))
+    finally:
+        runtime.unpin(upstream)
+
+
+class _RequestIds:
+    """Request ids for log correlation without a random read per request: a random per-process prefix
+    (drawn again after a fork, so workers differ) and a counter."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid, self._prefix, self._count = pid, secrets.token_hex(3), itertools.count()
+        return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFF:010x}"
+
+
+_next_request_id = _RequestIds()
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:

@@ -81,24 +81,32 @@ class Runtime:
         self.active = await self.build(settings)
         self.metrics.config_loaded(settings.digest, settings.sso.enabled)
 
+    def pin(self) -> Upstream:
+        """Keep the active config's upstream pool open until ``unpin``: one request's worth."""
+        upstream = self.active.upstream
+        self._users[upstream] = self._users.get(upstream, 0) + 1
+        return upstream
+
+    def unpin(self, upstream: Upstream) -> None:
+        left = self._users[upstream] - 1
+        if left:
+            self._users[upstream] = left
+            return
+        del self._users[upstream]
+        if upstream in self._retiring:
+            self._retiring.discard(upstream)
+            log.info("upstream pool of a previous config closed: the last request using it ended")
+            self._close(upstream)
+
     @contextmanager
     def pinned(self) -> Iterator[Active]:
         """The active config for one request, keeping its upstream pool open until the request ends."""
         active = self.active
-        upstream = active.upstream
-        self._users[upstream] = self._users.get(upstream, 0) + 1
+        upstream = self.pin()
         try:
             yield active
         finally:
-            left = self._users[upstream] - 1
-            if left:
-                self._users[upstream] = left
-            else:
-                del self._users[upstream]
-                if upstream in self._retiring:
-                    self._retiring.discard(upstream)
-                    log.info("upstream pool of a previous config closed: the last request using it ended")
-                    self._close(upstream)
+            self.unpin(upstream)
 
     def in_use(self, upstream: Upstream) -> int:
         return self._users.get(upstream, 0)

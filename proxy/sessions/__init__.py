@@ -8,7 +8,6 @@ Pending logins (state -> nonce, PKCE verifier, return URL) are stored the same w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -262,6 +261,7 @@ class SessionManager:
         self._cache_live = False
         self._next_sweep = 0.0
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
         self.configure(settings)
 
     async def start(self) -> None:
@@ -269,14 +269,21 @@ class SessionManager:
             self._listener = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        task, self._listener = self._listener, None
+        if task is None:
+            return
+        self._stopping = True
+        # redis-py can turn a cancellation into a connection error (which the listener survives by
+        # design), so ask again until the task is gone: shutdown must never hang here.
+        for _ in range(40):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return
+        log.error("session invalidation listener did not stop")
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async for message in self.store.subscribe(_INVALIDATE):
                     if not message:
@@ -289,6 +296,8 @@ class SessionManager:
                 log.exception("session invalidation listener failed")
             self._cache_live = False
             self._cache.clear()
+            if self._stopping:
+                return
             await asyncio.sleep(1.0)
 
     async def _forget(self, session_id: str) -> None:

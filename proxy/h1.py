@@ -31,28 +31,29 @@ import httptools
 from aiohttp import StreamReader
 from multidict import CIMultiDict
 
-__all__ = ["Broken", "Exchange", "Pool", "Timeout", "Unreachable"]
+__all__ = ["HOP_BY_HOP", "Broken", "Exchange", "Pool", "Timeout", "Unreachable"]
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Read pausing: the console is not read further while this much body waits for the client.
 _HIGH_WATER: Final = 256 * 1024
 _LOW_WATER: Final = 64 * 1024
 _IDLE_KEEPALIVE: Final = 15.0  # pooled connections older than this are closed, not reused
-# Response headers that describe this hop only (RFC 9110 7.6.1), by lower-case name; Connection is read
-# first for the names it lists.
-_HOP_BY_HOP: Final = frozenset(
+# Headers that describe one hop only (RFC 9110 7.6.1), never passed on in either direction; Connection is
+# also read for the names it lists.
+HOP_BY_HOP: Final[frozenset[str]] = frozenset(
     {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
     }
 )
+_HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP)  # as llhttp hands names over
 _BODY_FREE_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 

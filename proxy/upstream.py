@@ -5,6 +5,8 @@ both directions (RFC 9110 7.6.1), the client's ``Host`` is passed through, and `
 replaced with what the caller decided to trust. Connection-level failures before the response has started
 become ``UpstreamError``; after it has started, the client connection is closed so the client sees a
 truncated response rather than a silently short one.
+
+Plain HTTP goes through ``proxy.h1`` (a lean HTTP/1.1 client); websockets through aiohttp's client.
 """
 
 from __future__ import annotations
@@ -23,22 +25,9 @@ from yarl import URL
 
 from proxy import h1
 from proxy.errors import UpstreamError
+from proxy.h1 import HOP_BY_HOP
 
 log = logging.getLogger(__name__)
-
-HOP_BY_HOP: Final[frozenset[str]] = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 # Request headers never copied upstream, compared by lower-case name with '_' read as '-' (CGI-style
 # stacks treat X_Forwarded_For as X-Forwarded-For). X-Forwarded-* and X-Real-IP are replaced with the

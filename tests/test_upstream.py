@@ -1070,3 +1070,48 @@ async def test_post_without_body_says_content_length_zero_and_host_is_kept(
     assert b"\r\ncontent-length: 0\r\n" in head + b"\r\n"
     assert b"\r\nhost: console.example" in head
     assert b"transfer-encoding" not in head
+
+
+@pytest.fixture
+async def tls_console(tmp_path: Path) -> AsyncIterator[tuple[URL, Path]]:
+    """The echo console over https, with a certificate for 127.0.0.1 from a throwaway CA."""
+    import ssl
+
+    from support.redis_ha import write_tls_files
+
+    ca, cert, key = write_tls_files(tmp_path / "tls")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield URL(f"https://127.0.0.1:{port}"), ca
+    await runner.cleanup()
+
+
+async def test_https_console_is_verified_and_reached(
+    tls_console: tuple[URL, Path], make_proxy: MakeProxy, client: aiohttp.ClientSession, monkeypatch: Any
+) -> None:
+    url, ca = tls_console
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the system trust store, as far as OpenSSL is concerned
+    proxy = await make_proxy(url)
+    for _ in range(3):
+        async with client.get(proxy / "echo" / "over-tls") as resp:
+            data = await echoed(resp)
+            assert data["raw_path"] == "/echo/over-tls"
+
+
+async def test_https_console_with_an_untrusted_certificate_is_502(
+    tls_console: tuple[URL, Path], make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    url, _ = tls_console
+    proxy = await make_proxy(url)
+    async with client.get(proxy / "echo" / "x") as resp:
+        assert resp.status == 502
+        data = await resp.json()
+        assert data["error"] == "bad_gateway"
+        assert "TLS failed" in data["message"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from multidict import CIMultiDict
@@ -39,6 +40,33 @@ def header_key(name: str) -> str:
     return name.lower().translate(_PUNCTUATION_AS_DASH)
 
 
+def remove_headers(
+    headers: CIMultiDict[str],
+    keys: AbstractSet[str],
+    *,
+    prefix: str | None = None,
+    first_chars: AbstractSet[str] | None = None,
+) -> None:
+    """Remove, in place, every header whose ``header_key`` is in ``keys`` or starts with ``prefix``.
+
+    ``first_chars`` (both cases), when given, lets the common headers (Accept, Sec-*, Referer...) be
+    passed over on their first character without building a key.
+    """
+    doomed: list[str] | None = None
+    for name in headers.keys():  # noqa: SIM118 - names, duplicates included
+        if first_chars is not None and name[:1] not in first_chars:
+            continue
+        key = header_key(name)
+        if key in keys or (prefix is not None and key.startswith(prefix)):
+            if doomed is None:
+                doomed = [name]
+            else:
+                doomed.append(name)
+    if doomed is not None:
+        for name in doomed:
+            headers.popall(name, None)
+
+
 class IdentityHeaders:
     """The configured header -> claim map, checked once at construction and applied per request."""
 
@@ -67,21 +95,7 @@ class IdentityHeaders:
 
     def strip(self, headers: CIMultiDict[str]) -> None:
         """Remove, in place, every header that could pass for an identity header (any case, ``_``/``-``)."""
-        first_chars = self._first_chars
-        stripped = self._stripped
-        doomed: list[str] | None = None
-        for name in headers.keys():  # noqa: SIM118 - a CIMultiDict iterates keys; this reads clearer
-            if name[:1] not in first_chars:
-                continue
-            key = header_key(name)
-            if key in stripped or key.startswith(_STRIPPED_PREFIX):
-                if doomed is None:
-                    doomed = [name]
-                else:
-                    doomed.append(name)
-        if doomed is not None:
-            for name in doomed:
-                headers.popall(name, None)
+        remove_headers(headers, self._stripped, prefix=_STRIPPED_PREFIX, first_chars=self._first_chars)
 
     def values(self, claims: Mapping[str, Any]) -> list[tuple[str, str]]:
         """The identity headers to send upstream for these claims, in mapping order.

@@ -26,11 +26,12 @@ from yarl import URL
 from proxy import h1
 from proxy.errors import UpstreamError
 from proxy.h1 import HOP_BY_HOP
+from proxy.identity import header_key, remove_headers
 
 log = logging.getLogger(__name__)
 
-# Request headers never copied upstream, compared by lower-case name with '_' read as '-' (CGI-style
-# stacks treat X_Forwarded_For as X-Forwarded-For). X-Forwarded-* and X-Real-IP are replaced with the
+# Request headers never copied upstream, compared by ``header_key`` (CGI-style stacks treat
+# X_Forwarded_For and X.Forwarded.For as X-Forwarded-For). X-Forwarded-* and X-Real-IP are replaced with the
 # caller's trusted values; RFC 7239 Forwarded is dropped rather than rewritten. Expect is answered by
 # our own server (100-continue), so forwarding it would make the client side wait for a second one.
 _REQUEST_DROP: Final = HOP_BY_HOP | {
@@ -287,23 +288,10 @@ def _prepare_headers(
 ) -> None:
     connection = headers.getall("Connection", None)
     listed = _connection_tokens(connection) if connection else None
-    first_chars = _REQUEST_DROP_FIRST if listed is None else None
-    doomed: list[str] | None = None
-    drop = _REQUEST_DROP
-    for name in headers.keys():  # noqa: SIM118 - explicit: names, duplicates included
-        if first_chars is not None and name[:1] not in first_chars:
-            continue  # Accept*, Sec-*, Host, Referer...: rejected without a lower-cased copy
-        key = name.lower()
-        if "_" in key:
-            key = key.replace("_", "-")
-        if key in drop or (listed is not None and key in listed):
-            if doomed is None:
-                doomed = [name]
-            else:
-                doomed.append(name)
-    if doomed is not None:
-        for name in doomed:
-            headers.popall(name, None)
+    if listed is None:
+        remove_headers(headers, _REQUEST_DROP, first_chars=_REQUEST_DROP_FIRST)
+    else:
+        remove_headers(headers, _REQUEST_DROP | listed)
 
     if remove_cookies is not None:
         cookies = headers.getall("Cookie", None)
@@ -328,7 +316,7 @@ def _connection_tokens(values: list[str]) -> frozenset[str] | None:
     """Header names listed in Connection (RFC 9110 7.6.1); None for the usual bare keep-alive/close."""
     if len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION:
         return None
-    return frozenset(t.strip().lower().replace("_", "-") for v in values for t in v.split(","))
+    return frozenset(header_key(t.strip()) for v in values for t in v.split(","))
 
 
 def _filter_cookies(values: list[str], remove: Callable[[str], bool]) -> str | None:

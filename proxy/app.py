@@ -67,7 +67,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     """The only middleware: a request id, the config pin, and turning errors into responses.
 
     The pin holds the active config's upstream pool open until the request's last byte
-    (``Runtime.pinned``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
+    (``Runtime.pin``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
     so both see the same config. (One middleware, not two: each layer costs every request.)
     """
     request["request_id"] = _next_request_id()

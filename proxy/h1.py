@@ -403,7 +403,6 @@ class Pool:
         self._sweep_every = max(0.01, min(1.0, read_timeout / 4))
         self._closed = False
         self.loop = asyncio.get_running_loop()
-        self.connections_made = 0  # for tests and metrics
 
     async def request(
         self,
@@ -469,7 +468,6 @@ class Pool:
             raise Unreachable(f"TLS failed: {exc.reason or type(exc).__name__}") from None
         except OSError as exc:
             raise Unreachable(f"connection failed: {exc.strerror or type(exc).__name__}") from None
-        self.connections_made += 1
         return exchange
 
     def watch(self, exchange: Exchange) -> None:

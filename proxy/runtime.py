@@ -5,7 +5,7 @@ header mapping and upstream. A request reads ``runtime.active`` once at its star
 its end, so a reload never mixes two configs within one request.
 
 An ``Upstream`` (a connection pool) outlives the config that created it while requests still use it:
-``pinned()`` counts every request from its start to its last byte (a websocket until it closes), and a
+``pin()``/``unpin()`` count every request from its start to its last byte (a websocket until it closes), and a
 pool that a reload replaced is closed when its count reaches zero, not after a guessed grace period,
 so a download or websocket that spans any number of reloads is never cut.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -97,16 +95,6 @@ class Runtime:
             self._retiring.discard(upstream)
             log.info("upstream pool of a previous config closed: the last request using it ended")
             self._close(upstream)
-
-    @contextmanager
-    def pinned(self) -> Iterator[Active]:
-        """The active config for one request, keeping its upstream pool open until the request ends."""
-        active = self.active
-        upstream = self.pin()
-        try:
-            yield active
-        finally:
-            self.unpin(upstream)
 
     def in_use(self, upstream: Upstream) -> int:
         return self._users.get(upstream, 0)

@@ -56,12 +56,16 @@ async def settle() -> None:
 
 async def test_a_replaced_pool_stays_open_until_the_last_request_using_it_ends(runtime, tmp_path):
     old = runtime.active.upstream
-    with runtime.pinned() as first, runtime.pinned():
-        assert first.upstream is old
-        runtime.swap(await runtime.build(settings_with(tmp_path, upstream_timeout="301s")))
-        assert runtime.active.upstream is not old
-        await settle()
-        assert is_open(old) and runtime.in_use(old) == 2
+    first, second = runtime.pin(), runtime.pin()
+    assert first is old and second is old
+    runtime.swap(await runtime.build(settings_with(tmp_path, upstream_timeout="301s")))
+    assert runtime.active.upstream is not old
+    await settle()
+    assert is_open(old) and runtime.in_use(old) == 2
+    runtime.unpin(second)
+    await settle()
+    assert is_open(old) and runtime.in_use(old) == 1
+    runtime.unpin(first)
     await settle()
     assert not is_open(old)
     assert is_open(runtime.active.upstream)
@@ -69,13 +73,13 @@ async def test_a_replaced_pool_stays_open_until_the_last_request_using_it_ends(r
 
 async def test_one_request_ending_does_not_close_a_pool_another_still_uses(runtime, tmp_path):
     old = runtime.active.upstream
-    long = runtime.pinned()
-    long.__enter__()
-    with runtime.pinned():
-        runtime.swap(await runtime.build(settings_with(tmp_path, upstream_timeout="301s")))
+    long = runtime.pin()  # e.g. a websocket opened before the reload
+    short = runtime.pin()
+    runtime.swap(await runtime.build(settings_with(tmp_path, upstream_timeout="301s")))
+    runtime.unpin(short)
     await settle()
-    assert is_open(old)  # e.g. a websocket opened before the reload
-    long.__exit__(None, None, None)
+    assert is_open(old)
+    runtime.unpin(long)
     await settle()
     assert not is_open(old)
 

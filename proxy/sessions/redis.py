@@ -158,10 +158,13 @@ class RedisStore:
                 result = await op()
         except _UNAVAILABLE as exc:
             self._unavailable(exc)
-        if self._down:
+        self._reachable()
+        return result
+
+    def _reachable(self) -> None:
+        if self._down:  # the line that ends the outage's one "unreachable" line
             self._down = False
             log.warning("session store %s is reachable again", self._where)
-        return result
 
     def _unavailable(self, exc: BaseException) -> NoReturn:
         if not self._down:  # one line per outage, not one per request
@@ -191,9 +194,7 @@ class RedisStore:
             except TimeoutError as exc:
                 self._unavailable(exc)
             else:
-                if self._down:
-                    self._down = False
-                    log.warning("session store %s is reachable again", self._where)
+                self._reachable()
                 return fast
         if touch is None:
             value = await self._call(lambda: self._redis.get(_PREFIX + key))

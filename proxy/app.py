@@ -135,7 +135,9 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
         middlewares=[error_middleware],
         client_max_size=64 * 1024,  # only the sidecar's own forms are read whole; proxied bodies stream
         # Consoles and identity providers set large cookies; aiohttp's default stops at 8190 bytes.
-        handler_args={"max_line_size": 16384, "max_field_size": 32768},
+        # Request bodies pass byte-exact: decompressed, a gzip body would reach the console longer than the
+        # Content-Length sent with it, and the rest would be read as another request (smuggling).
+        handler_args={"max_line_size": 16384, "max_field_size": 32768, "auto_decompress": False},
     )
     app[WORKER] = worker
 

@@ -113,8 +113,7 @@ def _signer(active: Active) -> TimestampSigner:
 
 
 def cookie_name(active: Active) -> str:
-    prefix = "__Host-" if active.settings.secure_cookies else ""
-    return prefix + active.settings.session.cookie_name + "_break_glass"
+    return active.cookies.break_glass_name
 
 
 def token_matches(settings: BreakGlassSettings, offered: str) -> bool:
@@ -212,9 +211,7 @@ def admit(
 
 def own_cookies(active: Active) -> Callable[[str], bool]:
     """The gate's cookie filter: the sidecar's cookies, the break-glass one included, stay here."""
-    name = cookie_name(active)
-    is_own = active.cookies.is_own_cookie
-    return lambda cookie: cookie == name or is_own(cookie)
+    return active.cookies.is_own_cookie
 
 
 # -- the form ------------------------------------------------------------------------------------------

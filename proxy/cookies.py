@@ -86,8 +86,14 @@ class CookieCodec:
         self.login_timeout = session.login_timeout
         self.max_pending_logins = session.max_pending_logins
         # __Host- binds the cookie to this exact host, https and path "/" (RFC 6265bis 4.1.3.2).
-        self.session_name = ("__Host-" if secure else "") + session.cookie_name
-        self.login_prefix = ("__Host-" if secure else "") + session.cookie_name + "_login_"
+        prefix = "__Host-" if secure else ""
+        self.session_name = prefix + session.cookie_name
+        self.login_prefix = prefix + session.cookie_name + "_login_"
+        self.break_glass_name = prefix + session.cookie_name + "_break_glass"
+        # The names as ``is_own_cookie`` compares them: lower case, without a __Host-/__Secure- prefix.
+        base = session.cookie_name.lower()
+        self._own_names = frozenset({base, base + "_break_glass"})
+        self._own_prefix = base + "_login_"
 
     # -- session ticket ---------------------------------------------------------------------------
 
@@ -175,8 +181,19 @@ class CookieCodec:
         self._clear(response, self.login_cookie_name(state))
 
     def is_own_cookie(self, name: str) -> bool:
-        """Cookies of ours are never forwarded to the console."""
-        return name == self.session_name or name.startswith(self.login_prefix)
+        """The session, pending-login and break-glass cookies: never forwarded to the console, and never
+        set by it.
+
+        Compared without case and without a ``__Host-``/``__Secure-`` prefix: browsers match those
+        prefixes case-insensitively (RFC 6265bis 4.1.3), so a console must not set a look-alike either.
+        """
+        key = name.lower()
+        if key[:2] == "__":
+            if key.startswith("__host-"):
+                key = key[7:]
+            elif key.startswith("__secure-"):
+                key = key[9:]
+        return key in self._own_names or key.startswith(self._own_prefix)
 
     # -- sign-out confirmation and post-logout state ----------------------------------------------
 

@@ -9,6 +9,15 @@ Node.js uses), and hand the body on as it arrives, with back-pressure both ways.
 Rules it follows (RFC 9112):
 - one exchange at a time per connection; a connection goes back to the pool only when the request was
   sent in full, the response was read in full and both sides allow keep-alive;
+- one exchange is one response: parsing stops at the end of the first final answer. Any byte after it
+  (a second answer in the same read, a stray body after a 204) or sent unasked to an idle pooled
+  connection retires that connection: such bytes are never read as an answer and the connection is
+  never reused, so a console that was tricked into answering twice cannot hand one user's answer to
+  the next user (response desynchronisation);
+- the request body goes out exactly as framed: with the client's Content-Length, exactly that many
+  bytes (fewer or more aborts the connection), else chunked;
+- the console's answer head is bounded (``MAX_HEAD``, ``MAX_FIELD``, ``MAX_HEADERS``, ``MAX_REASON``):
+  a bigger one is a ``Broken`` answer (502), not a memory sink;
 - interim 1xx answers (103 Early Hints...) are skipped; HEAD, 204 and 304 answers have no body; a body
   with neither length nor chunking ends when the console closes the connection;
 - a reused connection that the console closed just before our request (idle keep-alive race) is retried
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import time
 from collections.abc import Iterable
@@ -55,6 +65,13 @@ HOP_BY_HOP: Final[frozenset[str]] = frozenset(
 )
 _HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP)  # as llhttp hands names over
 _BODY_FREE_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+# Limits on the console's answer head (interim 1xx heads included). nginx's proxy_buffer_size allows
+# 4-8 KiB for the whole head; consoles with many large cookies need more, so the total is generous, but
+# a console can never make the sidecar buffer an unbounded head.
+MAX_HEAD: Final = 64 * 1024
+MAX_FIELD: Final = 16 * 1024  # one header line, name and value
+MAX_HEADERS: Final = 100
+MAX_REASON: Final = 512
 
 
 class UpstreamFailure(Exception):
@@ -77,6 +94,18 @@ class _Closed(Unreachable):
     """Closed before the first byte of the answer: a reused connection may have been stale."""
 
 
+class _Extra(Exception):
+    """Raised from a parser callback to stop parsing: bytes followed the end of the answer."""
+
+
+class _BodyMismatch(Exception):
+    """The request body is not the length its Content-Length declared."""
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback: a part of the answer head is over its limit."""
+
+
 class Exchange(asyncio.Protocol):
     """One connection to the console, and the request/response exchange currently on it.
 
@@ -94,6 +123,7 @@ class Exchange(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self.idle_since = 0.0
         self.reused = False
+        self.fileno = -1
         self._reset("GET")
 
     def _reset(self, method: str) -> None:
@@ -103,6 +133,8 @@ class Exchange(asyncio.Protocol):
         self.reason = ""
         self._reason = b""
         self._raw_headers: list[tuple[str, str]] = []
+        self._head_bytes = 0  # bytes fed to the parser before the final head was complete
+        self._header_count = 0
         self._listed: list[bytes] | None = None  # Connection header values
         self._framed = False  # Content-Length or chunked: the end of the body is known
         self.headers: CIMultiDict[str] = CIMultiDict()
@@ -124,18 +156,62 @@ class Exchange(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        sock = transport.get_extra_info("socket")
+        self.fileno = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
         self._last_read = self._loop.time()
         if self.complete:
-            return  # bytes after a complete answer (or a HEAD answer's unwanted body): not reused
+            # Bytes after a complete answer (a second answer, a HEAD answer's unwanted body) or sent
+            # unasked to an idle pooled connection: never parsed, and the connection is retired.
+            self._retire()
+            return
+        if self._have_head:
+            self._feed(data)
+            return
+        room = MAX_HEAD - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            self._feed(data)
+            return
+        # Feed only what the head may still take; the rest is body only if the head ended within it.
+        self._head_bytes = MAX_HEAD
+        self._feed(data[:room])
+        if self._error is not None:
+            return
+        if not self._have_head:
+            self._fail(Broken(f"the response head is larger than {MAX_HEAD // 1024} KiB"))
+            return
+        if not self.complete:
+            self._feed(data[room:])
+        elif len(data) > room:
+            self._retire()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(Broken("it switched protocols unasked"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Extra):
+                self._retire()
+            elif isinstance(cause, _TooLarge):
+                self._fail(Broken(str(cause)))
+            else:
+                self._fail(Broken(f"malformed HTTP: {_short(cause or exc)}"))
         except httptools.HttpParserError as exc:
-            self._fail(Broken(f"malformed HTTP: {_short(exc)}"))
+            if self.complete:
+                self._retire()  # garbage after a complete answer: the answer stands, the connection goes
+            else:
+                self._fail(Broken(f"malformed HTTP: {_short(exc)}"))
+
+    def _retire(self) -> None:
+        """Never reuse this connection (the answer already read, if any, stands)."""
+        self._keep_alive = False
+        if self.transport is not None and not self._lost:
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -169,10 +245,21 @@ class Exchange(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Extra  # a second message after the answer: stop before it can touch the first
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        if len(self._reason) > MAX_REASON:
+            raise _TooLarge(f"the response reason phrase is longer than {MAX_REASON} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_FIELD:
+            raise _TooLarge(f"a response header is larger than {MAX_FIELD // 1024} KiB")
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            raise _TooLarge(f"the response has more than {MAX_HEADERS} headers")
         lower = name.lower()
         if lower in _HOP_BY_HOP:
             if lower == b"connection":
@@ -192,8 +279,10 @@ class Exchange(asyncio.Protocol):
         if 100 <= status < 200:
             if status == 101:
                 raise httptools.HttpParserError("101 Switching Protocols to a plain request")
-            # An interim answer: forget it and parse the final one that follows.
+            # An interim answer: forget it and parse the final one that follows (its bytes still count
+            # towards MAX_HEAD, so an endless stream of 103s ends in a 502).
             self._reason, self._raw_headers, self._listed, self._framed = b"", [], None, False
+            self._header_count = 0
             return
         self.status = status
         self.reason = self._reason.decode("latin-1").strip()
@@ -269,7 +358,7 @@ class Exchange(asyncio.Protocol):
 
     # -- the exchange -------------------------------------------------------------------------------
 
-    def _send(self, method: str, head: bytes, body: StreamReader | None, chunked: bool) -> None:
+    def _send(self, method: str, head: bytes, body: StreamReader | None, length: int | None) -> None:
         transport = self.transport
         assert transport is not None
         self._reset(method)
@@ -279,11 +368,17 @@ class Exchange(asyncio.Protocol):
         if body is None:
             self._request_sent = True
         else:
-            self._body_task = self._loop.create_task(self._send_body(body, chunked))
+            self._body_task = self._loop.create_task(self._send_body(body, length))
 
-    async def _send_body(self, body: StreamReader, chunked: bool) -> None:
+    async def _send_body(self, body: StreamReader, length: int | None) -> None:
+        """Stream the body: exactly ``length`` bytes when the head declared a Content-Length, else chunked.
+
+        A body that turns out longer or shorter than its declared length is never sent as it is: the
+        console would read the difference as (part of) another request.
+        """
         transport = self.transport
         assert transport is not None
+        sent = 0
         try:
             while True:
                 chunk = await body.readany()
@@ -291,19 +386,25 @@ class Exchange(asyncio.Protocol):
                     break
                 if self._error is not None or self._lost:
                     return
-                if chunked:
+                if length is None:
                     transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:
+                    sent += len(chunk)
+                    if sent > length:
+                        raise _BodyMismatch
                     transport.write(chunk)
                 if self._paused_writing:
                     self._drain = self._loop.create_future()
                     await self._drain
-            if chunked:
+            if length is None:
                 transport.write(b"0\r\n\r\n")
+            elif sent != length:
+                raise _BodyMismatch
             self._request_sent = True
         except Exception:
-            # The client's upload broke (a reset, or aiohttp's payload errors for a malformed body), or the
-            # console hung up: cut the request short so the console never takes it for complete.
+            # The client's upload broke (a reset, or aiohttp's payload errors for a malformed body), its
+            # length did not match, or the console hung up: cut the request short so the console never
+            # takes it for complete.
             self._abort()
 
     def _abort(self) -> None:
@@ -396,6 +497,7 @@ class Pool:
         self.read_timeout = read_timeout
         self._connect_timeout = connect_timeout
         self._idle: list[Exchange] = []
+        self._poller = select.poll()
         # Exchanges in flight, checked for read timeouts by one sweep instead of a timer per request; a
         # timeout fires between 1x and 1.25x ``read_timeout`` after the console's last byte.
         self.busy: set[Exchange] = set()
@@ -412,13 +514,16 @@ class Pool:
         body: StreamReader | None,
     ) -> Exchange:
         """Send a request and wait for the head of its answer. ``headers`` is sent as given, plus Host when
-        missing and the body framing: the client's Content-Length when it sent one, else chunked."""
-        chunked = False
+        missing and the body framing: the client's Content-Length when it sent one (and then exactly that
+        many bytes), else chunked. ``headers`` must hold no Transfer-Encoding (it is hop-by-hop)."""
+        length: int | None = None
+        declared = headers.get("Content-Length")
         if body is not None:
-            if "Content-Length" not in headers:
+            if declared is None:
                 headers["Transfer-Encoding"] = "chunked"
-                chunked = True
-        elif method not in _BODY_FREE_METHODS and "Content-Length" not in headers:
+            else:
+                length = int(declared)
+        elif method not in _BODY_FREE_METHODS and declared is None:
             headers["Content-Length"] = "0"  # RFC 9110 8.6: a POST without a body says so
         if "Host" not in headers:
             headers["Host"] = self._authority
@@ -426,7 +531,7 @@ class Pool:
         retry = body is None and method in _IDEMPOTENT
         while True:
             exchange = self._take_idle() or await self._connect()
-            exchange._send(method, head, body, chunked)
+            exchange._send(method, head, body, length)
             try:
                 await exchange._head()
             except _Closed:
@@ -445,12 +550,28 @@ class Pool:
         stale = time.monotonic() - _IDLE_KEEPALIVE
         while idle:
             exchange = idle.pop()
-            if exchange.closing or exchange.idle_since < stale:
+            if exchange.closing or exchange.idle_since < stale or self._has_unread(exchange.fileno):
                 exchange.close()
                 continue
             exchange.reused = True
             return exchange
         return None
+
+    def _has_unread(self, fileno: int) -> bool:
+        """True when bytes (or a close) arrived on an idle connection since the event loop last looked.
+
+        Bytes the loop already saw retired the connection (``Exchange.data_received``); this closes the
+        window in which unasked bytes sit unread in the socket and would be parsed as the answer to the
+        request we are about to send.
+        """
+        if fileno < 0:
+            return False
+        poller = self._poller
+        poller.register(fileno, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        finally:
+            poller.unregister(fileno)
 
     async def _connect(self) -> Exchange:
         try:

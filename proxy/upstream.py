@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import h1
-from proxy.errors import UpstreamError
+from proxy.errors import BadRequest, UpstreamError
 from proxy.h1 import HOP_BY_HOP
 from proxy.identity import header_key, remove_headers
 
@@ -44,6 +44,9 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
 }
 _REQUEST_DROP_FIRST: Final = frozenset(c for k in _REQUEST_DROP for c in (k[0], k[0].upper()))
 _PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
+# Never removed because a client listed them in Connection: without Host the sidecar would send the
+# console's own address, and without Content-Length the body would lose its framing.
+_NOT_LISTABLE: Final = frozenset({"host", "content-length"})
 # Re-created by aiohttp for the upstream handshake; the client's values belong to the client's handshake.
 _WS_HANDSHAKE: Final = (
     "Sec-WebSocket-Key",
@@ -167,11 +170,19 @@ class Upstream:
         if session is None or pool is None:
             raise RuntimeError("Upstream.start() was not called")
         upgrade = headers.get("Upgrade")
+        framing = headers.get("Transfer-Encoding")
+        if framing is not None and framing.lower() != "chunked":
+            # aiohttp takes "gzip, chunked" and hands us the body de-chunked but still gzip-coded; sent on
+            # re-chunked it would be a different body. nginx refuses such requests too.
+            raise BadRequest("The request uses a transfer coding other than chunked.")
         _prepare_headers(headers, set_headers, remove_cookies, forwarded)
+        if request.raw_path[:1] != "/" and request.method != "OPTIONS":
+            # An absolute-form target: its authority is the host, not the Host header (RFC 9112 3.2.2).
+            headers["Host"] = request.host
         if upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET":
             url = URL(self._prefix + path_qs, encoded=True)
-            return await self._websocket(session, request, headers, url)
-        return await _http(pool, request, headers, self._path_prefix + path_qs)
+            return await self._websocket(session, request, headers, url, remove_cookies)
+        return await _http(pool, request, headers, self._path_prefix + path_qs, remove_cookies)
 
     # -- websockets --------------------------------------------------------------------------------
 
@@ -181,6 +192,7 @@ class Upstream:
         request: web.Request,
         headers: CIMultiDict[str],
         url: URL,
+        own_cookie: Callable[[str], bool] | None,
     ) -> web.StreamResponse:
         offered = _protocols(request)
         if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
@@ -204,11 +216,14 @@ class Upstream:
                 # The console refused the upgrade (401, 403, 404, a redirect...): pass its answer on.
                 refused = web.Response(status=exc.status)
                 if exc.headers is not None:
-                    refused.headers.extend(
+                    passed: CIMultiDict[str] = CIMultiDict(
                         (k, v)
                         for k, v in exc.headers.items()
                         if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
                     )
+                    if own_cookie is not None and "Set-Cookie" in passed:
+                        _drop_own_set_cookies(passed, own_cookie, request)
+                    refused.headers.extend(passed)
                 return refused
             raise UpstreamError("The console sent an invalid websocket handshake.") from None
         except TimeoutError:
@@ -242,7 +257,13 @@ class Upstream:
 # -- plain HTTP ---------------------------------------------------------------------------------------
 
 
-async def _http(pool: h1.Pool, request: web.Request, headers: CIMultiDict[str], target: str) -> web.StreamResponse:
+async def _http(
+    pool: h1.Pool,
+    request: web.Request,
+    headers: CIMultiDict[str],
+    target: str,
+    own_cookie: Callable[[str], bool] | None,
+) -> web.StreamResponse:
     try:
         answer = await pool.request(request.method, target, headers, request.content if request.body_exists else None)
     except h1.Timeout:
@@ -252,6 +273,8 @@ async def _http(pool: h1.Pool, request: web.Request, headers: CIMultiDict[str], 
     except h1.UpstreamFailure as exc:
         raise UpstreamError(f"The console could not be reached ({exc}).") from None
 
+    if own_cookie is not None and "Set-Cookie" in answer.headers:
+        _drop_own_set_cookies(answer.headers, own_cookie, request)
     if answer.complete:
         # The whole body arrived with the head (most small responses): answer with one write instead of
         # head and body separately, and hand the pooled connection back before answering.
@@ -291,7 +314,7 @@ def _prepare_headers(
     if listed is None:
         remove_headers(headers, _REQUEST_DROP, first_chars=_REQUEST_DROP_FIRST)
     else:
-        remove_headers(headers, _REQUEST_DROP | listed)
+        remove_headers(headers, _REQUEST_DROP | (listed - _NOT_LISTABLE))
 
     if remove_cookies is not None:
         cookies = headers.getall("Cookie", None)
@@ -337,6 +360,25 @@ def _filter_cookies(values: list[str], remove: Callable[[str], bool]) -> str | N
             else:
                 kept.append(pair)
     return "; ".join(kept) if changed else None
+
+
+def _drop_own_set_cookies(headers: CIMultiDict[str], own_cookie: Callable[[str], bool], request: web.Request) -> None:
+    """Remove, in place, every Set-Cookie for one of the sidecar's cookie names.
+
+    A console page that could set the session, pending-login or break-glass cookie could fix a session
+    on the browser (session fixation) or sign the user out; those names belong to the sidecar.
+    """
+    values = headers.getall("Set-Cookie")
+    kept = [v for v in values if not own_cookie(v.split("=", 1)[0].strip())]
+    if len(kept) == len(values):
+        return
+    del headers["Set-Cookie"]
+    for value in kept:
+        headers.add("Set-Cookie", value)
+    dropped = sorted({v.split("=", 1)[0].strip() for v in values} - {k.split("=", 1)[0].strip() for k in kept})
+    log.warning("the console tried to set the sidecar's own cookie(s) %s on %s %s; dropped [%s]",
+                ", ".join(dropped), request.method, request.raw_path.partition("?")[0],
+                request.get("request_id", "-"))  # fmt: skip
 
 
 async def _pump_body(answer: h1.Exchange, resp: web.StreamResponse, request: web.Request) -> bool:

@@ -44,6 +44,14 @@ class Unauthenticated(SidecarError):
         self.challenge = challenge
 
 
+class UnusableIdentity(SidecarError):
+    """A claim the sidecar forwards, judges or logs holds a value it refuses (``identity.problem``)."""
+
+    status = 403
+    code = "unusable_identity"
+    title = "Account not usable here"
+
+
 class InvalidToken(Unauthenticated):
     """A bearer token that failed validation (RFC 6750 3.1 ``invalid_token``)."""
 

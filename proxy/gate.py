@@ -139,7 +139,11 @@ async def caller(request: web.Request, runtime: Runtime, active: Active) -> Mapp
     verifier = request.app[VERIFIERS].get(active.oidc, runtime.http)
     if not verifier.enabled:
         raise InvalidToken("This console does not accept bearer tokens.")
-    return await verifier.verify(token)
+    claims = await verifier.verify(token)
+    problem = active.identity.problem(claims)
+    if problem is not None:
+        raise InvalidToken(f"The token cannot be used as an identity here: {problem}.")
+    return claims
 
 
 def authorize(claims: Mapping[str, Any], settings: Settings) -> None:

@@ -108,6 +108,14 @@ async def callback(request: web.Request) -> web.StreamResponse:
         if not code:
             raise LoginError("The sign-in response has no authorization code.")
         result = await active.oidc.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+        problem = active.identity.problem(result.claims)
+        if problem is not None:
+            log.warning("login refused: %s (sub=%s)", problem, _short(str(result.claims.get("sub", ""))))
+            raise LoginError(
+                f"Your account cannot be used to sign in here: {problem}. "
+                "Ask the administrator of your identity provider to correct it.",
+                code="unusable_identity",
+            )
     except SidecarError as exc:
         exc.return_to = pending.return_to
         raise

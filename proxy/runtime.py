@@ -122,7 +122,7 @@ class Runtime:
         return Active(
             settings=settings,
             cookies=CookieCodec(settings.session, secure=settings.secure_cookies),
-            identity=IdentityHeaders(settings.headers, settings.header_list_separator),
+            identity=IdentityHeaders(settings.headers, settings.header_list_separator, settings.access.groups_claim),
             oidc=oidc,
             upstream=upstream,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
+from proxy.errors import UnusableIdentity
 from proxy.identity import IdentityHeaders, header_key
 from proxy.settings import DEFAULT_HEADERS
 
@@ -68,13 +69,6 @@ def test_strip_keeps_unrelated_headers() -> None:
     assert list(headers.items()) == original
 
 
-def test_is_identity_header() -> None:
-    identity = make_identity()
-    assert identity.is_identity_header("x_forwarded_user")
-    assert identity.is_identity_header("X-Auth-Request-Groups")
-    assert not identity.is_identity_header("X-Forwarded-For")
-
-
 def test_values_follow_mapping_order_and_skip_missing_claims() -> None:
     identity = make_identity()
     claims = {"preferred_username": "alice", "email": "alice@example.com", "groups": ["admins", "ops"]}
@@ -99,16 +93,56 @@ def test_values_follow_mapping_order_and_skip_missing_claims() -> None:
         (1.5, "1.5"),
         (["a", None, 2, True, {"x": 1}], "a;2;true"),
         ("Zoë 日本", "Zoë 日本"),
-        ("alice\r\nX-Forwarded-User: admin", "aliceX-Forwarded-User: admin"),
-        ("a\x00b\tc\x7fd\x85e", "abcde"),
-        (["x\r\n", "\n"], "x;"),
-        ("\r\n", None),
+        ("Smith; John", "Smith; John"),  # the separator in a single value is not a list
     ],
 )
-def test_value_conversion_and_sanitising(claim: object, expected: str | None) -> None:
+def test_value_conversion(claim: object, expected: str | None) -> None:
     identity = make_identity((("X-Value", "v"),), separator=";")
     result = identity.values({"v": claim})
     assert result == ([("X-Value", expected)] if expected is not None else [])
+
+
+CONTROL_VALUES = [
+    "alice\r\nX-Forwarded-User: admin",
+    "ad\tmin",
+    "x\x00y",
+    "a\x7fb",
+    "a\x85b",  # C1 NEL: a line break to some parsers
+    "\r\n",
+    ["ok", "x\n"],
+]
+
+
+@pytest.mark.parametrize("claim", CONTROL_VALUES)
+def test_control_characters_are_refused_never_stripped(claim: object) -> None:
+    """``ad<TAB>min`` must never become ``admin``: the value is refused, not cleaned."""
+    identity = make_identity((("X-Value", "v"),))
+    with pytest.raises(UnusableIdentity, match="control character"):
+        identity.values({"v": claim})
+    assert identity.problem({"v": claim}) == "the v claim contains a control character"
+
+
+@pytest.mark.parametrize("claim", ["preferred_username", "email", "sub", "groups"])
+def test_problem_checks_the_claims_the_sidecar_reads_even_when_not_forwarded(claim: str) -> None:
+    identity = make_identity((("X-Other", "other"),))
+    assert identity.problem({claim: "ad\tmin"}) == f"the {claim} claim contains a control character"
+
+
+def test_problem_leaves_other_claims_alone() -> None:
+    """OIDC Core allows line breaks in e.g. address.formatted; such claims are never forwarded."""
+    identity = make_identity()
+    claims = {"sub": "1", "address": {"formatted": "1 Main St\nTown"}, "note": "a\nb", "preferred_username": "José"}
+    assert identity.problem(claims) is None
+    assert identity.values(claims) == [("X-Forwarded-User", "José")]
+
+
+@pytest.mark.parametrize("groups", [["admins", "ops,admins"], "ops,admins"])
+def test_a_group_holding_the_separator_is_refused(groups: object) -> None:
+    """It would read as two groups at the console."""
+    identity = make_identity()
+    assert identity.problem({"groups": groups}) == "a value of the groups claim contains the list separator ','"
+    with pytest.raises(UnusableIdentity, match="','"):
+        identity.values({"groups": groups})
 
 
 def test_namespaced_and_url_claims_are_looked_up_literally() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from proxy import __version__
+from proxy import __version__, logs
 from proxy.errors import ConfigError
 from proxy.settings import Settings, load_public_url, load_settings
 
@@ -111,7 +111,7 @@ def cmd_run(path: str) -> int:
     settings = _load(path)
     if settings is None:
         return 2
-    _setup_logging(settings.log_level)
+    logs.setup(settings.log_level)
     try:
         import uvloop
 
@@ -149,14 +149,6 @@ def _serve(settings: Settings, path: str, *, worker: int) -> None:
         handle_signals=True,
     )
     BATCH.flush()
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,8 +102,8 @@ class _BodyMismatch(Exception):
     """The request body is not the length its Content-Length declared."""
 
 
-class _TooLarge(Exception):
-    """Raised from a parser callback: a part of the answer head is over its limit."""
+class _Refused(Exception):
+    """Raised from a parser callback: a part of the answer head is over its limit, or not acceptable."""
 
 
 class Exchange(asyncio.Protocol):
@@ -197,7 +197,7 @@ class Exchange(asyncio.Protocol):
             cause = exc.__context__
             if isinstance(cause, _Extra):
                 self._retire()
-            elif isinstance(cause, _TooLarge):
+            elif isinstance(cause, _Refused):
                 self._fail(Broken(str(cause)))
             else:
                 self._fail(Broken(f"malformed HTTP: {_short(cause or exc)}"))
@@ -252,14 +252,14 @@ class Exchange(asyncio.Protocol):
     def on_status(self, status: bytes) -> None:
         self._reason += status
         if len(self._reason) > MAX_REASON:
-            raise _TooLarge(f"the response reason phrase is longer than {MAX_REASON} bytes")
+            raise _Refused(f"the response reason phrase is longer than {MAX_REASON} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) + len(value) > MAX_FIELD:
-            raise _TooLarge(f"a response header is larger than {MAX_FIELD // 1024} KiB")
+            raise _Refused(f"a response header is larger than {MAX_FIELD // 1024} KiB")
         self._header_count += 1
         if self._header_count > MAX_HEADERS:
-            raise _TooLarge(f"the response has more than {MAX_HEADERS} headers")
+            raise _Refused(f"the response has more than {MAX_HEADERS} headers")
         lower = name.lower()
         if lower in _HOP_BY_HOP:
             if lower == b"connection":
@@ -268,7 +268,11 @@ class Exchange(asyncio.Protocol):
                 else:
                     self._listed.append(value)
             elif lower == b"transfer-encoding":
-                self._framed = True  # llhttp refuses anything but a final "chunked" (RFC 9112 6.3)
+                # llhttp refuses anything but a final "chunked" (RFC 9112 6.3). A coding before it
+                # ("gzip, chunked") would reach the client as a body without its coding: refused too.
+                if self._framed or value.strip().lower() != b"chunked":
+                    raise _Refused("the response framing is ambiguous, or uses a transfer coding other than chunked")
+                self._framed = True
             return
         if lower == b"content-length":
             self._framed = True

@@ -1,11 +1,11 @@
-# sso-sidecar — see README.md.  make install | demo | test | lint | bench
+# sso-sidecar — see README.md.  make install | demo | test | lint | bench | bench-compare
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 IDP := deploy/dev-idp
 
-.PHONY: install node system-deps demo test lint format bench clean
+.PHONY: install node system-deps demo test lint format bench bench-compare clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,12 @@ test: install node system-deps lint
 
 bench: install node system-deps
 	$(BIN)/python bench/run.py
+
+# The working tree's sidecar variants against BASELINE's (a git ref or another checkout), interleaved in
+# one run: new/old req/s must stay >= 0.95. HEAD = the last commit, i.e. your uncommitted change.
+BASELINE ?= HEAD
+bench-compare: install node system-deps
+	$(BIN)/python bench/run.py --baseline $(BASELINE) --only sidecars
 
 clean:
 	rm -rf $(VENV) $(IDP)/node_modules .mypy_cache .ruff_cache .pytest_cache

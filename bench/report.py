@@ -13,6 +13,12 @@ MAX_REDIS_OVERHEAD_BYTES = 1024
 MAX_RSS_GROWTH_MIB = 30.0
 MAX_INVALIDATION_MS = 100.0
 MAX_LOGIN_CPU_MS = 5.0
+# The project's rule for every change: the working tree's authenticated req/s at least 95 % of the baseline's.
+MIN_NEW_OVER_OLD = 0.95
+# Other processes' share of the CPUs during a run above which its figures are disturbed (see "other load").
+MAX_OTHER_LOAD_PCT = 10.0
+
+OLD = "@old"  # the baseline's twin of a system: "sidecar-redis-cache@old"
 
 
 def _check(name: str, value: float | None, target: str, ok: bool | None, unit: str = "") -> dict[str, Any]:
@@ -24,7 +30,7 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     apache = tp.get("apache")
     for name, row in tp.items():
-        if not name.startswith("sidecar"):
+        if not name.startswith("sidecar") or name.endswith(OLD):
             continue
         if apache and name.startswith("sidecar-redis") and apache["rps"]:
             ratio = row["rps"] / apache["rps"]
@@ -96,12 +102,115 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
     for name, row in (out.get("logins") or {}).items():
-        if name.startswith("sidecar") and row.get("rp_cpu_ms_per_callback") is not None:
+        if name.startswith("sidecar") and not name.endswith(OLD) and row.get("rp_cpu_ms_per_callback") is not None:
             ms = row["rp_cpu_ms_per_callback"]
             checks.append(
                 _check(f"login CPU, {name}", ms, f"<= {MAX_LOGIN_CPU_MS:.0f} ms", ms <= MAX_LOGIN_CPU_MS, "ms")
             )
     return checks
+
+
+def comparison(out: dict[str, Any], config_differs: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """New (working tree) against old (``--baseline``), per sidecar variant that ran both: the ratio of the
+    median req/s and p99, and of each repetition's pair (which ran back to back: the noise of a pair)."""
+    tp: dict[str, Any] = out.get("throughput", {})
+    rows = []
+    for name, new in tp.items():
+        old = tp.get(name + OLD)
+        if old is None or name.endswith(OLD):
+            continue
+        ratio = new["rps"] / old["rps"] if old["rps"] else None
+        p99 = new["p99_ms"] / old["p99_ms"] if old["p99_ms"] else None
+        pairs = [n["rps"] / o["rps"] for n, o in zip(new["each"], old["each"], strict=False) if o["rps"]]
+        invalid = new["non2xx"] or old["non2xx"]
+        other = {"new": new.get("other_cpu_pct"), "old": old.get("other_cpu_pct")}
+        rows.append(
+            {
+                "variant": name,
+                "authenticated": not name.startswith("passthrough"),
+                "new_rps": round(new["rps"], 1),
+                "old_rps": round(old["rps"], 1),
+                "rps_ratio": round(ratio, 3) if ratio is not None else None,
+                "rps_ratio_per_rep": [round(r, 3) for r in pairs],
+                "new_p99_ms": new["p99_ms"],
+                "old_p99_ms": old["p99_ms"],
+                "p99_ratio": round(p99, 3) if p99 is not None else None,
+                "other_cpu_pct": other,
+                "disturbed": any((v or 0) > MAX_OTHER_LOAD_PCT for v in other.values()),
+                "non2xx": {"new": new["non2xx"], "old": old["non2xx"]},
+                "config_differs": (config_differs or {}).get(name),
+                "target": f">= {MIN_NEW_OVER_OLD}",
+                "ok": None if ratio is None or invalid else ratio >= MIN_NEW_OVER_OLD,
+            }
+        )
+    return rows
+
+
+def _comparison_lines(out: dict[str, Any]) -> list[str]:
+    rows = out.get("comparison")
+    if rows is None:
+        return []
+    new, old = out.get("new") or {}, out.get("baseline") or {}
+    changed = new.get("uncommitted_under_proxy")
+    what_new = f"working tree ({new.get('head', '?').split()[0]}" + (
+        f" + {changed} uncommitted file(s) under proxy/ or pyproject.toml)" if changed else ", nothing uncommitted)"
+    )
+    what_old = f"{old.get('ref') or old.get('tree')} = {old.get('head', '?').split()[0]} ({old.get('kind')})"
+    lines = [
+        "",
+        f"### new/old: {what_new} vs {what_old}",
+        "",
+        f"old ran as {old.get('how')}. Each pair ran back to back in every repetition (order flipped every other "
+        "one); the ratios are of the medians; 'per rep' is each repetition's pair (its spread is the noise).",
+        "",
+        "| variant | new req/s | old req/s | new/old req/s | per rep | new p99 ms | old p99 ms | new/old p99 "
+        "| other load new / old | >= 0.95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
+    flagged, info, disturbed = [], [], []
+    for r in rows:
+        if r["ok"] is None:
+            mark = "**invalid** (non-2xx answers)" if any(r["non2xx"].values()) else "-"
+        elif r["ok"]:
+            mark = "yes"
+        elif r["authenticated"]:
+            mark = "**NO**"
+            flagged.append(r["variant"])
+        else:
+            mark = "no"
+            info.append(r["variant"])
+        if not r["authenticated"]:
+            mark += " (SSO off: info)"
+        if r.get("disturbed"):
+            mark += ", disturbed"
+            disturbed.append(r["variant"])
+        per = ", ".join(f"{x:.2f}" for x in r["rps_ratio_per_rep"])
+        other = r["other_cpu_pct"]
+        note = f" ({r['config_differs']})" if r.get("config_differs") else ""
+        lines.append(
+            f"| {r['variant']}{note} | {_num(r['new_rps'], 0)} | {_num(r['old_rps'], 0)} | {_num(r['rps_ratio'], 3)} "
+            f"| {per} | {_num(r['new_p99_ms'])} | {_num(r['old_p99_ms'])} | {_num(r['p99_ratio'], 2)} "
+            f"| {_num(other['new'], 0)} % / {_num(other['old'], 0)} % | {mark} |"
+        )
+    lines.append("")
+    if flagged:
+        lines.append(
+            f"**FLAGGED: authenticated new/old req/s below {MIN_NEW_OVER_OLD} for {', '.join(flagged)}.** Check the "
+            "'per rep' spread and the other load before blaming the change; rerun if the machine was busy."
+        )
+    elif any(r["authenticated"] for r in rows):
+        lines.append(f"Every authenticated new/old req/s ratio is >= {MIN_NEW_OVER_OLD}.")
+    else:
+        lines.append("No authenticated variant ran for both new and old: nothing to compare (see the notes).")
+    if info:
+        lines.append(f"Below {MIN_NEW_OVER_OLD} without authentication (for information): {', '.join(info)}.")
+    if disturbed:
+        lines.append(
+            f"Disturbed (other processes used more than {MAX_OTHER_LOAD_PCT:.0f} % of the CPUs, median over the "
+            f"repetitions, while new or old ran): {', '.join(disturbed)}. Those ratios measure the machine as much "
+            "as the change."
+        )
+    return lines
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -145,6 +254,7 @@ def markdown(out: dict[str, Any]) -> str:
         for c in checks:
             mark = "-" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
             lines.append(f"| {c['check']} | {c['value']} {c['unit']} | {c['target']} | {mark} |")
+    lines += _comparison_lines(out)
     mem = out.get("redis_memory")
     if mem:
         lines += [

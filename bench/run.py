@@ -6,6 +6,7 @@ wrk sends authenticated GETs rotating over all of its session cookies. See bench
 
     .venv/bin/python bench/run.py                 # the full benchmark (5-6 minutes on 2 cores)
     .venv/bin/python bench/run.py --smoke         # seconds: bare proxy + sidecar (memory store) only
+    .venv/bin/python bench/run.py --baseline HEAD --only sidecars   # working tree vs last commit
     .venv/bin/python bench/run.py --help
 """
 
@@ -19,6 +20,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,12 +32,15 @@ from typing import Any
 
 import _paths
 import aiohttp
+import baseline
 import logins
 import probes
 import report
 import stack
 import wrkbench
-from stack import Running
+from baseline import Baseline, BaselineError
+from report import OLD
+from stack import Running, SidecarSource
 from wrkbench import WrkResult, WrkSettings
 
 from support.procs import LOOPBACK, ProcessError, free_port
@@ -47,6 +52,18 @@ SIDECAR_COOKIE = "sso_sidecar"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="a quick check of the harness (no Apache, no Redis)")
+    p.add_argument(
+        "--baseline",
+        metavar="REF_OR_PATH",
+        help="also run every sidecar variant from this git ref (checked out into a temporary worktree) or "
+        "other checkout, interleaved with the working tree's, and report new/old ratios",
+    )
+    p.add_argument(
+        "--only",
+        choices=("sidecars",),
+        help="sidecars: only the sidecar variants' throughput (no Apache, no bare proxy, no memory/RSS/"
+        "invalidation probes): the quick before/after comparison",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load per system first (2)")
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (3)")
@@ -61,13 +78,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never run apt-get")
     p.add_argument("--log-level", default="info", help="the sidecars' log_level (info: access log on)")
     p.add_argument("--profile", type=float, default=0.0, help="py-spy seconds per sidecar variant (if installed)")
-    p.add_argument("--out", type=Path, default=_paths.RESULTS / "latest.json")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default bench/results/latest.json for a full run; smoke.json, compare.json or "
+        "sidecars.json for the partial runs, so they never overwrite the full run's)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
     args = p.parse_args(argv)
     if args.smoke:
         args.duration, args.warmup, args.reps = min(args.duration, 1.0), 0.5, 1
         args.sessions, args.rss_sessions, args.no_apache = min(args.sessions, 8), 0, True
         args.workers, args.pin = 1, "off"
+    if args.only == "sidecars":
+        args.no_apache = True
+    if args.out is None:
+        kind = "smoke" if args.smoke else "compare" if args.baseline else "sidecars" if args.only else "latest"
+        args.out = _paths.RESULTS / f"{kind}.json"
     return args
 
 
@@ -86,6 +113,10 @@ class Bench:
         self.redis: Any = None
         self.idp: Any = None
         self.nginx: Running | None = None
+        self.new: SidecarSource | None = None  # the working tree's sidecar
+        self.baseline: Baseline | None = None  # --baseline
+        self.config_differs: dict[str, str] = {}  # variant -> how the baseline's config had to differ
+        self.refused: dict[str, list[str]] = {}  # variant -> config keys the baseline refused
         self.use_wrk = shutil.which("wrk") is not None
         self.t_start = time.monotonic()
         self.out: dict[str, Any] = {
@@ -100,6 +131,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         self.prerequisites()
+        self.sources()
         self.start_shared()
         self.start_systems()
         asyncio.run(self.collect_sessions())
@@ -108,15 +140,18 @@ class Bench:
         self.throughput(wrk)
         if a.profile > 0:
             self.profile(wrk)
-        if self.redis is not None and "sidecar-redis-cache" in self.systems:
+        probes_on = self.redis is not None and "sidecar-redis-cache" in self.systems and a.only != "sidecars"
+        if probes_on:
             self.memory()
         for name in [n for n in self.systems if n not in ("sidecar-redis-cache",)]:
             self.systems.pop(name).stop()
-        if self.redis is not None and "sidecar-redis-cache" in self.systems:
+        if probes_on:
             asyncio.run(self.invalidation())
             if a.rss_sessions > 0:
                 asyncio.run(self.rss(wrk))
         self.out["ratios"] = report.ratios(self.out)
+        if self.baseline is not None:
+            self.out["comparison"] = report.comparison(self.out, self.config_differs)
         self.out["seconds"] = round(time.monotonic() - self.t_start, 1)
         return self.out
 
@@ -128,6 +163,8 @@ class Bench:
                 print(f"stopping {proc}: {exc}", file=sys.stderr)
         self.systems.clear()
         self.started.clear()
+        if self.baseline is not None:
+            self.baseline.cleanup()
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
 
@@ -152,6 +189,22 @@ class Bench:
             self.note("wrk not installed: a Python load generator is used; its numbers are far lower")
         self.out["versions"] = stack.versions(with_apache=not a.no_apache)
 
+    def sources(self) -> None:
+        """Which source each sidecar runs, each checked with an import probe before anything starts."""
+        self.new, new_info = baseline.working_tree()
+        self.out["new"] = new_info
+        log(f"new: working tree {new_info.get('head', '')} ({new_info['how']}) imports {new_info['probe']['proxy']}")
+        if new_info.get("uncommitted_under_proxy"):
+            log(f"new: {new_info['uncommitted_under_proxy']} uncommitted change(s) under proxy/ or pyproject.toml")
+        if self.args.baseline:
+            self.baseline = baseline.resolve(self.args.baseline, self.work)
+            info = self.baseline.info
+            self.out["baseline"] = info
+            self.out["versions"]["sso-sidecar (old)"] = info["probe"]["version"]
+            log(f"old: {self.args.baseline} = {info.get('head', '?')} ({info['how']}) imports {info['probe']['proxy']}")
+            if info.get("dependencies_differ"):
+                self.note(f"the baseline's pyproject.toml lists other dependencies: {info['dependencies_differ']}")
+
     def start_shared(self) -> None:
         """nginx, Redis and the dev IdP, with a static client per relying party.
 
@@ -165,16 +218,19 @@ class Bench:
         if not a.smoke:
             self.redis = stack.start_redis(self.work)
             self.started.append(self.redis)
-        self.ports = {k: free_port() for k in ("cache", "nocache", "replica", "memory", "apache")}
+        keys = ["cache", "nocache", "replica", "memory", "apache"]
+        if self.baseline is not None:
+            keys += ["cache" + OLD, "nocache" + OLD, "memory" + OLD]
+        self.ports = {k: free_port() for k in keys}
         base = {k: f"http://{LOOPBACK}:{p}" for k, p in self.ports.items()}
-        redis_bases = [base["cache"], base["nocache"], base["replica"]]
+        redis_bases = [base[k] for k in keys if k.startswith(("cache", "nocache", "replica"))]
         self.clients = {
-            # Every Redis-backed sidecar shares one client (and the cookie secret and the store), so one
-            # set of sessions serves all of them; back-channel logout goes to the first.
+            # Every Redis-backed sidecar (the baseline's too) shares one client (and the cookie secret and the
+            # store), so one set of sessions serves all of them; back-channel logout goes to the first.
             "redis": stack.static_client(
                 "bench-sidecar-redis", redis_bases, backchannel=base["cache"] + "/oauth2/backchannel-logout"
             ),
-            "memory": stack.static_client("bench-sidecar-memory", [base["memory"]]),
+            "memory": stack.static_client("bench-sidecar-memory", [base[k] for k in keys if k.startswith("memory")]),
             "apache": stack.static_client("bench-apache", [base["apache"]]),
         }
         self.idp = stack.start_idp(self.work, list(self.clients.values()))
@@ -186,26 +242,34 @@ class Bench:
         upstream = self.nginx_url()
         self.secret = secrets.token_urlsafe(32)
         workers = a.workers
-        self.add(stack.start_bare(self.work, upstream, workers), f"bare-{workers}w")
-        if workers != 1:
-            self.add(stack.start_bare(self.work, upstream, 1), "bare-1w")
+        if a.only != "sidecars":
+            self.add(stack.start_bare(self.work, upstream, workers), f"bare-{workers}w")
+            if workers != 1:
+                self.add(stack.start_bare(self.work, upstream, 1), "bare-1w")
         if self.redis is not None:
             # The sidecar itself with SSO switched off: the same server and upstream client as the
             # sidecars below, no authentication. Against it, the sidecars' figures are the cost of auth.
-            passthrough = stack.start_sidecar(
-                self.work, "passthrough", idp=self.idp, client=self.clients["memory"], upstream=upstream,
-                cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
-                cache_ttl=None, log_level=a.log_level, sso_enabled=False,
-            )  # fmt: skip
-            self.add(passthrough, f"passthrough-{workers}w")
+            def passthrough(source: SidecarSource, key: str) -> Running:
+                return stack.start_sidecar(
+                    self.work, "passthrough" + key, idp=self.idp, client=self.clients["memory"], upstream=upstream,
+                    cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
+                    cache_ttl=None, log_level=a.log_level, sso_enabled=False, source=source,
+                )  # fmt: skip
+
+            self.add(passthrough(self.new_source(), ""), f"passthrough-{workers}w")
+            self.add_twin(f"passthrough-{workers}w", lambda old: passthrough(old, OLD))
         if self.redis is not None:
             self.start_redis_sidecars(upstream)
-        memory = stack.start_sidecar(
-            self.work, "sidecar-memory", idp=self.idp, client=self.clients["memory"], upstream=upstream,
-            cookie_secret=self.secret, store="memory", redis_url=None, workers=1, cache_ttl=None,
-            port=self.ports["memory"], log_level=a.log_level,
-        )  # fmt: skip
-        self.add(memory, "sidecar-memory-1w")
+
+        def memory(source: SidecarSource, key: str) -> Running:
+            return stack.start_sidecar(
+                self.work, "sidecar-memory" + key, idp=self.idp, client=self.clients["memory"], upstream=upstream,
+                cookie_secret=self.secret, store="memory", redis_url=None, workers=1, cache_ttl=None,
+                port=self.ports["memory" + key], log_level=a.log_level, source=source,
+            )  # fmt: skip
+
+        self.add(memory(self.new_source(), ""), "sidecar-memory-1w")
+        self.add_twin("sidecar-memory-1w", lambda old: memory(old, OLD))
         if not a.no_apache:
             try:
                 apache = stack.start_apache(
@@ -232,26 +296,67 @@ class Bench:
                     continue
                 raise
             self.add(run, name)
+            self.add_twin(name, functools.partial(self.redis_sidecar, name, key, ttl, upstream))
+        cache = "sidecar-redis-cache"
+        without_ttl = functools.partial(self.redis_sidecar, cache, "cache", None, upstream)
         if not any(n.startswith("sidecar-redis") for n in self.systems):
             # A sidecar without the setting at all: run it once, as it comes.
-            self.add(self.redis_sidecar("sidecar-redis-cache", "cache", None, upstream), "sidecar-redis-cache")
-            self.note("sidecar-redis-cache ran without session.cache_ttl (the sidecar's default)")
+            self.add(without_ttl(), cache)
+            self.note(f"{cache} ran without session.cache_ttl (the sidecar's default)")
+            self.add_twin(cache, without_ttl)
+        elif cache in self.systems and self.refused.get(cache) == ["session.cache_ttl"]:
+            # The same for a baseline that refuses the setting: its default, against the cache-on variant.
+            self.add_twin(cache, without_ttl)
+            if cache + OLD in self.systems:
+                self.config_differs[cache] = "old without session.cache_ttl"
+                self.note(f"{cache}{OLD} ran without session.cache_ttl (the baseline's default)")
 
-    def redis_sidecar(self, name: str, key: str, ttl: str | None, upstream: str) -> Running:
+    def redis_sidecar(
+        self, name: str, key: str, ttl: str | None, upstream: str, source: SidecarSource | None = None
+    ) -> Running:
+        source = source or self.new_source()
+        if source.label == "old":
+            name, key = name + OLD, key + OLD
         try:
-            return self._redis_sidecar(name, key, ttl, upstream, self.args.workers)
+            return self._redis_sidecar(name, key, ttl, upstream, self.args.workers, source)
         except ProcessError as exc:
             if self.args.workers == 1 or not stack.config_refused(exc, "workers"):
                 raise
             self.note(f"{name}: this sidecar refuses workers={self.args.workers}; ran with 1 worker")
-            return self._redis_sidecar(name, key, ttl, upstream, 1)
+            return self._redis_sidecar(name, key, ttl, upstream, 1, source)
 
-    def _redis_sidecar(self, name: str, key: str, ttl: str | None, upstream: str, workers: int) -> Running:
+    def _redis_sidecar(
+        self, name: str, key: str, ttl: str | None, upstream: str, workers: int, source: SidecarSource
+    ) -> Running:
         return stack.start_sidecar(
             self.work, name, idp=self.idp, client=self.clients["redis"], upstream=upstream,
             cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
-            cache_ttl=ttl, port=self.ports[key], log_level=self.args.log_level,
+            cache_ttl=ttl, port=self.ports[key], log_level=self.args.log_level, source=source,
         )  # fmt: skip
+
+    def new_source(self) -> SidecarSource:
+        assert self.new is not None
+        return self.new
+
+    def add_twin(self, name: str, start: Callable[[SidecarSource], Running]) -> None:
+        """The baseline's twin of ``name`` (``name@old``), with the identical config. A config key the
+        baseline refuses leaves the twin out with a note, as the harness does for the working tree; any
+        other failure to start ends the run with the baseline's log."""
+        if self.baseline is None or name not in self.systems:
+            return
+        try:
+            run = start(self.baseline.source)
+        except ProcessError as exc:
+            keys = stack.refused_keys(exc)
+            if keys:
+                self.refused[name] = keys
+                self.note(f"{name}{OLD}: the baseline refuses {', '.join(keys)}; no comparison for {name}")
+                return
+            raise BaselineError(
+                f"the baseline's sidecar ({self.baseline.info['how']}) did not start as {name}{OLD}:\n{exc}\n"
+                + self.baseline.hint()
+            ) from None
+        self.add(run, name + OLD)
 
     def add(self, run: Running, label: str) -> None:
         run.name = label
@@ -264,30 +369,73 @@ class Bench:
     # -- sessions -------------------------------------------------------------------------------------
 
     async def collect_sessions(self) -> None:
-        """``--sessions`` real logins per system that needs them; the Redis sidecars share theirs."""
-        n = self.args.sessions
-        users = [f"bench.user{i:05d}" for i in range(n)]
+        """``--sessions`` real logins per system that needs them; the Redis sidecars share theirs (the
+        baseline's too, when it accepts the working tree's cookies). A memory store is its process's own,
+        so the baseline's memory sidecar gets logins of its own (the same users)."""
         self.out["logins"] = {}
-        for label, run in list(self.systems.items()):
-            if label.startswith(("bare", "passthrough")) or label == "sidecar-redis-nocache":
-                continue
-            cookie = APACHE_COOKIE if label == "apache" else SIDECAR_COOKIE
-            rss_before = probes.rss_total_kib(run)["total_kib"]
-            batch = await logins.login_many(run.url, users, cookie_name=cookie, cpu_seconds=run.cpu)
-            rss_after = probes.rss_total_kib(run)["total_kib"]
-            summary = batch.summary()
-            summary["rss_growth_kib"] = rss_after - rss_before
-            self.out["logins"][label] = summary
-            log(f"{label}: {summary}")
-            if not batch.cookies:
-                raise SystemExit(f"no session for {label}: {batch.failures[:3]}")
-            self.cookies[label] = wrkbench.write_cookies(self.work / f"cookies-{label}.txt", batch.cookies)
+        for label in list(self.systems):
+            if label.startswith(("bare", "passthrough", "sidecar-redis-nocache")):
+                continue  # they forward the Redis sidecar's cookies, or share its sessions
+            if label.startswith("sidecar-redis") and label.endswith(OLD):
+                continue  # the working tree's sessions, if the baseline accepts them (below)
+            await self.login(label)
         if "sidecar-redis-cache" in self.cookies:
             self.cookies["sidecar-redis-nocache"] = self.cookies["sidecar-redis-cache"]
+        await self.share_redis_sessions_with_baseline()
         for label in self.systems:
             if label.startswith(("bare", "passthrough")):
                 # The same Cookie headers as the sidecar gets: these proxies forward them untouched.
                 self.cookies[label] = self.cookies.get("sidecar-redis-cache") or self.cookies["sidecar-memory-1w"]
+
+    async def login(self, label: str) -> None:
+        run = self.systems[label]
+        users = [f"bench.user{i:05d}" for i in range(self.args.sessions)]
+        cookie = APACHE_COOKIE if label == "apache" else SIDECAR_COOKIE
+        rss_before = probes.rss_total_kib(run)["total_kib"]
+        batch = await logins.login_many(run.url, users, cookie_name=cookie, cpu_seconds=run.cpu)
+        rss_after = probes.rss_total_kib(run)["total_kib"]
+        summary = batch.summary()
+        summary["rss_growth_kib"] = rss_after - rss_before
+        self.out["logins"][label] = summary
+        log(f"{label}: {summary}")
+        if not batch.cookies:
+            raise SystemExit(f"no session for {label}: {batch.failures[:3]}")
+        self.cookies[label] = wrkbench.write_cookies(self.work / f"cookies-{label}.txt", batch.cookies)
+
+    async def share_redis_sessions_with_baseline(self) -> None:
+        """The baseline's Redis sidecars use the working tree's sessions (same client, cookie secret and
+        store) if they accept them: a few are tried on each first. If the cookie or the stored record has
+        changed format, the baseline's sidecars get logins of their own."""
+        olds = [n for n in self.systems if n.startswith("sidecar-redis") and n.endswith(OLD)]
+        shared = self.cookies.get("sidecar-redis-cache")
+        if not olds or shared is None:
+            return
+        sample = shared.read_text().split()[:3]
+        refused = {n: s for n in olds if (s := await self._statuses(n, sample)) != [200] * len(sample)}
+        if not refused:
+            for name in olds:
+                self.cookies[name] = shared
+            self.out["baseline"]["shares_sessions"] = True
+            return
+        self.note(
+            f"the baseline does not accept the working tree's sessions (answers {refused}): its Redis "
+            "sidecars get logins of their own"
+        )
+        self.out["baseline"]["shares_sessions"] = False
+        first = olds[0]
+        await self.login(first)
+        for name in olds:
+            self.cookies[name] = self.cookies[first]
+
+    async def _statuses(self, name: str, cookies: list[str]) -> list[int]:
+        out = []
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            for cookie in cookies:
+                headers = {"Cookie": cookie, "Accept": "text/html"}
+                async with http.get(self.systems[name].url + "/", headers=headers, allow_redirects=False) as resp:
+                    await resp.read()
+                    out.append(resp.status)
+        return out
 
     # -- throughput -----------------------------------------------------------------------------------
 
@@ -338,7 +486,10 @@ class Bench:
 
     def throughput(self, wrk: WrkSettings) -> None:
         a = self.args
-        names = list(self.systems)
+        # A system and its baseline twin form a group: they run back to back, the twin first every other
+        # repetition, so that drift and order hit new and old alike.
+        groups = [[n, *([n + OLD] if n + OLD in self.systems else [])] for n in self.systems if not n.endswith(OLD)]
+        names = [n for g in groups for n in g]
         warm = WrkSettings(**{**wrk.__dict__, "duration": a.warmup})
         for name in names:
             if a.warmup > 0:
@@ -346,12 +497,13 @@ class Bench:
         runs: dict[str, list[WrkResult]] = {n: [] for n in names}
         for rep in range(a.reps):
             # Alternate: every repetition visits every system, each time starting one further along.
-            order = names[rep % len(names) :] + names[: rep % len(names)]
+            turned = groups[rep % len(groups) :] + groups[: rep % len(groups)]
+            order = [n for g in turned for n in (g if rep % 2 == 0 else reversed(g))]
             for name in order:
                 result = self.load(name, wrk)
                 runs[name].append(result)
                 log(
-                    f"rep {rep + 1}/{a.reps} {name:22s} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                    f"rep {rep + 1}/{a.reps} {name:26s} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
                     f"p99 {result.p99_ms:6.1f} ms  non-2xx {result.non2xx}  socket errors {result.socket_errors}  "
                     f"CPU ours {result.sut_cpu_pct}% others {result.other_cpu_pct}%"
                 )
@@ -484,6 +636,8 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM stops the processes and removes the baseline's worktree like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     bench = Bench(args)
     status = 0
     try:
@@ -491,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
+        elif isinstance(exc, BaselineError):
+            print(f"\nbaseline: {exc}", file=sys.stderr)
         else:
             traceback.print_exc()
         out = bench.out

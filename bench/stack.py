@@ -23,7 +23,7 @@ import _paths
 from support.idp import DevIdP, RegisteredClient, idp_config
 from support.procs import LOOPBACK, Process, ProcessError, free_port, http_status
 from support.redis_server import RedisServer
-from support.sidecar import Sidecar
+from support.sidecar import Sidecar, sidecar_command
 
 BODY_SIZE = 200
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
@@ -261,6 +261,64 @@ def start_bare(work: Path, upstream: str, workers: int) -> Running:
 # The sidecar
 
 
+@dataclass(frozen=True)
+class SidecarSource:
+    """Which sso-sidecar source tree a sidecar process runs, and how it is started: ``command`` (before
+    ``run --config FILE``) in ``cwd`` with ``env`` on top of this environment. ``bench/baseline.py``
+    checks with a probe that this combination imports ``tree/proxy`` before anything starts."""
+
+    label: str  # "new" (the working tree) or "old" (the baseline)
+    tree: Path
+    command: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    how: str = ""  # "console script ...", "python -m proxy with PYTHONPATH=..."
+
+
+def working_tree_source() -> SidecarSource:
+    """The working tree's sidecar, started the way the test suite starts it (``support.sidecar``)."""
+    command = tuple(sidecar_command())
+    how = f"console script {command[0]}" if len(command) == 1 else f"{' '.join(command)} in {_paths.REPO}"
+    return SidecarSource("new", _paths.REPO, command, _paths.REPO, {}, how)
+
+
+class _SourcedSidecar(Sidecar):
+    """``support.sidecar.Sidecar`` started from a given source (command, working directory, environment)."""
+
+    def __init__(self, config: Mapping[str, Any], work_dir: Path, *, name: str, source: SidecarSource) -> None:
+        super().__init__(config, work_dir, env=source.env, name=name)
+        self.source = source
+
+    def start(self, timeout: float = 20.0, *, wait: bool = True) -> Sidecar:
+        args = [*self.source.command, "run", "--config", str(self.config_path)]
+        self.proc = Process(self.name, args, env=self.env, cwd=self.source.cwd, log_dir=self.dir).start()
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+
+def check_started_as(pid: int, source: SidecarSource) -> None:
+    """The running process has the working directory and ``PYTHONPATH`` its source's probe was run with."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+        )
+        argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    except OSError:
+        return  # it exited: starting it has failed loudly already
+    wanted = source.env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+    problems = []
+    if cwd != source.cwd.resolve():
+        problems.append(f"working directory {cwd}, not {source.cwd}")
+    if environ.get("PYTHONPATH") != wanted:
+        problems.append(f"PYTHONPATH {environ.get('PYTHONPATH')!r}, not {wanted!r}")
+    if source.command[-1] not in argv:
+        problems.append(f"command line {argv[:4]}, not {list(source.command)}")
+    if problems:
+        raise ProcessError(f"sidecar pid {pid} ({source.label}) did not start as probed: {'; '.join(problems)}")
+
+
 def start_sidecar(
     work: Path,
     name: str,
@@ -277,9 +335,11 @@ def start_sidecar(
     public_url: str | None = None,
     log_level: str = "info",
     sso_enabled: bool = True,
+    source: SidecarSource | None = None,
 ) -> Running:
-    """``sso-sidecar run`` through its real CLI. ``workers`` and ``session.cache_ttl`` are left out of the
-    config when None; a config the sidecar refuses raises ``ProcessError`` with its log."""
+    """``sso-sidecar run`` through its real CLI, from ``source`` (default: the working tree, as the tests
+    start it). ``workers`` and ``session.cache_ttl`` are left out of the config when None; a config the
+    sidecar refuses raises ``ProcessError`` with its log."""
     port = port or free_port()
     session: dict[str, Any] = {
         "store": store,
@@ -306,11 +366,22 @@ def start_sidecar(
     }
     if workers != 1:
         config["workers"] = workers
-    sidecar = Sidecar(config, work / name, name=name)
+    sidecar = (
+        Sidecar(config, work / name, name=name)
+        if source is None
+        else _SourcedSidecar(config, work / name, name=name, source=source)
+    )
     sidecar.start(timeout=30)
     assert sidecar.proc is not None
     run = Running(name, sidecar.url, port, sidecar.proc)
     run.extra["sidecar"] = sidecar
+    if source is not None:
+        run.extra["source"] = source.label
+        try:
+            check_started_as(sidecar.proc.pid, source)
+        except ProcessError:
+            run.stop()
+            raise
     run.workers = _settle_workers(run, workers)
     if run.workers != workers:
         run.notes.append(f"asked for {workers} workers, {run.workers} process(es) listen")
@@ -330,6 +401,11 @@ def _settle_workers(run: Running, wanted: int) -> int:
 def config_refused(exc: ProcessError, key: str) -> bool:
     """Did the sidecar exit listing a config problem that names ``key`` (``  - session.cache_ttl: ...``)?"""
     return re.search(rf"^\s+- .*\b{re.escape(key)}\b", str(exc), re.MULTILINE) is not None
+
+
+def refused_keys(exc: ProcessError) -> list[str]:
+    """The config keys a sidecar's exit listed as problems (``  - sso.enabled: unknown key`` -> ``sso.enabled``)."""
+    return sorted(set(re.findall(r"^\s+- ([A-Za-z_][\w.\[\]]*):", str(exc), re.MULTILINE)))
 
 
 # --------------------------------------------------------------------------------------------------

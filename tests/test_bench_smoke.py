@@ -1,5 +1,7 @@
 """The benchmark harness runs end to end (``bench/run.py --smoke``): bare proxy and sidecar (memory store),
-real logins through the dev IdP, one short load run each, a results file and a Markdown table.
+real logins through the dev IdP, one short load run each, a results file and a Markdown table; and with
+``--baseline``, the same sidecar run from another source tree next to the working tree's, new/old ratios,
+and a loud refusal of a baseline that would import the working tree's code.
 
 Nothing here needs a package beyond what ``make test`` installs (wrk is used when present, otherwise a
 Python load generator), and nothing asserts on timings.
@@ -8,6 +10,7 @@ Python load generator), and nothing asserts on timings.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -47,3 +50,84 @@ def test_smoke_run_produces_results_and_a_table(tmp_path: Path) -> None:
     assert any(c["check"].startswith("sidecar-memory-1w overhead vs bare-1w") for c in results["ratios"])
     assert "| sidecar-memory-1w | 1 |" in proc.stdout
     assert "| bare-1w | 1 |" in proc.stdout
+
+
+def _baseline(tmp_path: Path) -> tuple[str, Path | None]:
+    """``HEAD`` (a temporary git worktree) in a git checkout; otherwise a copy of ``proxy/`` as a path."""
+    head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode == 0:
+        return "HEAD", None
+    tree = tmp_path / "baseline"
+    shutil.copytree(REPO / "proxy", tree / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    return str(tree), tree
+
+
+@pytest.mark.timeout(240)
+def test_smoke_baseline_runs_both_trees_side_by_side(tmp_path: Path) -> None:
+    """--baseline: the memory sidecar runs from the baseline tree too (probed to import that tree, not the
+    working tree), gets its own logins, is loaded in the same repetition, and a new/old row is reported;
+    a worktree made for a ref is removed again."""
+    spec, tree = _baseline(tmp_path)
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--smoke",
+            "--no-install",
+            "--only",
+            "sidecars",
+            "--baseline",
+            spec,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert "error" not in results
+    throughput = results["throughput"]
+    assert set(throughput) == {"sidecar-memory-1w", "sidecar-memory-1w@old"}  # --only sidecars: no bare proxy
+    for row in throughput.values():
+        assert row["runs"] == 1 and row["rps"] > 0 and row["non2xx"] == 0
+    assert results["logins"]["sidecar-memory-1w@old"]["sessions"] >= 1  # a memory store is its process's own
+    baseline = results["baseline"]
+    old_tree = Path(baseline["tree"])
+    assert Path(baseline["probe"]["proxy"]) == old_tree / "proxy" / "__init__.py"
+    assert Path(results["new"]["probe"]["proxy"]) == REPO / "proxy" / "__init__.py"
+    [row] = results["comparison"]
+    assert row["variant"] == "sidecar-memory-1w" and row["rps_ratio"] > 0 and row["ok"] is not None
+    assert "### new/old" in proc.stdout and "| sidecar-memory-1w | " in proc.stdout
+    if tree is None:  # the temporary worktree is gone, from disk and from git's list
+        assert not old_tree.exists()
+        listed = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+        assert str(old_tree) not in listed
+
+
+@pytest.mark.timeout(120)
+def test_baseline_that_would_import_the_working_tree_is_refused(tmp_path: Path) -> None:
+    """A baseline whose venv runs another checkout's code (here: this checkout's editable install) fails
+    before anything starts, naming the file it would have imported."""
+    venv = REPO / ".venv" / "bin"
+    if not (venv / "python").exists():
+        pytest.skip("needs this checkout's .venv")
+    tree = tmp_path / "stale"
+    shutil.copytree(REPO / "proxy", tree / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    script = tree / ".venv" / "bin" / "sso-sidecar"
+    script.write_text(f"#!{venv / 'python'}\nimport sys\nfrom proxy.cli import main\nsys.exit(main())\n")
+    os.chmod(script, 0o755)
+    args = ["--smoke", "--no-install", "--only", "sidecars", "--baseline", str(tree), "--out", str(tmp_path / "x.json")]
+    proc = subprocess.run(
+        [sys.executable, str(RUN), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 1
+    assert f"would import {REPO / 'proxy' / '__init__.py'}, not the tree under test" in proc.stderr, proc.stderr

@@ -36,9 +36,8 @@ from proxy import pages
 from proxy.cookies import cookie_value
 from proxy.errors import Forbidden, SidecarError
 from proxy.identity import header_key
-from proxy.login import RUNTIME
 from proxy.redirects import safe_return_to
-from proxy.runtime import Active, Runtime
+from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.settings import BreakGlassSettings
 
 log = logging.getLogger("sso_sidecar.break_glass")

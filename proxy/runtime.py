@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp import web
 
 from proxy.cookies import CookieCodec
 from proxy.identity import IdentityHeaders
@@ -158,3 +159,6 @@ class Runtime:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self.store.close()
+
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)

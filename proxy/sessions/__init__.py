@@ -5,11 +5,13 @@ holds (``proxy.cookies.Ticket``). The store, and anyone who dumps it, sees ciphe
 Pending logins (state -> nonce, PKCE verifier, return URL) are stored the same way and taken exactly once.
 
 ``model``: the records and their sealing; ``manager``: ``SessionManager``, which stores them;
-``store``: the ``SessionStore`` protocol behind it, implemented by ``memory`` and ``redis``.
+``store``: the ``SessionStore`` protocol behind it, implemented by ``memory`` and ``redis``;
+``lookup``: ``session_for``, which finds a request's session from its cookie.
 """
 
 from __future__ import annotations
 
+from proxy.sessions.lookup import session_for
 from proxy.sessions.manager import SessionManager
 from proxy.sessions.memory import MemoryStore
 from proxy.sessions.model import CompactClaims, PendingLogin, Session
@@ -23,4 +25,5 @@ __all__ = [
     "SessionManager",
     "SessionStore",
     "open_store",
+    "session_for",
 ]

@@ -41,10 +41,6 @@ class Active:
     upstream: Upstream
     loaded_at: float = field(default_factory=time.time)
 
-    @property
-    def sso_enabled(self) -> bool:
-        return self.oidc is not None
-
 
 @dataclass
 class ReloadStatus:
@@ -96,9 +92,6 @@ class Runtime:
             self._retiring.discard(upstream)
             log.info("upstream pool of a previous config closed: the last request using it ended")
             self._close(upstream)
-
-    def in_use(self, upstream: Upstream) -> int:
-        return self._users.get(upstream, 0)
 
     async def build(self, settings: Settings) -> Active:
         """Everything for ``settings``, reusing what did not change (OIDC caches, upstream pool)."""

@@ -1,4 +1,4 @@
-"""The session records (``proxy.sessions.model``): the compact copies the in-process cache keeps."""
+"""The session records (``proxy.sessions.model``): what is stored, how it is sealed, the cached copies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from proxy.sessions import CompactClaims, Session
+from proxy.sessions import CompactClaims, PendingLogin, Session
+from proxy.sessions.model import seal, unseal
 
 
 def test_cached_copies_keep_every_claim_but_the_token_only_ones_in_less_memory():
@@ -37,3 +38,39 @@ def test_cached_copies_keep_every_claim_but_the_token_only_ones_in_less_memory()
     assert one.claims._index is two.claims._index  # type: ignore[attr-defined]
     assert sys.getsizeof(one.claims) + sys.getsizeof(one.claims._values) <= sys.getsizeof(expected) / 2  # type: ignore[attr-defined]
     assert json.loads(json.dumps(one.to_record()["c"])) == expected
+
+
+def stored_session() -> Session:
+    return Session(
+        id="sid", key=b"k" * 32, claims={"sub": "alice", "groups": ["a"]}, id_token="id", access_token="at",
+        refresh_token="rt", access_expires_at=1_700_000_300.0, created_at=1_700_000_000.0,
+        issuer="https://idp.example", client_id="console", refreshed_at=1_700_000_100.0,
+    )  # fmt: skip
+
+
+def test_a_session_record_round_trips_through_json():
+    session = stored_session()
+    record = json.loads(json.dumps(session.to_record()))
+    assert Session.from_record(session.ticket, record) == session
+
+
+def test_a_record_stored_by_an_earlier_version_still_loads():
+    """Records written before ``extra`` was dropped carry an ``"x"`` entry; sessions in Redis outlive an upgrade."""
+    session = stored_session()
+    record = {**session.to_record(), "x": {}}
+    assert Session.from_record(session.ticket, record) == session
+
+
+def test_a_pending_login_record_round_trips_through_json():
+    login = PendingLogin("nonce", "verifier", "/back?x=1", "https://idp.example", "console", 1_700_000_000.0)
+    assert PendingLogin.from_record(json.loads(json.dumps(login.to_record()))) == login
+
+
+def test_sealed_records_open_only_with_their_key_and_context():
+    sealed = seal(b"k" * 32, b"plaintext", b"context")
+    assert b"plaintext" not in sealed
+    assert unseal(b"k" * 32, sealed, b"context") == b"plaintext"
+    assert unseal(b"x" * 32, sealed, b"context") is None
+    assert unseal(b"k" * 32, sealed, b"another") is None
+    assert unseal(b"k" * 32, sealed[:-1] + bytes([sealed[-1] ^ 1]), b"context") is None
+    assert unseal(b"k" * 32, b"short", b"context") is None

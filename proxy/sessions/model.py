@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -27,7 +27,6 @@ _SHARED_MAX = 1024
 _shared_strings: dict[str, str] = {}
 _shapes: dict[tuple[str, ...], dict[str, int]] = {}
 _ELIDED = "(elided)"  # stands for a refresh token in cached copies, so refresh_due() still works
-_NO_EXTRA: dict[str, Any] = {}  # shared by cached copies: nothing ever writes to ``extra`` in place
 
 
 def _share(value: Any) -> Any:
@@ -96,7 +95,6 @@ class Session:
     issuer: str
     client_id: str
     refreshed_at: float = 0.0  # when the current access token was obtained (login or refresh)
-    extra: dict[str, Any] = field(default_factory=dict)
     # True for the copies kept in the in-process cache: they hold claims but no tokens (memory), and
     # whoever needs a token (refresh, sign-out's id_token_hint) reads the session from the store.
     tokens_elided: bool = False
@@ -115,7 +113,6 @@ class Session:
             refresh_token=_ELIDED if self.refresh_token else None,
             issuer=_share(self.issuer),
             client_id=_share(self.client_id),
-            extra=_NO_EXTRA,
             tokens_elided=True,
         )
 
@@ -155,7 +152,6 @@ class Session:
             "is": self.issuer,
             "ci": self.client_id,
             "ra": self.refreshed_at,
-            "x": self.extra,
         }
 
     @classmethod
@@ -172,7 +168,6 @@ class Session:
             issuer=record["is"],
             client_id=record["ci"],
             refreshed_at=record.get("ra") or record["ca"],
-            extra=record.get("x") or {},
         )
 
 

@@ -14,8 +14,7 @@ from aiohttp import web
 
 from proxy import __version__, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
-from proxy.login import RUNTIME
-from proxy.runtime import Runtime
+from proxy.runtime import RUNTIME, Runtime
 from proxy.sessions import open_store
 from proxy.settings import BACKCHANNEL_LOGOUT_PATH, Settings
 

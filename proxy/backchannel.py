@@ -7,8 +7,8 @@ import logging
 from aiohttp import web
 
 from proxy.errors import ProviderError, TokenValidationError
-from proxy.login import RUNTIME
 from proxy.oidc import LOGOUT_TOKEN_MAX_AGE
+from proxy.runtime import RUNTIME
 
 log = logging.getLogger("sso_sidecar.backchannel")
 _HEADERS = {"Cache-Control": "no-store"}

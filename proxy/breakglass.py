@@ -29,16 +29,14 @@ from collections.abc import Callable
 from html import escape
 
 from aiohttp import web
-from itsdangerous import BadData, TimestampSigner
 from multidict import CIMultiDict
 
 from proxy import pages
 from proxy.cookies import cookie_value
 from proxy.errors import Forbidden, SidecarError
 from proxy.identity import header_key
-from proxy.login import RUNTIME
 from proxy.redirects import safe_return_to
-from proxy.runtime import Active, Runtime
+from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.settings import BreakGlassSettings
 
 log = logging.getLogger("sso_sidecar.break_glass")
@@ -46,7 +44,6 @@ log = logging.getLogger("sso_sidecar.break_glass")
 PATH = "/oauth2/break-glass"
 HEADER = "X-Break-Glass"
 _HEADER_KEY = header_key(HEADER)
-_SALT = "sso-sidecar/break-glass/v1"
 _FINGERPRINT_INFO = b"sso-sidecar/break-glass-fingerprint/v1"
 # Failed attempts allowed per window: per client address, and from everyone together (an attacker
 # with many addresses). A 24+ character random token is out of reach at these rates either way.
@@ -106,16 +103,6 @@ def _fingerprint(settings: BreakGlassSettings) -> str:
     return hmac.new(settings.token.reveal().encode(), _FINGERPRINT_INFO, hashlib.sha256).hexdigest()[:32]
 
 
-def _signer(active: Active) -> TimestampSigner:
-    # itsdangerous takes oldest first and signs with the last; the config lists newest first.
-    keys = [s.reveal() for s in reversed(active.settings.session.cookie_secrets)]
-    return TimestampSigner(keys, salt=_SALT)
-
-
-def cookie_name(active: Active) -> str:
-    return active.cookies.break_glass_name
-
-
 def token_matches(settings: BreakGlassSettings, offered: str) -> bool:
     if settings.token is None:
         return False
@@ -127,13 +114,10 @@ def token_matches(settings: BreakGlassSettings, offered: str) -> bool:
 
 def _cookie_grant(request: web.Request, active: Active) -> str | None:
     """The grant id in a valid break-glass cookie, else None."""
-    value = cookie_value(request, cookie_name(active))
-    if not value:
-        return None
     settings = active.settings.break_glass
-    try:
-        payload = _signer(active).unsign(value, max_age=int(settings.ttl)).decode("ascii")
-    except (BadData, ValueError, UnicodeDecodeError):
+    value = cookie_value(request, active.cookies.break_glass_name)
+    payload = active.cookies.decode_break_glass(value, max_age=int(settings.ttl))
+    if payload is None:
         return None
     fingerprint, _, grant = payload.partition(".")
     if not grant or not hmac.compare_digest(fingerprint, _fingerprint(settings)):
@@ -262,17 +246,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     log.warning("break-glass: access granted to %s via the form, grant %s, for %ds", _client(request), grant,
                 int(settings.ttl))  # fmt: skip
     response = web.Response(status=303, headers={"Location": rd, "Cache-Control": "no-store"})
-    value = _signer(active).sign(f"{_fingerprint(settings)}.{grant}").decode("ascii")
-    response.set_cookie(
-        cookie_name(active),
-        value,
-        path="/",
-        max_age=int(settings.ttl),
-        secure=active.settings.secure_cookies,
-        httponly=True,
-        # Strict: an operator override is never carried by a request another site started.
-        samesite="Strict",
-    )
+    active.cookies.set_break_glass(response, f"{_fingerprint(settings)}.{grant}", max_age=int(settings.ttl))
     return response
 
 

@@ -1,4 +1,5 @@
-"""Every use of itsdangerous: the session ticket, pending-login cookies, signed redirect state.
+"""Every use of itsdangerous: the session ticket, pending-login cookies, the sign-out confirmation, signed
+redirect state and the break-glass cookie.
 
 One salt per purpose, so a signature made for one can never stand in for another. Secrets come newest
 first from the config; the newest signs, all verify, so rotating is "add a new secret on top".
@@ -22,6 +23,7 @@ _TICKET_SALT = "sso-sidecar/session-ticket/v1"
 _LOGIN_SALT = "sso-sidecar/pending-login/v1"
 _SIGNOUT_SALT = "sso-sidecar/sign-out-form/v1"
 _LOGOUT_STATE_SALT = "sso-sidecar/post-logout-state/v1"
+_BREAK_GLASS_SALT = "sso-sidecar/break-glass/v1"
 _TICKET_VERSION = "1"
 _VERIFIED_MAX = 20_000  # cookie values whose signature is known good (about 4 MB at most)
 
@@ -78,6 +80,7 @@ class CookieCodec:
         self._login = TimestampSigner(keys, salt=_LOGIN_SALT)
         self._signout = TimestampSigner(keys, salt=_SIGNOUT_SALT)
         self._logout_state = URLSafeTimedSerializer(keys, salt=_LOGOUT_STATE_SALT)
+        self._break_glass = TimestampSigner(keys, salt=_BREAK_GLASS_SALT)
         # A digest of the cookie value -> when it was signed (the digest: a third of the value's memory).
         self._verified: dict[bytes, float] = {}
         self._ticket_max_age = int(session.lifetime) + 60
@@ -219,9 +222,34 @@ class CookieCodec:
             return None
         return result if isinstance(result, str) else None
 
+    # -- break-glass cookie -------------------------------------------------------------------------
+
+    def set_break_glass(self, response: web.StreamResponse, payload: str, *, max_age: int) -> None:
+        """Let this browser past SSO for ``max_age`` seconds (not extended by use); ``payload`` is the grant."""
+        value = self._break_glass.sign(payload).decode("ascii")
+        # Strict: an operator override is never carried by a request another site started.
+        self._set(response, self.break_glass_name, value, max_age=max_age, samesite="Strict")
+
+    def decode_break_glass(self, value: str | None, *, max_age: int) -> str | None:
+        """The payload of a break-glass cookie, or None when it is absent, forged or older than ``max_age``."""
+        if not value:
+            return None
+        try:
+            return self._break_glass.unsign(value, max_age=max_age).decode("ascii")
+        except (BadData, ValueError, UnicodeDecodeError):
+            return None
+
     # -- attributes ---------------------------------------------------------------------------------
 
-    def _set(self, response: web.StreamResponse, name: str, value: str, *, max_age: int | None) -> None:
+    def _set(
+        self,
+        response: web.StreamResponse,
+        name: str,
+        value: str,
+        *,
+        max_age: int | None,
+        samesite: str = "Lax",
+    ) -> None:
         response.set_cookie(
             name,
             value,
@@ -229,7 +257,7 @@ class CookieCodec:
             max_age=max_age,
             secure=self.secure,
             httponly=True,
-            samesite="Lax",
+            samesite=samesite,
         )
 
     def _clear(self, response: web.StreamResponse, name: str) -> None:

@@ -25,9 +25,10 @@ from aiohttp import web
 
 from proxy.errors import BadRequest, Unauthenticated
 from proxy.gate import BEARER_CHALLENGE, authorize, caller, is_trusted_proxy, skips_auth
-from proxy.login import RUNTIME, login_url
+from proxy.login import login_url
 from proxy.paths import RequestPath, normalise
 from proxy.redirects import safe_return_to
+from proxy.runtime import RUNTIME
 from proxy.settings import Settings
 
 log = logging.getLogger("sso_sidecar.forward_auth")

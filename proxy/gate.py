@@ -22,10 +22,11 @@ from multidict import CIMultiDict
 from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
 from proxy.errors import Forbidden, InvalidToken, Unauthenticated
-from proxy.login import RUNTIME, begin_login, login_url, session_for
+from proxy.login import begin_login, login_url
 from proxy.paths import RequestPath, normalise
 from proxy.policy import denial_reason
-from proxy.runtime import Active, Runtime
+from proxy.runtime import RUNTIME, Active, Runtime
+from proxy.sessions import session_for
 from proxy.settings import Settings, SkipRule
 from proxy.upstream import Forwarded
 

@@ -15,17 +15,15 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import pages
-from proxy.cookies import cookie_value
 from proxy.errors import LoginError, SidecarError, Unauthenticated
 from proxy.oidc import new_pkce, random_token
 from proxy.redirects import return_to_for
-from proxy.runtime import Active, Runtime
-from proxy.sessions import PendingLogin, Session
+from proxy.runtime import RUNTIME, Active, Runtime
+from proxy.sessions import PendingLogin, Session, session_for
 from proxy.settings import SIGNED_OUT_PATH
 
 log = logging.getLogger("sso_sidecar.login")
 
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Identity claims worth showing a front end; protocol claims (nonce, at_hash, aud, ...) are left out.
 _PROTOCOL_CLAIMS = frozenset({"aud", "azp", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "jti", "sid"})
@@ -33,18 +31,6 @@ _PROTOCOL_CLAIMS = frozenset({"aud", "azp", "exp", "iat", "nbf", "nonce", "at_ha
 
 def login_url(return_to: str) -> str:
     return str(URL("/oauth2/start").with_query(rd=return_to))
-
-
-async def session_for(request: web.Request, runtime: Runtime, active: Active) -> Session | None:
-    """The session the request's cookie points at, if it is live and from the configured provider."""
-    ticket = active.cookies.decode_ticket(cookie_value(request, active.cookies.session_name))
-    if ticket is None or active.oidc is None:
-        return None
-    sso = active.settings.sso
-    session = await runtime.sessions.load(ticket, issuer=sso.issuer_url, client_id=sso.client_id)
-    if session is None:
-        return None
-    return await runtime.refresher.fresh(session, active.oidc)
 
 
 async def begin_login(request: web.Request, runtime: Runtime, active: Active, return_to: str) -> web.Response:

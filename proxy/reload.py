@@ -25,9 +25,8 @@ from dataclasses import dataclass, field, fields
 from aiohttp import web
 
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
-from proxy.login import RUNTIME
 from proxy.oidc import OIDCClient, ProviderMetadata
-from proxy.runtime import Runtime
+from proxy.runtime import RUNTIME, Runtime
 from proxy.settings import Settings, load_settings
 from proxy.watch import FileWatcher
 

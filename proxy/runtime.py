@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp import web
 
 from proxy.cookies import CookieCodec
 from proxy.identity import IdentityHeaders
@@ -39,10 +40,6 @@ class Active:
     oidc: OIDCClient | None  # None while SSO is disabled
     upstream: Upstream
     loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def sso_enabled(self) -> bool:
-        return self.oidc is not None
 
 
 @dataclass
@@ -95,9 +92,6 @@ class Runtime:
             self._retiring.discard(upstream)
             log.info("upstream pool of a previous config closed: the last request using it ended")
             self._close(upstream)
-
-    def in_use(self, upstream: Upstream) -> int:
-        return self._users.get(upstream, 0)
 
     async def build(self, settings: Settings) -> Active:
         """Everything for ``settings``, reusing what did not change (OIDC caches, upstream pool)."""
@@ -158,3 +152,6 @@ class Runtime:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self.store.close()
+
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)

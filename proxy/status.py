@@ -14,9 +14,10 @@ from aiohttp import web
 
 from proxy import breakglass
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
-from proxy.login import RUNTIME, login_url, session_for
+from proxy.login import login_url
 from proxy.policy import claim_list
-from proxy.runtime import Active, Runtime
+from proxy.runtime import RUNTIME, Active, Runtime
+from proxy.sessions import session_for
 
 PATH = "/oauth2/status"
 _MASK = "********"

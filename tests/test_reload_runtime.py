@@ -61,10 +61,10 @@ async def test_a_replaced_pool_stays_open_until_the_last_request_using_it_ends(r
     runtime.swap(await runtime.build(settings_with(tmp_path, upstream_timeout="301s")))
     assert runtime.active.upstream is not old
     await settle()
-    assert is_open(old) and runtime.in_use(old) == 2
+    assert is_open(old)
     runtime.unpin(second)
     await settle()
-    assert is_open(old) and runtime.in_use(old) == 1
+    assert is_open(old)
     runtime.unpin(first)
     await settle()
     assert not is_open(old)

@@ -9,7 +9,7 @@ import time
 import pytest
 from redis import asyncio as aioredis
 
-from proxy.cookies import CookieCodec, Ticket
+from proxy.cookies import Ticket
 from proxy.errors import StoreUnavailable
 from proxy.sessions import MemoryStore, PendingLogin, SessionManager
 from proxy.sessions.redis import RedisStore
@@ -131,41 +131,6 @@ async def test_unreachable_redis_is_a_clear_bounded_error():
     await store.close()
 
 
-def test_ticket_round_trip_and_tampering():
-    codec = CookieCodec(SETTINGS, secure=True)
-    ticket = Ticket("abc", b"k" * 32)
-    value = codec.encode_ticket(ticket)
-    assert codec.decode_ticket(value) == ticket
-    assert b"k" * 32 not in value.encode()
-    # Change a character the signature covers fully (the last base64 character of the signature may
-    # carry padding bits only, so changing it can decode to the same bytes).
-    assert codec.decode_ticket(value.replace("1.abc.", "1.abd.", 1)) is None
-    signature_start = value.rindex(".") + 1
-    flipped = "B" if value[signature_start] != "B" else "C"
-    assert codec.decode_ticket(value[:signature_start] + flipped + value[signature_start + 1 :]) is None
-    assert codec.decode_ticket("garbage") is None
-    assert codec.decode_ticket(value) == ticket  # from the cache of verified values this time
-    assert codec.session_name == "__Host-sso_sidecar"
-
-
-def test_tickets_signed_with_an_older_secret_keep_working():
-    old = CookieCodec(dataclasses.replace(SETTINGS, cookie_secrets=(Secret("o" * 40),)), secure=False)
-    value = old.encode_ticket(Ticket("abc", b"k" * 32))
-    assert CookieCodec(SETTINGS, secure=False).decode_ticket(value) == Ticket("abc", b"k" * 32)
-    retired = dataclasses.replace(SETTINGS, cookie_secrets=(Secret("n" * 40),))
-    assert CookieCodec(retired, secure=False).decode_ticket(value) is None
-
-
-def test_a_login_cookie_cannot_stand_in_for_a_session_ticket():
-    codec = CookieCodec(SETTINGS, secure=False)
-    from aiohttp import web
-
-    response = web.Response()
-    codec.set_login(response, "1.abc." + "a" * 43, {})
-    value = next(iter(response.cookies.values())).value
-    assert codec.decode_ticket(value) is None
-
-
 # --------------------------------------------------------------------------------------------------
 # The in-process cache and its invalidation across workers and replicas
 
@@ -229,67 +194,3 @@ async def test_cached_copies_hold_no_tokens_and_the_store_still_has_them(twin_ma
     assert cached.refresh_due(time.time() + 10**6), "a cached copy still knows a refresh token exists"
     full = await a.load(session.ticket, issuer="https://idp", client_id="c", use_cache=False)
     assert full is not None and (full.access_token, full.refresh_token) == (TOKEN, "rt-value")
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [],
-        ["other=1"],
-        ["sso=abc.def-_1"],
-        ["a=1; sso=abc.def; b=2"],
-        ["a=1;sso=abc.def;b=2"],
-        ["sso_login_x=1; sso=abc"],
-        ["xsso=evil; sso=good"],
-        ["sso=first; sso=second"],
-        ['sso="quoted value"'],
-        ["sso=with\\\\backslash"],
-        ["sso="],
-        ["a=1", "sso=in-the-second-header"],
-        ["sso=one", "sso=two"],
-        ["sso = spaced"],
-        ["notsso=1"],
-    ],
-)
-def test_cookie_value_agrees_with_aiohttps_parser(headers):
-    from aiohttp.test_utils import make_mocked_request
-    from multidict import CIMultiDict
-
-    from proxy.cookies import cookie_value
-
-    request = make_mocked_request("GET", "/", headers=CIMultiDict([("Cookie", h) for h in headers]))
-    assert cookie_value(request, "sso") == request.cookies.get("sso")
-
-
-def test_cached_copies_keep_every_claim_but_the_token_only_ones_in_less_memory():
-    import json
-    import sys
-
-    from proxy.sessions import CompactClaims, Session
-
-    def session(user: str) -> Session:
-        claims = json.loads(
-            json.dumps(
-                {"sub": user, "email": f"{user}@example.com", "groups": ["a", "b"], "iss": "https://idp.example",
-                 "aud": "console", "exp": 1, "nonce": "n-" + user, "at_hash": "h", "c_hash": "c", "s_hash": "s"}
-            )
-        )  # fmt: skip
-        return Session(
-            id=user, key=b"k" * 32, claims=claims, id_token="id", access_token="at", refresh_token="rt",
-            access_expires_at=None, created_at=0.0, issuer="https://idp.example", client_id="console",
-        )  # fmt: skip
-
-    one, two = session("alice").without_tokens(), session("bob").without_tokens()
-    expected = {k: v for k, v in session("alice").claims.items() if k not in ("nonce", "at_hash", "c_hash", "s_hash")}
-    assert isinstance(one.claims, CompactClaims)
-    assert dict(one.claims) == expected and one.claims == expected
-    assert one.claims.get("groups") == ["a", "b"] and one.claims.get("missing", "d") == "d"
-    assert "email" in one.claims and "nonce" not in one.claims and len(one.claims) == len(expected)
-    with pytest.raises(KeyError):
-        one.claims["nonce"]
-    assert one.subject == "alice" and one.id_token == "" and one.tokens_elided
-    # What every session shares is stored once.
-    assert one.claims["iss"] is two.claims["iss"] and one.issuer is two.issuer
-    assert one.claims._index is two.claims._index  # type: ignore[attr-defined]
-    assert sys.getsizeof(one.claims) + sys.getsizeof(one.claims._values) <= sys.getsizeof(expected) / 2  # type: ignore[attr-defined]
-    assert json.loads(json.dumps(one.to_record()["c"])) == expected

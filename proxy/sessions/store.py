@@ -10,6 +10,9 @@ import builtins
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from proxy.sessions.memory import MemoryStore
+from proxy.settings import SessionSettings
+
 
 class SessionStore(Protocol):
     """Implementations raise ``proxy.errors.StoreUnavailable`` when the backend cannot be reached."""
@@ -47,3 +50,12 @@ class SessionStore(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def open_store(settings: SessionSettings) -> SessionStore:
+    """The store the settings name: Redis, or this process's memory."""
+    if settings.store == "redis":
+        from proxy.sessions.redis import RedisStore
+
+        return RedisStore(settings.redis)  # redis_url is only for display: its password is masked
+    return MemoryStore()

@@ -1,0 +1,275 @@
+"""The session manager: creates, loads and ends sessions, and stores and takes pending logins.
+
+What it stores is sealed (``proxy.sessions.model``) under a key layout of its own: sessions by id,
+pending logins by state (taken exactly once), refresh locks, back-channel logout indexes and replay
+guards. A cache of recently used sessions, without their tokens, spares the store a round trip per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from proxy.cookies import Ticket
+from proxy.errors import StoreUnavailable
+from proxy.sessions.model import PendingLogin, Session, dumps, seal, unseal
+from proxy.sessions.store import SessionStore
+from proxy.settings import SessionSettings
+
+log = logging.getLogger("sso_sidecar.sessions")
+
+_SESSION = "s:"
+_LOGIN = "l:"
+_REFRESH_LOCK = "r:"
+_INDEX = "i:"
+_LOGOUT_JTI = "j:"
+# Pending logins carry no tokens, but the PKCE verifier and nonce must not be readable from a store dump.
+_LOGIN_AAD = b"pending-login"
+_INVALIDATE = "sso:invalidate"
+_CACHE_MAX = 50_000
+
+
+def _digest(*parts: str) -> str:
+    # Index keys hold no identifier in clear: a store dump does not list who is signed in.
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:40]
+
+
+def _index_key(issuer: str, kind: str, value: str) -> str:
+    return f"{_INDEX}{kind}:{_digest(issuer, value)}"
+
+
+def _index_keys(issuer: str, sub: str, sid: str | None) -> list[str]:
+    keys = [_index_key(issuer, "sub", sub)]
+    if sid:
+        keys.append(_index_key(issuer, "sid", sid))
+    return keys
+
+
+class SessionManager:
+    """Creates, loads and ends sessions; stores and takes pending logins.
+
+    With ``cache_ttl`` > 0 it keeps recently used sessions decoded in memory for that long, so a busy
+    session costs no store round trip per request. Every change to a session (sign-out, back-channel
+    logout, refresh) is published on the store, and every worker and replica drops its copy at once; the
+    cache is used only while that subscription is live.
+    """
+
+    def __init__(self, store: SessionStore, settings: SessionSettings) -> None:
+        self.store = store
+        self._cache: dict[str, Session] = {}  # id -> a copy without tokens
+        self._cache_live = False
+        self._next_sweep = 0.0
+        self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.configure(settings)
+
+    async def start(self) -> None:
+        if self.settings.cache_ttl > 0 and self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        task, self._listener = self._listener, None
+        if task is None:
+            return
+        self._stopping = True
+        # redis-py can turn a cancellation into a connection error (which the listener survives by
+        # design), so ask again until the task is gone: shutdown must never hang here.
+        for _ in range(40):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return
+        log.error("session invalidation listener did not stop")
+
+    async def _listen(self) -> None:
+        while not self._stopping:
+            try:
+                async for message in self.store.subscribe(_INVALIDATE):
+                    if not message:
+                        self._cache_live = True
+                    else:
+                        self._cache.pop(message.decode(), None)
+            except StoreUnavailable:
+                pass
+            except Exception:  # keep listening whatever happens; never serve a cache we cannot invalidate
+                log.exception("session invalidation listener failed")
+            self._cache_live = False
+            self._cache.clear()
+            if self._stopping:
+                return
+            await asyncio.sleep(1.0)
+
+    async def _forget(self, session_id: str) -> None:
+        self._cache.pop(session_id, None)
+        if self._listener is not None:
+            await self.store.publish(_INVALIDATE, session_id.encode())
+
+    def configure(self, settings: SessionSettings) -> None:
+        """Apply reloaded timeouts and secrets; the store itself cannot change without a restart."""
+        self.settings = settings
+        # Derived from the cookie secrets (newest first) so every replica can open a pending login
+        # another one stored, also while a secret rotation rolls out.
+        self._login_keys = [
+            hmac.new(s.reveal().encode(), b"sso-sidecar/pending-login-key/v1", hashlib.sha256).digest()
+            for s in settings.cookie_secrets
+        ] or [secrets.token_bytes(32)]
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        claims: dict[str, Any],
+        id_token: str,
+        access_token: str,
+        refresh_token: str | None,
+        access_expires_at: float | None,
+        issuer: str,
+        client_id: str,
+    ) -> Session:
+        session = Session(
+            id=secrets.token_urlsafe(16),
+            key=secrets.token_bytes(32),
+            claims=claims,
+            id_token=id_token,
+            access_token=access_token,
+            refresh_token=refresh_token,
+            access_expires_at=access_expires_at,
+            created_at=time.time(),
+            issuer=issuer,
+            client_id=client_id,
+        )
+        session.refreshed_at = session.created_at
+        await self.save(session)
+        # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
+        for key in _index_keys(issuer, session.subject, session.provider_session):
+            await self.store.index_add(key, session.id, self.settings.lifetime)
+        return session
+
+    async def save(self, session: Session) -> None:
+        ttl = min(self.settings.idle_timeout, self._remaining(session))
+        if ttl <= 0:
+            return
+        sealed = seal(session.key, dumps(session.to_record()), session.id.encode())
+        await self.store.set(_SESSION + session.id, sealed, ttl)
+
+    async def load(self, ticket: Ticket, *, issuer: str, client_id: str, use_cache: bool = True) -> Session | None:
+        """The live session for a ticket, or None (unknown, expired, or from another provider/client).
+
+        Reading it also restarts its idle timer. From the cache it comes without tokens
+        (``tokens_elided``); ``use_cache=False`` reads the complete session from the store.
+        """
+        if self._cache_live and use_cache:
+            cached = self._cache.get(ticket.session_id)
+            if cached is not None:
+                return await self._from_cache(ticket, cached, issuer=issuer, client_id=client_id)
+        sealed = await self.store.get(_SESSION + ticket.session_id, touch=self.settings.idle_timeout)
+        if sealed is None:
+            return None
+        plaintext = unseal(ticket.key, sealed, ticket.session_id.encode())
+        if plaintext is None:
+            return None
+        session = Session.from_record(ticket, json.loads(plaintext))
+        if self._remaining(session) <= 0:
+            await self.store.delete(_SESSION + session.id)
+            return None
+        if (session.issuer, session.client_id) != (issuer, client_id):
+            # Sessions are only trusted under the provider and client that created them.
+            return None
+        if self._cache_live:
+            self._remember(session)
+        return session
+
+    def _remember(self, session: Session) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep or len(self._cache) >= _CACHE_MAX:
+            # Expired copies go, so the cache holds only sessions used within the last cache_ttl.
+            self._cache = {k: v for k, v in self._cache.items() if v.cached_until > now}
+            self._next_sweep = now + self.settings.cache_ttl
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.pop(next(iter(self._cache)))
+        copy = session.without_tokens()
+        copy.cached_until = now + self.settings.cache_ttl
+        copy.touched_at = now
+        self._cache[session.id] = copy
+
+    async def _from_cache(self, ticket: Ticket, session: Session, *, issuer: str, client_id: str) -> Session | None:
+        now = time.monotonic()
+        expired = session.cached_until <= now
+        if expired or not hmac.compare_digest(session.key, ticket.key):
+            self._cache.pop(ticket.session_id, None)
+            return await self.load(ticket, issuer=issuer, client_id=client_id) if expired else None
+        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
+            return None
+        # The idle timer lives in the store; restart it now and then rather than on every request.
+        if now - session.touched_at > min(60.0, self.settings.idle_timeout / 4):
+            if await self.store.get(_SESSION + session.id, touch=self.settings.idle_timeout) is None:
+                self._cache.pop(session.id, None)
+                return None
+            session.touched_at = now
+        return session
+
+    async def update(self, session: Session) -> None:
+        """Save a changed session (new tokens, claims) and make every worker read it afresh."""
+        await self.save(session)
+        await self._forget(session.id)
+
+    async def delete(self, session_id: str) -> bool:
+        deleted = await self.store.delete(_SESSION + session_id)
+        await self._forget(session_id)
+        return deleted
+
+    async def end(self, session: Session) -> None:
+        """Sign-out: the session and its index entries."""
+        await self.delete(session.id)
+        for key in _index_keys(session.issuer, session.subject, session.provider_session):
+            await self.store.index_remove(key, session.id)
+
+    async def end_matching(self, issuer: str, *, sub: str | None, sid: str | None) -> int:
+        """Back-channel logout (section 2.7): with ``sid``, the sessions of that provider session; with
+        only ``sub``, every session of that user. Returns how many were live."""
+        key = _index_key(issuer, "sid", sid) if sid else _index_key(issuer, "sub", sub or "")
+        ended = 0
+        for session_id in await self.store.index_members(key):
+            ended += await self.delete(session_id)
+        await self.store.delete(key)
+        return ended
+
+    async def first_use_of_logout_token(self, issuer: str, jti: str, ttl: float) -> bool:
+        """Replay guard for logout tokens (section 2.6 step 7): True only the first time."""
+        return await self.store.add(_LOGOUT_JTI + _digest(issuer, jti), b"1", ttl)
+
+    async def lock_refresh(self, session_id: str, ttl: float) -> bytes | None:
+        """One refresh at a time per session across every worker and replica: providers that rotate
+        refresh tokens end the grant when the same refresh token is used twice."""
+        token = secrets.token_bytes(16)
+        return token if await self.store.add(_REFRESH_LOCK + session_id, token, ttl) else None
+
+    async def unlock_refresh(self, session_id: str, token: bytes) -> None:
+        await self.store.delete_if(_REFRESH_LOCK + session_id, token)
+
+    def _remaining(self, session: Session) -> float:
+        return session.created_at + self.settings.lifetime - time.time()
+
+    # -- pending logins -------------------------------------------------------------------------------
+
+    async def save_login(self, state: str, login: PendingLogin) -> None:
+        sealed = seal(self._login_keys[0], dumps(login.to_record()), _LOGIN_AAD + state.encode())
+        await self.store.set(_LOGIN + state, sealed, self.settings.login_timeout)
+
+    async def take_login(self, state: str) -> PendingLogin | None:
+        """The pending login for ``state``, removed so that it can never be used again."""
+        sealed = await self.store.take(_LOGIN + state)
+        if sealed is None:
+            return None
+        aad = _LOGIN_AAD + state.encode()
+        plaintext = next((p for key in self._login_keys if (p := unseal(key, sealed, aad)) is not None), None)
+        if plaintext is None:
+            return None
+        return PendingLogin.from_record(json.loads(plaintext))

@@ -1,0 +1,76 @@
+"""The session records (``proxy.sessions.model``): what is stored, how it is sealed, the cached copies."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from proxy.sessions import CompactClaims, PendingLogin, Session
+from proxy.sessions.model import seal, unseal
+
+
+def test_cached_copies_keep_every_claim_but_the_token_only_ones_in_less_memory():
+    def session(user: str) -> Session:
+        claims = json.loads(
+            json.dumps(
+                {"sub": user, "email": f"{user}@example.com", "groups": ["a", "b"], "iss": "https://idp.example",
+                 "aud": "console", "exp": 1, "nonce": "n-" + user, "at_hash": "h", "c_hash": "c", "s_hash": "s"}
+            )
+        )  # fmt: skip
+        return Session(
+            id=user, key=b"k" * 32, claims=claims, id_token="id", access_token="at", refresh_token="rt",
+            access_expires_at=None, created_at=0.0, issuer="https://idp.example", client_id="console",
+        )  # fmt: skip
+
+    one, two = session("alice").without_tokens(), session("bob").without_tokens()
+    expected = {k: v for k, v in session("alice").claims.items() if k not in ("nonce", "at_hash", "c_hash", "s_hash")}
+    assert isinstance(one.claims, CompactClaims)
+    assert dict(one.claims) == expected and one.claims == expected
+    assert one.claims.get("groups") == ["a", "b"] and one.claims.get("missing", "d") == "d"
+    assert "email" in one.claims and "nonce" not in one.claims and len(one.claims) == len(expected)
+    with pytest.raises(KeyError):
+        one.claims["nonce"]
+    assert one.subject == "alice" and one.id_token == "" and one.tokens_elided
+    # What every session shares is stored once.
+    assert one.claims["iss"] is two.claims["iss"] and one.issuer is two.issuer
+    assert one.claims._index is two.claims._index  # type: ignore[attr-defined]
+    assert sys.getsizeof(one.claims) + sys.getsizeof(one.claims._values) <= sys.getsizeof(expected) / 2  # type: ignore[attr-defined]
+    assert json.loads(json.dumps(one.to_record()["c"])) == expected
+
+
+def stored_session() -> Session:
+    return Session(
+        id="sid", key=b"k" * 32, claims={"sub": "alice", "groups": ["a"]}, id_token="id", access_token="at",
+        refresh_token="rt", access_expires_at=1_700_000_300.0, created_at=1_700_000_000.0,
+        issuer="https://idp.example", client_id="console", refreshed_at=1_700_000_100.0,
+    )  # fmt: skip
+
+
+def test_a_session_record_round_trips_through_json():
+    session = stored_session()
+    record = json.loads(json.dumps(session.to_record()))
+    assert Session.from_record(session.ticket, record) == session
+
+
+def test_a_record_stored_by_an_earlier_version_still_loads():
+    """Records written before ``extra`` was dropped carry an ``"x"`` entry; sessions in Redis outlive an upgrade."""
+    session = stored_session()
+    record = {**session.to_record(), "x": {}}
+    assert Session.from_record(session.ticket, record) == session
+
+
+def test_a_pending_login_record_round_trips_through_json():
+    login = PendingLogin("nonce", "verifier", "/back?x=1", "https://idp.example", "console", 1_700_000_000.0)
+    assert PendingLogin.from_record(json.loads(json.dumps(login.to_record()))) == login
+
+
+def test_sealed_records_open_only_with_their_key_and_context():
+    sealed = seal(b"k" * 32, b"plaintext", b"context")
+    assert b"plaintext" not in sealed
+    assert unseal(b"k" * 32, sealed, b"context") == b"plaintext"
+    assert unseal(b"x" * 32, sealed, b"context") is None
+    assert unseal(b"k" * 32, sealed, b"another") is None
+    assert unseal(b"k" * 32, sealed[:-1] + bytes([sealed[-1] ^ 1]), b"context") is None
+    assert unseal(b"k" * 32, b"short", b"context") is None

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field, fields
 
 from aiohttp import web
 
+from proxy.configfile import load_settings
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
 from proxy.login import RUNTIME
 from proxy.oidc import OIDCClient, ProviderMetadata
 from proxy.runtime import Runtime
-from proxy.settings import Settings, load_settings
+from proxy.settings import Settings
 from proxy.watch import FileWatcher
 
 log = logging.getLogger("sso_sidecar.reload")

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from proxy.configfile import parse_settings
+from proxy.configreader import parse_duration
 from proxy.errors import ConfigError
-from proxy.settings import DEFAULT_HEADERS, DEFAULT_SCOPES, parse_duration, parse_settings
+from proxy.settings import DEFAULT_HEADERS, DEFAULT_SCOPES
 
 SECRET = "s" * 40
 ENV = {"COOKIE_SECRET": SECRET, "OIDC_SECRET": "client-secret-value"}

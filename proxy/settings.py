@@ -185,11 +185,6 @@ class SkipRule:
     pattern: re.Pattern[str]
     source: str
 
-    def matches(self, method: str, path: str) -> bool:
-        if self.methods is not None and method not in self.methods:
-            return False
-        return self.pattern.search(path) is not None
-
 
 @dataclass(frozen=True)
 class Settings:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 from yarl import URL
@@ -24,45 +25,22 @@ from proxy.settings import Settings
 
 def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
     """Read, expand and validate the config at ``path``; raise ``ConfigError`` with every problem."""
-    env = os.environ if environ is None else environ
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror or exc}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([ConfigProblem("(file)", f"{path} is not UTF-8 text")]) from None
-    return parse_settings(text, env, source=str(path))
+    return parse_settings(_read(path), os.environ if environ is None else environ, source=str(path))
 
 
 def load_public_url(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> URL:
-    """Only what ``redirect-uri`` needs: works before any secret exists."""
-    env = os.environ if environ is None else environ
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem("(file)", f"not valid YAML: {_yaml_where(exc)}")]) from None
-    reader = ConfigReader(env)
-    if not isinstance(raw, dict):
-        raise ConfigError([ConfigProblem("(file)", "must be a YAML mapping")])
-    url = reader.url(raw, "public_url", "public_url", required=True)
-    if reader.problems:
+    """Only what ``redirect-uri`` needs, checked as ``run`` checks it: works before any secret exists."""
+    raw = _mapping(_read(path))
+    reader = ConfigReader(os.environ if environ is None else environ)
+    url = validate.parse_public_url(reader, raw)
+    if reader.problems or url is None:
         raise ConfigError(reader.problems)
-    assert url is not None
     return url
 
 
 def parse_settings(text: str, environ: Mapping[str, str], source: str = "") -> Settings:
     """The config in ``text``; its digest covers the text and every secret, so a rotated secret is a new version."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem("(file)", f"not valid YAML: {_yaml_where(exc)}")]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([ConfigProblem("(file)", "must be a YAML mapping of keys to values")])
+    raw = _mapping(text)
     reader = ConfigReader(environ)
     settings = validate.settings(reader, raw)
     if reader.problems or settings is None:
@@ -74,6 +52,28 @@ def parse_settings(text: str, environ: Mapping[str, str], source: str = "") -> S
         digest=hashlib.sha256(digest_input).hexdigest()[:16],
         secret_files=tuple(reader.secret_files),
     )
+
+
+def _read(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem("(file)", f"{path} is not UTF-8 text")]) from None
+
+
+def _mapping(text: str) -> dict[str, Any]:
+    """The YAML document; an empty one is an empty mapping, so each required key is named."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem("(file)", f"not valid YAML: {_yaml_where(exc)}")]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem("(file)", "must be a YAML mapping of keys to values")])
+    return raw
 
 
 def _yaml_where(exc: yaml.YAMLError) -> str:

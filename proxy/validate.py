@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from yarl import URL
+
 from proxy import validate_session, validate_sso
 from proxy.configreader import ConfigReader, positive_int
 from proxy.settings import (
@@ -43,9 +45,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
-    public_url = r.url(raw, "public_url", "public_url", required=True)
-    if public_url is not None and public_url.path not in ("", "/"):
-        r.problem("public_url", "must not have a path: the sidecar serves the whole host")
+    public_url = parse_public_url(r, raw)
     upstream = r.url(raw, "upstream", "upstream", required=True)
     metrics_listen = r.host_port(raw, "metrics_listen", "metrics_listen")
     workers = r.get(raw, "workers", "workers", positive_int, 1)
@@ -71,7 +71,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
     return Settings(
         listen_host=listen[0],
         listen_port=listen[1],
-        public_url=public_url.with_path("/"),
+        public_url=public_url,
         upstream=upstream,
         sso=sso,
         session=session,
@@ -89,6 +89,14 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         break_glass=break_glass,
         status=status,
     )
+
+
+def parse_public_url(r: ConfigReader, raw: Mapping[str, Any]) -> URL | None:
+    """How browsers reach the sidecar: the root of a host, as the sidecar serves all of it."""
+    url = r.url(raw, "public_url", "public_url", required=True)
+    if url is not None and url.path not in ("", "/"):
+        r.problem("public_url", "must not have a path: the sidecar serves the whole host")
+    return None if url is None else url.with_path("/")
 
 
 def parse_redirect_hosts(r: ConfigReader, raw: Mapping[str, Any]) -> tuple[str, ...]:

@@ -129,7 +129,6 @@ class SessionSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"  # the effective target (``redis.url``), password masked
     redis: RedisSettings = field(default_factory=RedisSettings)
     cookie_secrets: tuple[Secret, ...] = ()
-    cookie_secret_file: str | None = None
     cookie_name: str = "sso_sidecar"
     lifetime: float = 8 * 3600.0
     idle_timeout: float = 3600.0
@@ -165,7 +164,6 @@ class BreakGlassSettings:
     """Lock-out protection: a secret token that lets an operator past SSO. Off while ``token`` is None."""
 
     token: Secret | None = None
-    token_file: str | None = None
     ttl: float = 900.0
     user: str = "break-glass"
 

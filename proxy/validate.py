@@ -159,7 +159,7 @@ def parse_break_glass(r: ConfigReader, raw: Mapping[str, Any]) -> BreakGlassSett
     if not 0 < ttl <= 86400:
         r.problem("break_glass.ttl", "must be positive and at most 1d")
     user = r.string(s, "user", "break_glass.user") or "break-glass"
-    return BreakGlassSettings(token=token, token_file=token_file, ttl=ttl, user=user)
+    return BreakGlassSettings(token=token, ttl=ttl, user=user)
 
 
 def parse_status(r: ConfigReader, raw: Mapping[str, Any]) -> StatusSettings:

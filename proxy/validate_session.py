@@ -43,7 +43,6 @@ def parse_session(r: ConfigReader, raw: Mapping[str, Any]) -> SessionSettings:
         redis_url=redis.url if store == "redis" else redact_redis_url(redis_url),
         redis=redis,
         cookie_secrets=secrets,
-        cookie_secret_file=r.string(s, "cookie_secret_file", "session.cookie_secret_file") or None,
         cookie_name=cookie_name,
         lifetime=lifetime,
         idle_timeout=idle,

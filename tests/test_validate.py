@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from proxy.errors import ConfigError
 from proxy.gate import skips_auth
 from proxy.paths import normalise
 from proxy.settings import DEFAULT_HEADERS, DEFAULT_SCOPES, SkipRule
@@ -106,3 +109,10 @@ def test_skip_auth_rules_parse_methods_and_get_implies_head():
     assert not skips(static, "POST", "/static/a.css")
     assert skips(health, "DELETE", "/api/health") and not skips(health, "GET", "/api/healthz")
     assert skips(hook, "PUT", "/hook") and not skips(hook, "GET", "/hook")
+
+
+def test_a_bad_key_is_listed_once():
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL.replace('cookie_secret: "${COOKIE_SECRET}"', "cookie_secret_file: [a, b]"))
+    listed = [str(p) for p in info.value.problems]
+    assert listed.count("session.cookie_secret_file: must be a string") == 1, listed

@@ -13,8 +13,9 @@ import aiohttp
 from aiohttp import web
 
 from proxy import __version__, logs
+from proxy.configfile import load_public_url, load_settings
 from proxy.errors import ConfigError
-from proxy.settings import Settings, load_public_url, load_settings
+from proxy.settings import Settings
 
 log = logging.getLogger("sso_sidecar")
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field, fields
 
 from aiohttp import web
 
+from proxy.configfile import load_settings
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
 from proxy.oidc import OIDCClient, ProviderMetadata
 from proxy.runtime import RUNTIME, Runtime
-from proxy.settings import Settings, load_settings
+from proxy.settings import Settings
 from proxy.watch import FileWatcher
 
 log = logging.getLogger("sso_sidecar.reload")

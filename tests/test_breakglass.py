@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from proxy.breakglass import WINDOW, FailureLimiter
+from proxy.configfile import parse_settings
 from proxy.errors import ConfigError
-from proxy.settings import parse_settings
 from support.idp import login
 from support.procs import LOOPBACK, free_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.settings import parse_settings
+from proxy.configfile import parse_settings
 from support import REPO
 
 

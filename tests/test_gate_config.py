@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
+from proxy.configfile import parse_settings
 from proxy.errors import ConfigError
-from proxy.settings import ExtraIssuer, parse_settings
+from proxy.settings import ExtraIssuer
 from support import REPO
 
 ENV = {"COOKIE_SECRET": "s" * 40, "OIDC_SECRET": "client-secret-value"}

@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.configfile import load_settings
 from proxy.reload import changed_keys, reload_config
 from proxy.runtime import Runtime
 from proxy.sessions import MemoryStore
-from proxy.settings import Settings, load_settings
+from proxy.settings import Settings
 from proxy.upstream import Upstream
 
 BASE = {

@@ -29,8 +29,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
 from proxy.errors import StoreUnavailable
+from proxy.redis_url import parse_redis_url
 from proxy.sessions.fastget import Fallback, FastGet
-from proxy.settings import RedisSettings, parse_redis_url
+from proxy.settings import RedisSettings
 
 log = logging.getLogger("sso_sidecar.sessions")
 _T = TypeVar("_T")

@@ -1,0 +1,118 @@
+"""Each section's checks: defaults, every problem at once with its key, and the rules each key must follow."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import ConfigError
+from proxy.gate import skips_auth
+from proxy.paths import normalise
+from proxy.settings import DEFAULT_HEADERS, DEFAULT_SCOPES, SkipRule
+from support.config_text import MINIMAL, parse, problems
+
+
+def test_minimal_config_gets_the_documented_defaults():
+    s = parse(MINIMAL)
+    assert (s.listen_host, s.listen_port) == ("0.0.0.0", 4180)
+    assert s.redirect_uri == "https://console.example.com/oauth2/callback"
+    assert s.post_logout_redirect_uri == "https://console.example.com/oauth2/signed_out"
+    assert s.backchannel_logout_uri == "https://console.example.com/oauth2/backchannel-logout"
+    assert s.sso.enabled is True
+    assert s.sso.scopes == DEFAULT_SCOPES
+    assert s.headers == DEFAULT_HEADERS
+    assert s.session.store == "memory"
+    assert s.session.lifetime == 8 * 3600 and s.session.idle_timeout == 3600
+    assert s.secure_cookies is True
+    assert s.sso.client_secret is not None and s.sso.client_secret.reveal() == "client-secret-value"
+
+
+def test_every_problem_is_reported_at_once_with_its_key():
+    found = problems(
+        """
+        public_url: "not a url"
+        upstream: "ftp://x"
+        listen: "nope"
+        colour: blue
+        sso:
+          issuer_url: "http://idp.example.com"
+          client_id: ""
+          client_secret: "${MISSING_VAR}"
+          scopes: ["profile"]
+          extra: 1
+        session:
+          store: "disk"
+          cookie_secret: "short"
+          lifetime: "forever"
+        skip_auth: ["GET ^/static/(", "^/ok$"]
+        """,
+    )
+    assert "listen" in found and "host:port" in found["listen"]
+    assert "public_url" in found
+    assert "upstream" in found and "http" in found["upstream"]
+    assert found["colour"].startswith("unknown key")
+    assert "http://" in found["sso.issuer_url"]
+    assert found["sso.client_id"] == "is required"
+    assert "MISSING_VAR" in found["sso.client_secret"]
+    assert "openid" in found["sso.scopes"]
+    assert found["sso.extra"].startswith("unknown key")
+    assert "memory" in found["session.store"]
+    assert "32 characters" in found["session.cookie_secret"]
+    assert "duration" in found["session.lifetime"]
+    assert "regex" in found["skip_auth[0]"]
+    assert "skip_auth[1]" not in found
+
+
+def test_http_issuer_is_allowed_only_on_loopback():
+    for host in ("127.0.0.1:9000", "localhost:9000", "[::1]:9000"):
+        s = parse(MINIMAL.replace("https://idp.example.com/realms/main", f"http://{host}"))
+        assert s.sso.issuer_url == f"http://{host}"
+    assert "sso.issuer_url" in problems(MINIMAL.replace("https://idp.example.com", "http://10.0.0.1"))
+
+
+def test_missing_required_keys_are_named():
+    found = problems("sso: {enabled: true}\n")
+    for key in ("public_url", "upstream", "sso.issuer_url", "sso.client_id", "sso.client_secret",
+                "session.cookie_secret"):  # fmt: skip
+        assert key in found, key
+
+
+def test_disabled_sso_needs_no_provider_settings():
+    s = parse(
+        """
+        public_url: "http://127.0.0.1:4180"
+        upstream: "http://127.0.0.1:8888"
+        sso: {enabled: false}
+        session: {cookie_secret: "${COOKIE_SECRET}"}
+        """
+    )
+    assert s.sso.enabled is False
+    assert s.secure_cookies is False
+
+
+def test_header_map_replaces_the_default_and_rejects_duplicates_and_bad_names():
+    s = parse(MINIMAL + "headers:\n  X-User: sub\n  X-Roles: cognito:groups\n")
+    assert s.headers == (("X-User", "sub"), ("X-Roles", "cognito:groups"))
+    found = problems(MINIMAL + "headers:\n  X-User: sub\n  x_user: email\n  'Bad Header': name\n  Cookie: sub\n")
+    assert "twice" in found["headers.x_user"]
+    assert "header name" in found["headers.Bad Header"]
+    assert "cannot be used" in found["headers.Cookie"]
+
+
+def test_skip_auth_rules_parse_methods_and_get_implies_head():
+    s = parse(MINIMAL + 'skip_auth: ["GET ^/static/", "^/api/health$", "POST,PUT ^/hook"]\n')
+    static, health, hook = s.skip_auth
+
+    def skips(rule: SkipRule, method: str, path: str) -> bool:
+        return skips_auth([rule], method, normalise(path))
+
+    assert skips(static, "GET", "/static/a.css") and skips(static, "HEAD", "/static/a.css")
+    assert not skips(static, "POST", "/static/a.css")
+    assert skips(health, "DELETE", "/api/health") and not skips(health, "GET", "/api/healthz")
+    assert skips(hook, "PUT", "/hook") and not skips(hook, "GET", "/hook")
+
+
+def test_a_bad_key_is_listed_once():
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL.replace('cookie_secret: "${COOKIE_SECRET}"', "cookie_secret_file: [a, b]"))
+    listed = [str(p) for p in info.value.problems]
+    assert listed.count("session.cookie_secret_file: must be a string") == 1, listed

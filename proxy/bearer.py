@@ -10,8 +10,6 @@ hash of the token, never the token itself.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
@@ -23,6 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from proxy.b64 import b64url_decode
 from proxy.errors import InvalidToken, ProviderError, TokenValidationError
 from proxy.oidc import OIDCClient
 from proxy.settings import SSOSettings
@@ -121,8 +120,8 @@ def _unverified_issuer(token: str) -> str | None:
     if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
+        payload = json.loads(b64url_decode(parts[1]))
+    except ValueError:
         return None
     if not isinstance(payload, Mapping):
         return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -36,6 +35,7 @@ from joserfc.errors import BadSignatureError, JoseError, SecurityWarning
 from joserfc.jwk import JWKRegistry, Key
 from yarl import URL
 
+from proxy.b64 import b64url_decode, b64url_encode
 from proxy.errors import LoginError, ProviderError, TokenValidationError
 from proxy.settings import SUPPORTED_ID_TOKEN_ALGS, SSOSettings, is_loopback_host
 
@@ -93,21 +93,13 @@ def random_token(nbytes: int = 32) -> str:
 def pkce_challenge(code_verifier: str) -> str:
     """RFC 7636 4.2: BASE64URL(SHA256(ASCII(code_verifier))) without padding."""
     digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return _b64url(digest)
+    return b64url_encode(digest)
 
 
 def new_pkce() -> tuple[str, str]:
     """A fresh ``(code_verifier, code_challenge)`` pair; the challenge method is always S256."""
     verifier = random_token(32)  # 43 characters, the RFC 7636 minimum, from 256 bits of entropy
     return verifier, pkce_challenge(verifier)
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _printable_alg(alg: object) -> str:
@@ -751,8 +743,8 @@ class OIDCClient:
         if len(parts) != 3:
             raise TokenValidationError(f"{what} is malformed")
         try:
-            header = json.loads(_b64url_decode(parts[0]))
-        except (ValueError, binascii.Error):
+            header = json.loads(b64url_decode(parts[0]))
+        except ValueError:  # binascii.Error and JSONDecodeError both are ValueErrors
             header = None
         if not isinstance(header, dict):
             raise TokenValidationError(f"{what} header is malformed")
@@ -982,7 +974,7 @@ def _token_hash(token: str, alg: str, crv: object) -> str:
         digest = hashlib.shake_256(data).digest(114) if crv == "Ed448" else hashlib.sha512(data).digest()
     else:
         digest = hashlib.new("sha" + alg[-3:], data).digest()
-    return _b64url(digest[: len(digest) // 2])
+    return b64url_encode(digest[: len(digest) // 2])
 
 
 def _token_set(body: Mapping[str, Any], *, require_id_token: bool) -> TokenSet:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from proxy.errors import ProviderError, TokenValidationError
 from proxy.login import RUNTIME
-from proxy.oidc import LOGOUT_TOKEN_MAX_AGE
+from proxy.tokens import LOGOUT_TOKEN_MAX_AGE
 
 log = logging.getLogger("sso_sidecar.backchannel")
 _HEADERS = {"Cache-Control": "no-store"}

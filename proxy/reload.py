@@ -24,9 +24,10 @@ from dataclasses import dataclass, field, fields
 
 from aiohttp import web
 
+from proxy.discovery import ProviderMetadata
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
 from proxy.login import RUNTIME
-from proxy.oidc import OIDCClient, ProviderMetadata
+from proxy.oidc import OIDCClient
 from proxy.runtime import Runtime
 from proxy.settings import Settings, load_settings
 from proxy.watch import FileWatcher
@@ -64,7 +65,7 @@ async def verify_provider(client: OIDCClient) -> ProviderCheck:
         return result
     try:
         # The client's own fetch (size limits, key filtering) also warms the cache the swap inherits.
-        keys = await client._jwks(result.metadata)
+        keys = await client.jwks.keys()
     except SidecarError as exc:
         result.problems.append(ConfigProblem("sso.issuer_url", exc.message))
     else:

@@ -20,6 +20,7 @@ import pytest
 from proxy import bearer
 from proxy.bearer import BearerVerifier
 from proxy.errors import InvalidToken
+from proxy.jwks import Verified
 from proxy.oidc import OIDCClient
 from proxy.settings import SSOSettings
 from support.badop import BadOP, running_badop
@@ -194,17 +195,18 @@ async def test_spoofed_identity_headers_next_to_a_token_are_replaced(http, main_
 
 @pytest.fixture
 async def verifier(main_op: BadOP) -> AsyncIterator[tuple[BearerVerifier, list[str]]]:
+    """A verifier for ``main_op``'s tokens, and the list of tokens whose signature it checked."""
     main_op.reset()
     async with aiohttp.ClientSession() as session:
         client = OIDCClient(SSOSettings(issuer_url=main_op.issuer, client_id=main_op.client_id), "", session)
         checked: list[str] = []
-        validate = client.validate_access_token
+        verify = client.jwks.verify
 
-        async def counting(token: str, audiences: Any) -> dict[str, Any]:
+        async def counting(token: str, what: str) -> Verified:
             checked.append(token)
-            return await validate(token, audiences)
+            return await verify(token, what)
 
-        client.validate_access_token = counting  # type: ignore[method-assign]
+        client.jwks.verify = counting  # type: ignore[method-assign]
         yield BearerVerifier(client, session), checked
 
 

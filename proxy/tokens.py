@@ -1,8 +1,9 @@
 """What a signed token's claims must say: ID tokens, access tokens, logout tokens and signed userinfo.
 
-Pure functions over a ``jwks.Verified`` (a JWS whose signature already checked out): ``iss``, ``aud``,
-``exp``, ``iat`` and ``nbf`` with the configured clock skew, and what OpenID Connect adds (``azp``,
-``nonce``, ``at_hash``, ``sub`` and the logout-token rules). Every refusal is a ``TokenValidationError`` whose message
+Pure functions over a ``jwks.Verified`` (a JWS whose signature already checked out). The registered
+claims ``iss``, ``aud``, ``exp``, ``iat`` and ``nbf`` go through joserfc's ``JWTClaimsRegistry`` with
+the configured clock skew as leeway; what OpenID Connect adds (``azp``, ``nonce``, ``at_hash``, ``sub``
+and the logout-token rules) is checked here. Every refusal is a ``TokenValidationError`` whose message
 starts with what the token is ("ID token ...") and never contains the token.
 
 Specs: OpenID Connect Core 1.0 3.1.3.7 (ID token) and 5.3.2 (signed userinfo), RFC 9068 (JWT access
@@ -13,9 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
+
+from joserfc.errors import ClaimError, ExpiredTokenError, MissingClaimError
+from joserfc.jwt import ClaimsOption, JWTClaimsRegistry
 
 from proxy.b64 import b64url_encode
 from proxy.errors import TokenValidationError
@@ -31,6 +36,8 @@ PROTECTED_CLAIMS = frozenset(
      "at_hash", "c_hash", "jti"}
 )  # fmt: skip
 _LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
+# The claims handed to JWTClaimsRegistry, in the order a token's faults are reported.
+_REGISTERED = ("iss", "aud", "iat", "exp", "nbf")
 
 
 def check_id_token(
@@ -49,11 +56,11 @@ def check_id_token(
     header, claims = verified.header, verified.claims
     if isinstance(header.get("typ"), str) and header["typ"].lower() in _LOGOUT_TYPES:
         raise TokenValidationError("ID token is a logout token")
-    _check_iss_aud(claims, what, issuer, client_id)
+    _check_registered(claims, what, issuer=issuer, audiences=[client_id], skew=skew, now=now)
+    _check_azp(claims, what, client_id)
     sub = _check_sub(claims, what)
     if expected_sub is not None and sub != expected_sub:
         raise TokenValidationError("ID token subject (sub) differs from the signed-in user")
-    _check_times(claims, what, time.time() if now is None else now, skew, require_exp=True)
     if nonce is not None:
         got = claims.get("nonce")
         if got is None:
@@ -77,11 +84,9 @@ def check_access_token(
     typ, claims = verified.header.get("typ"), verified.claims
     if (isinstance(typ, str) and typ.lower() in _LOGOUT_TYPES) or "events" in claims:
         raise TokenValidationError(f"{what} is a logout token")
-    granted = _issuer_and_audiences(claims, what, issuer)
-    if not set(granted) & set(audiences):
-        raise TokenValidationError(f"{what} is not meant for this console (audience)")
+    _check_registered(claims, what, issuer=issuer, audiences=audiences, skew=skew, now=now,
+                      audience_error=f"{what} is not meant for this console (audience)")  # fmt: skip
     _check_sub(claims, what)
-    _check_times(claims, what, time.time() if now is None else now, skew, require_exp=True)
     return claims
 
 
@@ -95,9 +100,10 @@ def check_logout_token(
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _LOGOUT_TYPES | {"jwt"}):
         raise TokenValidationError("Logout token has the wrong type (typ)")
     now = time.time() if now is None else now
-    _check_iss_aud(claims, what, issuer, client_id)
     # Logout tokens need no exp (2.4): "too old" below bounds them instead.
-    _check_times(claims, what, now, skew, require_exp=False)
+    required = ("iss", "aud", "iat")
+    _check_registered(claims, what, issuer=issuer, audiences=[client_id], skew=skew, now=now, required=required)
+    _check_azp(claims, what, client_id)
     if claims["iat"] < now - LOGOUT_TOKEN_MAX_AGE - skew:
         raise TokenValidationError("Logout token is too old")
     events = claims.get("events")
@@ -126,7 +132,9 @@ def check_signed_userinfo(verified: Verified, *, issuer: str, client_id: str) ->
     what = "Userinfo response"
     info = verified.claims
     if "iss" in info or "aud" in info:
-        _check_iss_aud(info, what, issuer, client_id)
+        names = ("iss", "aud")
+        _check_registered(info, what, issuer=issuer, audiences=[client_id], checked=names, required=names)
+        _check_azp(info, what, client_id)
     return info
 
 
@@ -152,54 +160,75 @@ def token_hash(token: str, alg: str, crv: object) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _issuer_and_audiences(claims: Mapping[str, Any], what: str, issuer: str) -> list[str]:
-    """The token's audiences, after checking that ``issuer`` issued it."""
-    if claims.get("iss") != issuer:
-        raise TokenValidationError(f"{what} issuer does not match")
-    aud = claims.get("aud")
+def _check_registered(
+    claims: Mapping[str, Any],
+    what: str,
+    *,
+    issuer: str,
+    audiences: Collection[str],
+    skew: float = 0.0,
+    now: float | None = None,
+    checked: tuple[str, ...] = _REGISTERED,
+    required: tuple[str, ...] = ("iss", "aud", "iat", "exp"),
+    audience_error: str | None = None,
+) -> None:
+    """``iss`` is ``issuer`` and ``aud`` names one of ``audiences``; ``iat``, ``exp`` and ``nbf`` are not in
+    the future / past beyond ``skew``. Of the ``checked`` claims, the ``required`` ones must be present."""
+    options: dict[str, ClaimsOption] = {name: {"essential": name in required} for name in checked}
+    options["iss"]["value"] = issuer
+    options["aud"]["values"] = list(audiences)
+    # The registry's clock counts whole seconds (now and the skew are truncated; claims may be fractional).
+    # A null claim counts as absent, as it always did here.
+    registry = JWTClaimsRegistry(now=int(time.time() if now is None else now), leeway=int(skew), **options)
+    try:
+        registry.validate({name: claims[name] for name in checked if claims.get(name) is not None})
+    except ClaimError as exc:
+        raise TokenValidationError(_message(exc, claims, what, audience_error)) from None
+
+
+def _message(exc: ClaimError, claims: Mapping[str, Any], what: str, audience_error: str | None) -> str:
+    """Our words for the registry's refusal, judged from the claim's value, not joserfc's wording."""
+    names = exc.claim.split(",")  # MissingClaimError lists every missing essential claim
+    name = next((n for n in _REGISTERED if n in names), names[0])
+    value = claims.get(name)
+    if name == "iss":
+        return f"{what} issuer does not match"
+    if name == "aud":
+        if isinstance(exc, MissingClaimError) or not (
+            isinstance(value, str) or (isinstance(value, list) and all(isinstance(a, str) for a in value))
+        ):
+            return f"{what} audience (aud) is missing or malformed"
+        return audience_error or f"{what} audience does not include this client"
+    if isinstance(exc, MissingClaimError):
+        return {"iat": f"{what} has no issue time (iat)", "exp": f"{what} has no expiry (exp)"}.get(
+            name, f"{what} has no '{name}'"
+        )
+    if name in ("iat", "exp", "nbf") and not _is_numeric_date(value):
+        return f"{what} claim '{name}' is not a number"
+    if isinstance(exc, ExpiredTokenError) or name == "exp":
+        return f"{what} has expired"
+    if name == "iat":
+        return f"{what} was issued in the future (check the clocks)"
+    if name == "nbf":
+        return f"{what} is not valid yet (nbf)"
+    return f"{what} claim '{name}' is invalid"
+
+
+def _is_numeric_date(value: object) -> bool:
+    return not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    )
+
+
+def _check_azp(claims: Mapping[str, Any], what: str, client_id: str) -> None:
+    """Core 3.1.3.7 (3)-(5): with several audiences, the authorized party must be this client."""
+    aud = claims["aud"]
     audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-        raise TokenValidationError(f"{what} audience (aud) is missing or malformed")
-    return audiences
-
-
-def _check_iss_aud(claims: Mapping[str, Any], what: str, issuer: str, client_id: str) -> None:
-    """Core 3.1.3.7 (2)-(5): our issuer, this client among the audiences, and with several audiences
-    the authorized party must be this client."""
-    audiences = _issuer_and_audiences(claims, what, issuer)
-    if client_id not in audiences:
-        raise TokenValidationError(f"{what} audience does not include this client")
     azp = claims.get("azp")
     if len(audiences) > 1 and azp is None:
         raise TokenValidationError(f"{what} has several audiences but no authorized party (azp)")
     if azp is not None and azp != client_id:
         raise TokenValidationError(f"{what} authorized party (azp) is not this client")
-
-
-def _check_times(claims: Mapping[str, Any], what: str, now: float, skew: float, *, require_exp: bool) -> None:
-    iat = _number(claims, "iat", what)
-    if iat is None:
-        raise TokenValidationError(f"{what} has no issue time (iat)")
-    if iat > now + skew:
-        raise TokenValidationError(f"{what} was issued in the future (check the clocks)")
-    exp = _number(claims, "exp", what)
-    if exp is None:
-        if require_exp:
-            raise TokenValidationError(f"{what} has no expiry (exp)")
-    elif exp <= now - skew:
-        raise TokenValidationError(f"{what} has expired")
-    nbf = _number(claims, "nbf", what)
-    if nbf is not None and nbf > now + skew:
-        raise TokenValidationError(f"{what} is not valid yet (nbf)")
-
-
-def _number(claims: Mapping[str, Any], name: str, what: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TokenValidationError(f"{what} claim '{name}' is not a number")
-    return float(value)
 
 
 def _check_sub(claims: Mapping[str, Any], what: str) -> str:

@@ -7,6 +7,7 @@ the exact boundaries of the clock skew.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -199,7 +200,7 @@ def test_time_claims_are_judged_with_the_clock_skew_to_the_second(changes: dict[
 
 
 @pytest.mark.parametrize("name", ["exp", "iat", "nbf"])
-@pytest.mark.parametrize("value", [True, "1700000000", [NOW]])
+@pytest.mark.parametrize("value", [True, "1700000000", math.nan, math.inf, [NOW]])
 def test_a_time_claim_that_is_not_a_finite_number_is_refused(name: str, value: object) -> None:
     with pytest.raises(TokenValidationError, match=f"^ID token claim '{name}' is not a number$"):
         id_token(**{name: value})

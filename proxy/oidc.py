@@ -24,9 +24,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote_plus
 
 import aiohttp
+from yarl import URL
 
 from proxy import tokens
 from proxy.b64 import b64url_encode
@@ -128,8 +129,7 @@ class OIDCClient:
             code_challenge=code_challenge,
             code_challenge_method="S256",
         )
-        separator = "&" if "?" in md.authorization_endpoint else "?"
-        return md.authorization_endpoint + separator + urlencode(params)
+        return _with_query(md.authorization_endpoint, params)
 
     def check_authorization_response_iss(self, iss: str | None, metadata: ProviderMetadata) -> None:
         """RFC 9207: defeats mix-up attacks where a response from one provider is replayed to another."""
@@ -358,8 +358,12 @@ class OIDCClient:
             params["post_logout_redirect_uri"] = post_logout_redirect_uri
         if state:
             params["state"] = state
-        separator = "&" if "?" in metadata.end_session_endpoint else "?"
-        return metadata.end_session_endpoint + separator + urlencode(params)
+        return _with_query(metadata.end_session_endpoint, params)
+
+
+def _with_query(endpoint: str, params: Mapping[str, str]) -> str:
+    """``params`` added to a provider endpoint's URL; a query the endpoint already has stays byte for byte."""
+    return str(URL(endpoint, encoded=True).extend_query(params))
 
 
 def _token_set(body: Mapping[str, Any], *, require_id_token: bool) -> TokenSet:

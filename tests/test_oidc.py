@@ -92,6 +92,17 @@ def test_end_session_url_carries_hint_redirect_state_and_client_id(rp: OIDCClien
     assert rp.end_session_url(no_endpoint, id_token_hint="x") is None
 
 
+def test_end_session_url_without_a_query_of_its_own_starts_one(rp: OIDCClient) -> None:
+    md = ProviderMetadata.from_document({**DOC, "end_session_endpoint": "https://idp.example.com/logout"},
+                                        expected_issuer=DOC["issuer"])  # fmt: skip
+    url = rp.end_session_url(md, post_logout_redirect_uri="https://c/out?a=1&b=2")
+    assert url is not None and url.startswith("https://idp.example.com/logout?client_id=")
+    assert dict(URL(url).query) == {
+        "client_id": rp.settings.client_id,
+        "post_logout_redirect_uri": "https://c/out?a=1&b=2",
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # The authorization request
 
@@ -112,6 +123,21 @@ async def test_authorization_url_carries_pkce_nonce_state_scope_and_extra_params
         "code_challenge": "ch",
         "code_challenge_method": "S256",
     }
+
+
+async def test_authorization_url_keeps_a_query_the_endpoint_already_has(make_rp: MakeRP, op: BadOP) -> None:
+    op.set(discovery_overrides={"authorization_endpoint": op.url("/authorize?tenant=a+b&x=%2F")})
+    url = await make_rp().authorization_url(state="s&t=1", nonce="n o", code_challenge="c+h")
+    assert url.startswith(op.url("/authorize?tenant=a+b&x=%2F&"))
+    query = URL(url).query
+    assert (query["tenant"], query["x"], query["state"], query["nonce"], query["code_challenge"]) == (
+        "a b",
+        "/",
+        "s&t=1",
+        "n o",
+        "c+h",
+    )
+    assert query["redirect_uri"] == REDIRECT_URI
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,14 +27,13 @@ from aiohttp import web
 from proxy.b64 import b64url_decode
 from proxy.discovery import Discovery
 from proxy.errors import InvalidToken, ProviderError, TokenValidationError
-from proxy.jwks import JWKS
+from proxy.jwks import JWKS, MAX_TOKEN_CHARS
 from proxy.oidc import OIDCClient
 from proxy.provider_http import ProviderHTTP
 from proxy.tokens import check_access_token
 
 CACHE_SIZE = 4096
 MAX_CACHE_AGE = 600.0
-_MAX_TOKEN_CHARS = 16 * 1024
 
 
 def bearer_token(request: web.BaseRequest) -> str | None:
@@ -77,7 +76,7 @@ class BearerVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; ``InvalidToken`` (401, ``invalid_token``) when it must not be trusted."""
-        if not token or len(token) > _MAX_TOKEN_CHARS:
+        if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("The bearer token is missing or too long.")
         key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         now = time.time()

@@ -35,6 +35,8 @@ JWKS_MAX_AGE = 3600.0
 # An unknown `kid` may mean the provider rotated keys, so the JWKS is refetched at once; but a stream of
 # made-up kids must not turn the sidecar into a JWKS-fetching amplifier, hence one forced refetch per 30s.
 JWKS_FORCED_REFETCH_INTERVAL = 30.0
+# The one size cap for any JWT the sidecar reads (ID, access, logout tokens, signed userinfo), checked
+# before anything is decoded. Bearer tokens arrive in a header, which the server caps lower anyway.
 MAX_TOKEN_CHARS = 64 * 1024
 _MIN_RSA_BITS = 2048
 

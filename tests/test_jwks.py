@@ -11,7 +11,7 @@ import pytest
 
 from proxy.discovery import Discovery
 from proxy.errors import ProviderError, TokenValidationError
-from proxy.jwks import JWKS, parse_jwks
+from proxy.jwks import JWKS, MAX_TOKEN_CHARS, parse_jwks
 from proxy.oidc import OIDCClient
 from proxy.provider_http import ProviderHTTP
 from support.badop import BadOP
@@ -29,6 +29,17 @@ def clock() -> FakeClock:
 def jwks(op: BadOP, http_session: aiohttp.ClientSession, clock: FakeClock) -> JWKS:
     http = ProviderHTTP(http_session, 5.0)
     return JWKS(Discovery(op.issuer, http), http, clock=clock)
+
+
+def padded_logout_token(op: BadOP, low: int, high: int) -> str:
+    """A valid logout token of ``low`` to ``high`` characters (a padding claim fills it up)."""
+    base = len(op.mint_logout_token({"pad": ""}))
+    pad = (low - base) * 3 // 4
+    for extra in range(pad - 4, pad + 8):
+        token = op.mint_logout_token({"pad": "x" * extra})
+        if low <= len(token) <= high:
+            return token
+    raise AssertionError(f"no padding gives a token of {low} to {high} characters")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,3 +229,11 @@ async def test_logout_token_with_alg_none_is_rejected(rp: OIDCClient, op: BadOP)
 async def test_malformed_tokens_are_rejected_cleanly(rp: OIDCClient, garbage: str) -> None:
     with pytest.raises(TokenValidationError, match="Logout token"):
         await rp.validate_logout_token(garbage)
+
+
+async def test_a_token_up_to_the_size_cap_is_read_and_a_longer_one_refused_unread(rp: OIDCClient, op: BadOP) -> None:
+    assert (await rp.validate_logout_token(padded_logout_token(op, MAX_TOKEN_CHARS - 3, MAX_TOKEN_CHARS)))["pad"]
+    op.reset()
+    with pytest.raises(TokenValidationError, match="Logout token is missing or malformed"):
+        await rp.validate_logout_token(padded_logout_token(op, MAX_TOKEN_CHARS + 1, MAX_TOKEN_CHARS + 4))
+    assert op.requests["discovery"] == op.requests["jwks"] == 0

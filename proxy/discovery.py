@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from yarl import URL
 
@@ -49,7 +47,6 @@ class ProviderMetadata:
     authorization_response_iss_parameter_supported: bool = False
     backchannel_logout_supported: bool = False
     backchannel_logout_session_supported: bool = False
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_document(cls, doc: object, *, expected_issuer: str) -> ProviderMetadata:
@@ -116,7 +113,6 @@ class ProviderMetadata:
             authorization_response_iss_parameter_supported=flag("authorization_response_iss_parameter_supported"),
             backchannel_logout_supported=flag("backchannel_logout_supported"),
             backchannel_logout_session_supported=flag("backchannel_logout_session_supported"),
-            raw=MappingProxyType(dict(doc)),
         )
 
 

@@ -163,24 +163,15 @@ class OIDCClient:
         )
         return _token_set(body, require_id_token=True)
 
-    async def refresh(self, refresh_token: str, *, expected_sub: str | None = None) -> TokenSet:
-        """A refresh-token grant. A new ID token, if any, is validated (Core 12.2: same iss, aud, sub).
+    async def refresh_login(self, refresh_token: str, *, previous_claims: Mapping[str, Any]) -> LoginResult:
+        """A refresh-token grant that brings the identity up to date: a new ID token, if any, is validated
+        (Core 12.2: same iss, aud and ``sub``) and its claims taken, then userinfo. A userinfo failure
+        keeps the previous profile rather than ending the session.
 
-        ``refresh_token`` in the result is ``None`` when the provider did not rotate it (keep the old
-        one); ``id_token`` is ``""`` when it sent no new ID token. ``TokenEndpointError`` with
+        ``tokens.refresh_token`` is ``None`` when the provider did not rotate it (keep the old one);
+        ``tokens.id_token`` is ``""`` when it sent no new ID token. ``TokenEndpointError`` with
         ``error == "invalid_grant"`` means the provider ended the grant: the session is over.
         """
-        body = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
-        token_set = _token_set(body, require_id_token=False)
-        if token_set.id_token:
-            await self.validate_id_token(
-                token_set.id_token, nonce=None, access_token=token_set.access_token, expected_sub=expected_sub
-            )
-        return token_set
-
-    async def refresh_login(self, refresh_token: str, *, previous_claims: Mapping[str, Any]) -> LoginResult:
-        """Refresh, and bring the identity up to date: a new ID token's claims (same ``sub``), then
-        userinfo. A userinfo failure keeps the previous profile rather than ending the session."""
         sub = str(previous_claims["sub"])
         body = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
         token_set = _token_set(body, require_id_token=False)

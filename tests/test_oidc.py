@@ -164,24 +164,38 @@ async def test_login_with_an_asymmetric_algorithm_is_accepted(flow: Flow, op: Ba
 async def test_refresh_validates_the_new_id_token_and_its_subject(flow: Flow, op: BadOP) -> None:
     result = await flow.login()
     assert result.tokens.refresh_token
-    tokens = await flow.client.refresh(result.tokens.refresh_token, expected_sub="user-1")
+    refreshed = await flow.client.refresh_login(result.tokens.refresh_token, previous_claims=result.claims)
+    tokens = refreshed.tokens
     assert tokens.id_token and tokens.access_token != result.tokens.access_token and tokens.refresh_token
+    assert refreshed.claims["sub"] == "user-1" and refreshed.claims["email"] == "ada@example.com"
+    assert refreshed.claims["iat"] >= result.claims["iat"]  # the new ID token's claims
     op.set(sub="someone-else")
     with pytest.raises(TokenValidationError, match="subject"):
-        await flow.client.refresh(tokens.refresh_token, expected_sub="user-1")
+        await flow.client.refresh_login(tokens.refresh_token, previous_claims=result.claims)
 
 
-async def test_refresh_without_a_new_id_token_returns_an_empty_one(flow: Flow, op: BadOP) -> None:
+async def test_refresh_without_a_new_id_token_returns_an_empty_one_and_keeps_the_claims(flow: Flow, op: BadOP) -> None:
     result = await flow.login()
     assert result.tokens.refresh_token
     op.set(refresh_id_token=False, token_response_override={"refresh_token": None})
-    tokens = await flow.client.refresh(result.tokens.refresh_token, expected_sub="user-1")
+    op.set(userinfo_claims={**op.behaviour.userinfo_claims, "name": "Ada King"})
+    refreshed = await flow.client.refresh_login(result.tokens.refresh_token, previous_claims=result.claims)
+    tokens = refreshed.tokens
     assert tokens.id_token == "" and tokens.refresh_token is None and tokens.access_token
+    assert refreshed.claims == {**result.claims, "name": "Ada King"}  # userinfo brought up to date
+
+
+async def test_refresh_keeps_the_previous_profile_when_userinfo_fails(flow: Flow, op: BadOP) -> None:
+    result = await flow.login()
+    assert result.tokens.refresh_token
+    op.set(refresh_id_token=False, userinfo_status=500)
+    refreshed = await flow.client.refresh_login(result.tokens.refresh_token, previous_claims=result.claims)
+    assert refreshed.claims == result.claims and refreshed.tokens.access_token != result.tokens.access_token
 
 
 async def test_used_refresh_token_is_reported_as_invalid_grant(flow: Flow, op: BadOP) -> None:
     with pytest.raises(TokenEndpointError) as info:
-        await flow.client.refresh("rt-never-issued")
+        await flow.client.refresh_login("rt-never-issued", previous_claims={"sub": "user-1"})
     assert info.value.error == "invalid_grant"
     assert "rt-never-issued" not in str(info.value)
 

@@ -7,8 +7,8 @@ import logging
 from aiohttp import web
 
 from proxy.errors import ProviderError, TokenValidationError
-from proxy.oidc import LOGOUT_TOKEN_MAX_AGE
 from proxy.runtime import RUNTIME
+from proxy.tokens import LOGOUT_TOKEN_MAX_AGE
 
 log = logging.getLogger("sso_sidecar.backchannel")
 _HEADERS = {"Cache-Control": "no-store"}

@@ -2,7 +2,9 @@
 
 A token is accepted when it is a JWT signed by the configured issuer (or one of ``sso.extra_issuers``)
 with one of that issuer's audiences (``sso.api_audiences``, default the client id), and not expired.
-Signature checks go through ``OIDCClient`` (its JWKS cache and algorithm rules). A verified token is
+The main issuer's signatures are checked with the ``OIDCClient``'s JWKS (one key cache for logins and
+API calls); each extra issuer gets its own discovery and JWKS caches under the same algorithm and clock
+rules, and the claims are judged by ``proxy.tokens.check_access_token``. A verified token is
 remembered until it expires (at most ``MAX_CACHE_AGE``, ``CACHE_SIZE`` tokens, least recently used out
 first), so a busy API client does not pay for a signature check on every call; the cache is keyed by a
 hash of the token, never the token itself.
@@ -10,26 +12,28 @@ hash of the token, never the token itself.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from proxy.b64 import b64url_decode
+from proxy.discovery import Discovery
 from proxy.errors import InvalidToken, ProviderError, TokenValidationError
+from proxy.jwks import JWKS, MAX_TOKEN_CHARS
 from proxy.oidc import OIDCClient
-from proxy.settings import SSOSettings
+from proxy.provider_http import ProviderHTTP
+from proxy.tokens import check_access_token
 
 CACHE_SIZE = 4096
 MAX_CACHE_AGE = 600.0
-_MAX_TOKEN_CHARS = 16 * 1024
 
 
 def bearer_token(request: web.BaseRequest) -> str | None:
@@ -43,24 +47,27 @@ def bearer_token(request: web.BaseRequest) -> str | None:
     return token.strip()
 
 
+@dataclass(frozen=True)
+class _Issuer:
+    keys: JWKS
+    audiences: tuple[str, ...]
+
+
 class BearerVerifier:
     """The issuers whose tokens one active configuration accepts, with the verified-token cache."""
 
     def __init__(self, primary: OIDCClient, http: aiohttp.ClientSession) -> None:
         sso = primary.settings
-        self._issuers: dict[str, tuple[OIDCClient, tuple[str, ...]]] = {}
+        self._skew = sso.clock_skew
+        self._issuers: dict[str, _Issuer] = {}
         if sso.bearer_audiences:
-            self._issuers[sso.issuer_url] = (primary, sso.bearer_audiences)
+            self._issuers[sso.issuer_url] = _Issuer(primary.jwks, sso.bearer_audiences)
+        provider_http = ProviderHTTP(http, sso.http_timeout)
         for extra in sso.extra_issuers:
-            # Its own client for discovery and JWKS; the same clock and algorithm rules as the main one.
-            settings = SSOSettings(
-                issuer_url=extra.issuer_url,
-                client_id="",
-                id_token_signing_algs=sso.id_token_signing_algs,
-                clock_skew=sso.clock_skew,
-                http_timeout=sso.http_timeout,
-            )
-            self._issuers[extra.issuer_url] = (OIDCClient(settings, "", http), extra.audiences)
+            # Its own discovery and JWKS caches; the same algorithm rules as the main issuer.
+            discovery = Discovery(extra.issuer_url, provider_http)
+            keys = JWKS(discovery, provider_http, algorithms=sso.id_token_signing_algs)
+            self._issuers[extra.issuer_url] = _Issuer(keys, extra.audiences)
         self._cache: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
 
     @property
@@ -69,7 +76,7 @@ class BearerVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; ``InvalidToken`` (401, ``invalid_token``) when it must not be trusted."""
-        if not token or len(token) > _MAX_TOKEN_CHARS:
+        if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("The bearer token is missing or too long.")
         key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         now = time.time()
@@ -81,11 +88,11 @@ class BearerVerifier:
             del self._cache[key]
         issuer = _unverified_issuer(token)
         entry = self._issuers.get(issuer) if issuer is not None else None
-        if entry is None:
+        if issuer is None or entry is None:
             raise InvalidToken("The bearer token is not a JWT from an issuer this console accepts.")
-        client, audiences = entry
         try:
-            claims = await client.validate_access_token(token, audiences)
+            verified = await entry.keys.verify(token, "Bearer token")
+            claims = check_access_token(verified, issuer=issuer, audiences=entry.audiences, skew=self._skew)
         except TokenValidationError as exc:
             raise InvalidToken(exc.message) from None
         except ProviderError as exc:
@@ -121,8 +128,8 @@ def _unverified_issuer(token: str) -> str | None:
     if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
+        payload = json.loads(b64url_decode(parts[1]))
+    except ValueError:
         return None
     if not isinstance(payload, Mapping):
         return None

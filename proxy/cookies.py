@@ -7,7 +7,6 @@ first from the config; the newest signs, all verify, so rotating is "add a new s
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
+from proxy.b64 import b64url_decode, b64url_encode
 from proxy.settings import SessionSettings
 
 _TICKET_SALT = "sso-sidecar/session-ticket/v1"
@@ -62,14 +62,6 @@ def cookie_value(request: web.BaseRequest, name: str) -> str | None:
     return found
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class CookieCodec:
     """Builds and reads the sidecar's cookies for one config (secrets, names, attributes)."""
 
@@ -101,7 +93,7 @@ class CookieCodec:
     # -- session ticket ---------------------------------------------------------------------------
 
     def encode_ticket(self, ticket: Ticket) -> str:
-        payload = f"{_TICKET_VERSION}.{ticket.session_id}.{_b64(ticket.key)}"
+        payload = f"{_TICKET_VERSION}.{ticket.session_id}.{b64url_encode(ticket.key)}"
         return self._ticket.sign(payload).decode("ascii")
 
     def decode_ticket(self, value: str | None) -> Ticket | None:
@@ -117,13 +109,13 @@ class CookieCodec:
             if time.time() - signed_at > self._ticket_max_age:
                 return None
             _, session_id, key, _ = value.split(".", 3)
-            return Ticket(session_id, _unb64(key))
+            return Ticket(session_id, b64url_decode(key))
         try:
             payload, signed = self._ticket.unsign(value, max_age=self._ticket_max_age, return_timestamp=True)
             version, session_id, key = payload.decode("ascii").split(".")
             if version != _TICKET_VERSION:
                 return None
-            raw_key = _unb64(key)
+            raw_key = b64url_decode(key)
         except (BadData, ValueError, UnicodeDecodeError):
             return None
         if len(raw_key) != 32 or not session_id:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, fields
 from aiohttp import web
 
 from proxy.configfile import load_settings
+from proxy.discovery import ProviderMetadata
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
-from proxy.oidc import OIDCClient, ProviderMetadata
+from proxy.oidc import OIDCClient
 from proxy.runtime import RUNTIME, Runtime
 from proxy.settings import Settings
 from proxy.watch import FileWatcher
@@ -64,7 +65,7 @@ async def verify_provider(client: OIDCClient) -> ProviderCheck:
         return result
     try:
         # The client's own fetch (size limits, key filtering) also warms the cache the swap inherits.
-        keys = await client._jwks(result.metadata)
+        keys = await client.jwks.keys()
     except SidecarError as exc:
         result.problems.append(ConfigProblem("sso.issuer_url", exc.message))
     else:

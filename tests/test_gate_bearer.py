@@ -20,6 +20,7 @@ import pytest
 from proxy import bearer
 from proxy.bearer import BearerVerifier
 from proxy.errors import InvalidToken
+from proxy.jwks import MAX_TOKEN_CHARS, Verified
 from proxy.oidc import OIDCClient
 from proxy.settings import SSOSettings
 from support.badop import BadOP, running_badop
@@ -194,17 +195,18 @@ async def test_spoofed_identity_headers_next_to_a_token_are_replaced(http, main_
 
 @pytest.fixture
 async def verifier(main_op: BadOP) -> AsyncIterator[tuple[BearerVerifier, list[str]]]:
+    """A verifier for ``main_op``'s tokens, and the list of tokens whose signature it checked."""
     main_op.reset()
     async with aiohttp.ClientSession() as session:
         client = OIDCClient(SSOSettings(issuer_url=main_op.issuer, client_id=main_op.client_id), "", session)
         checked: list[str] = []
-        validate = client.validate_access_token
+        verify = client.jwks.verify
 
-        async def counting(token: str, audiences: Any) -> dict[str, Any]:
+        async def counting(token: str, what: str) -> Verified:
             checked.append(token)
-            return await validate(token, audiences)
+            return await verify(token, what)
 
-        client.validate_access_token = counting  # type: ignore[method-assign]
+        client.jwks.verify = counting  # type: ignore[method-assign]
         yield BearerVerifier(client, session), checked
 
 
@@ -235,3 +237,18 @@ async def test_the_cache_is_bounded_and_keeps_no_failures(verifier, main_op, mon
         with pytest.raises(InvalidToken):
             await v.verify(bad)
     assert checked.count(bad) == 2
+
+
+async def test_a_token_as_long_as_any_other_jwt_the_sidecar_reads_is_accepted(verifier, main_op):
+    """One size cap for every JWT: a bearer token up to it is checked, a longer one refused unread."""
+    v, checked = verifier
+    base = len(mint(main_op, pad=""))
+    pad = (MAX_TOKEN_CHARS - base) * 3 // 4
+    token = next(t for n in range(pad, pad - 8, -1) if len(t := mint(main_op, pad="x" * n)) <= MAX_TOKEN_CHARS)
+    assert len(token) > MAX_TOKEN_CHARS - 8
+    assert (await v.verify(token))["pad"]
+    too_long = mint(main_op, pad="x" * (pad + 8))
+    assert len(too_long) > MAX_TOKEN_CHARS
+    with pytest.raises(InvalidToken, match="missing or too long"):
+        await v.verify(too_long)
+    assert checked == [token]

@@ -1,0 +1,87 @@
+"""Requests to an identity provider: no redirects, bounded answers, one timeout, one kind of error.
+
+Discovery, the JWKS, the token endpoint and userinfo all go through ``ProviderHTTP`` on the app's one
+aiohttp client session. Whatever goes wrong on the wire becomes a ``ProviderError`` whose message is
+shown to users, so it names *what* was asked and never what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from proxy.errors import ProviderError
+
+log = logging.getLogger("sso_sidecar.oidc")
+
+# A discovery document, JWKS or token answer is a few KiB; a provider (or something posing as one)
+# must not make the sidecar buffer more than this.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Provider-sent text made safe for a message or a log line: control characters replaced, length capped."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+    def json_object(self, what: str) -> dict[str, Any]:
+        """The body as a JSON object; ``what`` starts the error message (e.g. "The provider's JWKS")."""
+        try:
+            value = json.loads(self.body)
+        except ValueError:
+            raise ProviderError(f"{what} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ProviderError(f"{what} is not a JSON object")
+        return value
+
+
+class ProviderHTTP:
+    """The sidecar's HTTP client towards one identity provider configuration."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self._session = session
+        self._timeout_seconds = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        # No redirects: a 3xx could move a bearer token or the client secret to another host or to http.
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
+                    raise ProviderError(f"The {what} answer is too large")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise ProviderError(f"The {what} answer is too large")
+                    chunks.append(chunk)
+                return Answer(resp.status, resp.content_type, b"".join(chunks))
+        except TimeoutError:
+            log.warning("%s at %s did not answer within %ss", what, url, self._timeout_seconds)
+            raise ProviderError(f"The identity provider did not answer in time ({what})") from None
+        except aiohttp.ClientError as exc:
+            log.warning("%s at %s failed: %s", what, url, type(exc).__name__)
+            raise ProviderError(f"Could not reach the identity provider ({what})") from None

@@ -37,6 +37,10 @@ apt_mirror() {
 base_rootfs() {
   local tarball="$CACHE/${BASE_IMAGE##*:}-rootfs.tar"
   if [ ! -s "$tarball" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "image.sh: the stand-in base needs root (debootstrap, and podman as root): run it with sudo." >&2
+      exit 1
+    fi
     local root mirror
     root=$(mktemp -d "$CACHE/rootfs.XXXXXX")
     mirror=$(apt_mirror)

@@ -1,5 +1,5 @@
 # sso-sidecar container image: a non-root Python image with the sidecar in a virtualenv and nothing else.
-#   docker build -t sso-sidecar .          (or: podman build -t sso-sidecar .)
+#   docker build -t sso-sidecar .          (or: podman build --format docker -t sso-sidecar .)
 #   docker run --read-only -v $PWD/config.yaml:/etc/sso-sidecar/config.yaml:ro -p 4180:4180 sso-sidecar
 # BASE is any Debian-based image with Python 3.11 and its venv module: the official python image by default;
 # CI passes a stand-in built from Debian packages (scripts/image.sh), since it cannot pull images.

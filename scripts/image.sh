@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${SSO_SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sso-sidecar}"
+CACHE="${SSO_SIDECAR_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/sso-sidecar}"
 # Bump the suffix whenever the recipe below changes, so a cached base of the old recipe is not reused.
 BASE_IMAGE="localhost/sso-sidecar-base:bookworm-1"
 BASE_PACKAGES="python3,python3-venv,ca-certificates"

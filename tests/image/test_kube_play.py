@@ -126,7 +126,9 @@ def played(image: str, idp: DevIdP, redis_clean: RedisServer, tmp_path: Path) ->
     manifest = tmp_path / "ci-variant.yaml"
     manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     configmap_volumes = [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"]
-    # podman 4.3 keeps a ConfigMap's volume after --down, and would mount an old run's files: remove them.
+    # A pod left by an interrupted run would block this one; and podman 4.3 keeps a ConfigMap's volume after
+    # --down, and would mount an old run's files: remove both first.
+    podman("kube", "play", "--down", str(manifest), check=False, timeout=120)
     podman("volume", "rm", "--force", *configmap_volumes, check=False)
     try:
         podman("kube", "play", str(manifest), timeout=180)

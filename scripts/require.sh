@@ -39,8 +39,27 @@ system-deps)
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
   ;;
+image-deps)
+  # What `make test-image` needs: podman (with runc, which works where crun does not, netavark and catatonit
+  # for pods) and debootstrap for the stand-in base image. One apt-get call, only when something is missing.
+  missing=()
+  for pkg in podman runc netavark catatonit debootstrap; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "make test-image needs podman and debootstrap (Debian/Ubuntu packages: ${missing[*]})." >&2
+      exit 1
+    fi
+    echo "Installing Debian packages: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  ;;
 *)
-  echo "usage: scripts/require.sh python|node|system-deps" >&2
+  echo "usage: scripts/require.sh python|node|system-deps|image-deps" >&2
   exit 2
   ;;
 esac

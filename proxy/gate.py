@@ -16,14 +16,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
-from proxy.errors import Forbidden, InvalidToken, Unauthenticated
+from proxy.errors import BadRequest, Forbidden, InvalidToken, Unauthenticated
 from proxy.login import begin_login, login_url
-from proxy.paths import RequestPath, normalise
+from proxy.paths import RequestPath, absolute_authority, normalise
 from proxy.policy import denial_reason
 from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.sessions import session_for
@@ -33,7 +33,7 @@ from proxy.upstream import Forwarded
 _BROWSER_ACCEPT = ("text/html", "application/xhtml+xml", "*/*")
 # RFC 6750 3: the challenge for a request that brought no credentials at all.
 BEARER_CHALLENGE = "Bearer"
-_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+_HOST = re.compile(r"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 
 def is_api_request(request: web.BaseRequest) -> bool:
@@ -67,7 +67,29 @@ def is_trusted_proxy(address: str | None, settings: Settings) -> bool:
     return any(ip in net for net in settings.trusted_proxies)
 
 
-def forwarded_for(request: web.BaseRequest, settings: Settings) -> Forwarded:
+def request_host(request: web.BaseRequest, settings: Settings) -> str:
+    """The host the client asked for, as the console will see it in Host and X-Forwarded-Host.
+
+    RFC 9112 3.2: a request with two Host fields, an invalid one, or (HTTP/1.1) none is refused with 400,
+    so that no two parties can read a different host out of one request. An absolute-form target's
+    authority is the host (3.2.2). An HTTP/1.0 request without Host is taken as meant for ``public_url``.
+    """
+    values = request.headers.getall("Host", ())
+    if len(values) > 1:
+        raise BadRequest("The request has more than one Host header.")
+    host = absolute_authority(request.raw_path)
+    if host is None:
+        if not values:
+            if request.version >= HttpVersion11:
+                raise BadRequest("The request has no Host header.")
+            return settings.public_url.raw_authority
+        host = values[0]
+    if not _HOST.match(host):
+        raise BadRequest("The request's host is not a valid host name.")
+    return host
+
+
+def forwarded_for(request: web.BaseRequest, settings: Settings, host: str) -> Forwarded:
     """What the console is told about the client.
 
     From a trusted proxy, its X-Forwarded-For chain is extended with the proxy's own address and the
@@ -77,15 +99,15 @@ def forwarded_for(request: web.BaseRequest, settings: Settings) -> Forwarded:
     """
     remote = request.remote or ""
     if not is_trusted_proxy(remote, settings):
-        return Forwarded(for_=remote, proto=settings.public_url.scheme, host=request.host, client=remote)
+        return Forwarded(for_=remote, proto=settings.public_url.scheme, host=host, client=remote)
     chain = [*_addresses(request.headers.getall("X-Forwarded-For", ())), remote]
     client = next((a for a in reversed(chain) if not is_trusted_proxy(a, settings)), chain[0])
     proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
-    host = _first(request.headers.get("X-Forwarded-Host"))
+    forwarded_host = _first(request.headers.get("X-Forwarded-Host"))
     return Forwarded(
         for_=", ".join(chain),
         proto=proto if proto in ("http", "https") else settings.public_url.scheme,
-        host=host if _HOST.match(host) else request.host,
+        host=forwarded_host if _HOST.match(forwarded_host) else host,
         client=client,
     )
 
@@ -174,7 +196,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
     target = normalise(request.raw_path)
+    host = request_host(request, active.settings)
     headers = CIMultiDict(request.headers)
+    headers["Host"] = host
     active.identity.strip(headers)
     # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
     emergency = breakglass.admit(request, runtime, active, headers)
@@ -187,5 +211,5 @@ async def handle(request: web.Request) -> web.StreamResponse:
         path_qs=target.path_qs,
         set_headers=decided,
         remove_cookies=breakglass.own_cookies(active),
-        forwarded=forwarded_for(request, active.settings),
+        forwarded=forwarded_for(request, active.settings, host),
     )

@@ -56,6 +56,17 @@ class RequestPath:
         return f"{self.path}?{self.query}" if self.query else self.path
 
 
+def absolute_authority(target: str) -> str | None:
+    """The authority of an absolute-form target (``GET http://host:port/path``), None for origin form.
+
+    RFC 9112 3.2.2: with an absolute-form target, its authority is the request's host, not the Host header.
+    """
+    absolute = _ABSOLUTE_FORM.match(target)
+    if absolute is None:
+        return None
+    return target[target.index("//") + 2 : absolute.end()]
+
+
 def normalise(target: str) -> RequestPath:
     """The ``RequestPath`` for a raw request target; ``BadRequest`` for one that cannot be read safely."""
     if "#" in target:

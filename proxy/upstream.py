@@ -176,10 +176,11 @@ class Upstream:
             # re-chunked it would be a different body. nginx refuses such requests too.
             raise BadRequest("The request uses a transfer coding other than chunked.")
         _prepare_headers(headers, set_headers, remove_cookies, forwarded)
-        if request.raw_path[:1] != "/" and request.method != "OPTIONS":
-            # An absolute-form target: its authority is the host, not the Host header (RFC 9112 3.2.2).
-            headers["Host"] = request.host
         if upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET":
+            if request.body_exists or framing is not None:
+                # A handshake has no body (RFC 6455 4.1); forwarded, its length would make the console wait
+                # for bytes that never come, or read the next ones as the body.
+                raise BadRequest("A websocket handshake must not have a body.")
             url = URL(self._prefix + path_qs, encoded=True)
             return await self._websocket(session, request, headers, url, remove_cookies)
         return await _http(pool, request, headers, self._path_prefix + path_qs, remove_cookies)

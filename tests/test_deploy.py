@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.settings import Settings, parse_settings
+from proxy.configfile import parse_settings
+from proxy.settings import Settings
 from support import REPO
 
 KUBERNETES = REPO / "deploy" / "kubernetes"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -12,8 +13,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy import __version__, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
+from proxy import __version__, admin, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
+from proxy.pagesync import PageSync, open_page_store
 from proxy.runtime import RUNTIME, Runtime
 from proxy.sessions import open_store
 from proxy.settings import BACKCHANNEL_LOGOUT_PATH, Settings
@@ -118,6 +120,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    if runtime.closed is not None:
+        return web.json_response({"status": "not ready", "reason": runtime.closed}, status=503)
     try:
         await runtime.store.ping()
     except SidecarError:
@@ -147,9 +151,17 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
             await runtime.start(settings)
             await runtime.sessions.start()
             app[RUNTIME] = runtime
+            page = runtime.page = PageSync(runtime, open_page_store(settings, runtime), settings.source)
+            if settings.admin.enabled:
+                # Never open before the settings page's record was read and applied (pagesync).
+                runtime.closed = "starting: the SSO settings page's record has not been read yet"
+                await page.sync()
+            page_task = asyncio.get_running_loop().create_task(page.run())
             try:
                 yield
             finally:
+                page_task.cancel()
+                await asyncio.gather(page_task, return_exceptions=True)
                 await runtime.sessions.stop()
                 await runtime.close()
 
@@ -166,6 +178,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     forward_auth.add_routes(app)
     breakglass.add_routes(app)
     status.add_routes(app)
+    admin.add_routes(app, settings)
     app.router.add_post(BACKCHANNEL_LOGOUT_PATH, backchannel.backchannel_logout)
     # Routes of the sidecar's own go above this line: /oauth2/ is ours, an unknown path there is a 404
     # rather than a request for the console.

@@ -164,6 +164,20 @@ def authorized(request: web.Request, runtime: Runtime, active: Active, headers: 
     return _cookie_grant(request, active) is not None
 
 
+def holder(request: web.Request, runtime: Runtime, active: Active) -> str | None:
+    """Who holds break-glass proof on this request, for binding forms to it: ``grant <id>`` (the form's
+    cookie) or ``header``; None without proof. A wrong header token raises ``Forbidden``."""
+    if not active.settings.break_glass.enabled:
+        return None
+    offered = _take_header(CIMultiDict(request.headers))
+    if offered is not None:
+        if check_token(request, runtime, active, offered, "header"):
+            return "header"
+        raise Forbidden("The break-glass token was not accepted.", code="break_glass_rejected")
+    grant = _cookie_grant(request, active)
+    return None if grant is None else f"grant {grant}"
+
+
 def _take_header(headers: CIMultiDict[str]) -> str | None:
     """The offered token, removing the header in every spelling (any case, ``_`` for ``-``)."""
     offered = None

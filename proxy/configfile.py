@@ -23,9 +23,13 @@ from proxy.errors import ConfigError, ConfigProblem
 from proxy.settings import Settings
 
 
-def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, expand and validate the config at ``path``; raise ``ConfigError`` with every problem."""
-    return parse_settings(_read(path), os.environ if environ is None else environ, source=str(path))
+def load_settings(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, sso: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read, expand and validate the config at ``path``; raise ``ConfigError`` with every problem.
+
+    ``sso``: the settings page's section that replaces the file's (see ``parse_settings``)."""
+    return parse_settings(_read(path), os.environ if environ is None else environ, source=str(path), sso=sso)
 
 
 def load_public_url(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> URL:
@@ -38,20 +42,48 @@ def load_public_url(path: str | os.PathLike[str], environ: Mapping[str, str] | N
     return url
 
 
-def parse_settings(text: str, environ: Mapping[str, str], source: str = "") -> Settings:
-    """The config in ``text``; its digest covers the text and every secret, so a rotated secret is a new version."""
+def parse_settings(
+    text: str, environ: Mapping[str, str], source: str = "", *, sso: Mapping[str, Any] | None = None
+) -> Settings:
+    """The config in ``text``; its digest covers the text and every secret, so a rotated secret is a new version.
+
+    ``sso``, when given, replaces the file's whole ``sso:`` section (the settings page's, ``pagesync``): it is
+    validated exactly as the file's own would be. Its values are literal: a ``${VAR}`` typed into the page
+    is not expanded, so a page can never read the process environment.
+    """
     raw = _mapping(text)
+    if sso is not None:
+        raw = {**raw, "sso": _literal(sso)}
     reader = ConfigReader(environ)
     settings = validate.settings(reader, raw)
     if reader.problems or settings is None:
         raise ConfigError(reader.problems)
-    digest_input = json.dumps({"config": text, "secrets": sorted(reader.secret_digests)}, sort_keys=True).encode()
+    digest_input = json.dumps(
+        {"config": text, "secrets": sorted(reader.secret_digests), "page": sso}, sort_keys=True, default=str
+    ).encode()
     return replace(
         settings,
         source=source,
+        sso_source="file" if sso is None else "page",
         digest=hashlib.sha256(digest_input).hexdigest()[:16],
         secret_files=tuple(reader.secret_files),
     )
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The config file's text (``ConfigError`` when it cannot be read), for composing with page settings."""
+    return _read(path)
+
+
+def _literal(value: Any) -> Any:
+    """``value`` with every ``${`` escaped, so that expansion gives back exactly ``value``."""
+    if isinstance(value, str):
+        return value.replace("${", "$${")
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
 
 
 def _read(path: str | os.PathLike[str]) -> str:

@@ -24,6 +24,8 @@ _LOGIN_SALT = "sso-sidecar/pending-login/v1"
 _SIGNOUT_SALT = "sso-sidecar/sign-out-form/v1"
 _LOGOUT_STATE_SALT = "sso-sidecar/post-logout-state/v1"
 _BREAK_GLASS_SALT = "sso-sidecar/break-glass/v1"
+_ADMIN_FORM_SALT = "sso-sidecar/admin-form/v1"
+_ADMIN_FORM_MAX_AGE = 12 * 3600  # a settings page left open over a working day still submits
 _TICKET_VERSION = "1"
 _VERIFIED_MAX = 20_000  # cookie values whose signature is known good (about 4 MB at most)
 
@@ -73,6 +75,7 @@ class CookieCodec:
         self._signout = TimestampSigner(keys, salt=_SIGNOUT_SALT)
         self._logout_state = URLSafeTimedSerializer(keys, salt=_LOGOUT_STATE_SALT)
         self._break_glass = TimestampSigner(keys, salt=_BREAK_GLASS_SALT)
+        self._admin_form = TimestampSigner(keys, salt=_ADMIN_FORM_SALT)
         # A digest of the cookie value -> when it was signed (the digest: a third of the value's memory).
         self._verified: dict[bytes, float] = {}
         self._ticket_max_age = int(session.lifetime) + 60
@@ -191,6 +194,17 @@ class CookieCodec:
         return key in self._own_names or key.startswith(self._own_prefix)
 
     # -- sign-out confirmation and post-logout state ----------------------------------------------
+
+    def form_token(self, holder: str) -> str:
+        """The settings page's CSRF token for ``holder`` (a session id, or a break-glass grant)."""
+        return self._admin_form.sign(holder).decode("ascii")
+
+    def check_form_token(self, token: str, holder: str) -> bool:
+        try:
+            value = self._admin_form.unsign(token, max_age=_ADMIN_FORM_MAX_AGE).decode("ascii")
+        except (BadData, ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(value, holder)
 
     def sign_out_token(self, session_id: str) -> str:
         return self._signout.sign(session_id).decode("ascii")

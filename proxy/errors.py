@@ -123,6 +123,17 @@ class StoreUnavailable(SidecarError):
     title = "Temporarily unavailable"
 
 
+class Closed(SidecarError):
+    """This process does not proxy: it cannot read or apply the settings page's record (``pagesync``)."""
+
+    status = 503
+    code = "settings_unavailable"
+    title = "Temporarily unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The sidecar cannot confirm its single sign-on settings right now. Please try again shortly.")
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     key: str

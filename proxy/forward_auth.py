@@ -23,7 +23,7 @@ import re
 
 from aiohttp import web
 
-from proxy.errors import BadRequest, Unauthenticated
+from proxy.errors import BadRequest, Closed, Unauthenticated
 from proxy.gate import BEARER_CHALLENGE, authorize, caller, is_trusted_proxy, skips_auth
 from proxy.login import login_url
 from proxy.paths import RequestPath, normalise
@@ -66,6 +66,8 @@ def original_request(request: web.Request, settings: Settings) -> tuple[str | No
 
 async def auth(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    if runtime.closed is not None:
+        raise Closed()  # the front proxy must not let anyone through on a config this process cannot confirm
     active = runtime.active
     method, target = original_request(request, active.settings)
     if active.oidc is None:

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
-from proxy.errors import BadRequest, Forbidden, InvalidToken, Unauthenticated
+from proxy.errors import BadRequest, Closed, Forbidden, InvalidToken, Unauthenticated
 from proxy.login import begin_login, login_url
 from proxy.paths import RequestPath, absolute_authority, normalise
 from proxy.policy import denial_reason
@@ -194,6 +194,8 @@ async def _identity(
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    if runtime.closed is not None:
+        raise Closed()  # never fail open: the settings page's record could not be read or applied
     active = runtime.active
     target = normalise(request.raw_path)
     host = request_host(request, active.settings)

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from proxy import pages
-from proxy.errors import LoginError, SidecarError, Unauthenticated
+from proxy import admintest, pages
+from proxy.errors import Closed, LoginError, SidecarError, Unauthenticated
 from proxy.oidc import new_pkce, random_token
 from proxy.redirects import return_to_for
 from proxy.runtime import RUNTIME, Active, Runtime
@@ -59,30 +59,37 @@ async def begin_login(request: web.Request, runtime: Runtime, active: Active, re
 
 async def start(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    if runtime.closed is not None:
+        raise Closed()
     active = runtime.active
     return await begin_login(request, runtime, active, return_to_for(request.query.get("rd"), active.settings))
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
-    """The redirect URI: validate the authorization response, redeem the code, create the session."""
+    """The redirect URI: validate the authorization response, redeem the code, create the session.
+
+    A Test login from the settings page comes back here too (the one registered redirect URI); its pending
+    login says so, and ``admintest`` finishes it without creating a session."""
     runtime = request.app[RUNTIME]
     active = runtime.active
-    if active.oidc is None:
-        raise LoginError("Single sign-on is switched off.", status=404)
     query = request.query
     state = query.get("state", "")
+    # Login CSRF (RFC 9700 4.7): only a state this browser started counts; it is taken exactly once.
+    mine = bool(state) and active.cookies.login_belongs_to_browser(state, request.cookies)
+    pending = await runtime.sessions.take_login(state) if mine else None
+    if pending is not None and pending.test_digest is not None:
+        return await admintest.finish(request, runtime, pending)
+    if runtime.closed is not None:
+        raise Closed()
+    if active.oidc is None:
+        raise LoginError("Single sign-on is switched off.", status=404)
     if "error" in query:
         error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
-        # Drop this browser's pending login too, so its state cannot be used afterwards.
-        if state and active.cookies.login_belongs_to_browser(state, request.cookies):
-            await runtime.sessions.take_login(state)
         raise LoginError(f"The identity provider refused the sign-in ({error}).", code="provider_denied")
     if not state:
         raise LoginError("The sign-in response has no state parameter.")
-    if not active.cookies.login_belongs_to_browser(state, request.cookies):
-        # Login CSRF (RFC 9700 4.7): a state this browser did not start, or a cookie from another browser.
+    if not mine:
         raise LoginError("This sign-in was not started in this browser, or it has expired.")
-    pending = await runtime.sessions.take_login(state)
     if pending is None:
         raise LoginError("This sign-in has expired or was already used.")
     try:

@@ -66,6 +66,18 @@ class Metrics:
             "Requests let through to the console by break-glass access instead of a session.",
             registry=r,
         )
+        self.admin_actions = Counter(
+            _PREFIX + "admin_actions",
+            "Changes made on the SSO settings page, by action (save, test, enable, disable, forget) and "
+            "result (ok, refused, failed).",
+            ["action", "result"],
+            registry=r,
+        )
+        self.page_settings_closed = Gauge(
+            _PREFIX + "page_settings_closed",
+            "1 while this process does not proxy because it cannot read or apply the settings page's record.",
+            registry=r,
+        )
         self.config_last_reload_successful.set(1)
         self._info: tuple[str, str] | None = None
 

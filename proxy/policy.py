@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.settings import AccessSettings
+from proxy.settings import AccessSettings, AdminSettings
 
 NOT_ALLOWED = "Your account is not in the list of users allowed to use this console."
 UNVERIFIED = "Your identity provider has not verified your email address, so it cannot be used to let you in."
@@ -102,3 +102,13 @@ def denial_reason(claims: Mapping[str, Any], access: AccessSettings) -> str | No
     if (access.allowed_emails or access.allowed_email_domains) and email is None and not _vouched(claims):
         return UNVERIFIED
     return NOT_ALLOWED
+
+
+def is_admin(claims: Mapping[str, Any], admin: AdminSettings, groups_claim: str) -> bool:
+    """True when ``claims`` belong to an admin of the settings page: a verified email in ``admin.emails``
+    or a group (``groups_claim``) in ``admin.groups``, compared exactly like the access rules."""
+    email = verified_email(claims)
+    if email is not None and email in admin.emails:
+        return True
+    groups = claim_list(claims, groups_claim)
+    return bool(groups) and not set(groups or ()).isdisjoint(admin.groups)

@@ -36,8 +36,9 @@ log = logging.getLogger("sso_sidecar.reload")
 
 TRIGGER_SIGHUP = "sighup"
 TRIGGER_WATCH = "watch"
+TRIGGER_PAGE = "page"
 # Bookkeeping fields of Settings, not settings anyone changes.
-_NOT_KEYS = frozenset({"source", "digest", "secret_files"})
+_NOT_KEYS = frozenset({"source", "digest", "secret_files", "sso_source"})
 
 
 @dataclass
@@ -81,6 +82,16 @@ async def verify_provider(client: OIDCClient) -> ProviderCheck:
     return result
 
 
+def load_effective(runtime: Runtime, path: str) -> Settings:
+    """The config file, with its ``sso:`` section replaced by the settings page's while the page applies one
+    (``admin.enabled`` and a Save + Enable or Disable on the page: ``pagesync``)."""
+    settings = load_settings(path)
+    override = runtime.page.override if runtime.page is not None else None
+    if override is None or not settings.admin.enabled:
+        return settings
+    return load_settings(path, sso=override)
+
+
 def changed_keys(old: Settings, new: Settings) -> list[str]:
     """Top-level config keys (``sso``, ``access``...) whose value differs, for the log and status."""
     keys = [
@@ -100,7 +111,7 @@ async def _reload(runtime: Runtime, path: str, trigger: str) -> bool:
     status.last_attempt = time.time()
     current = runtime.active.settings
     try:
-        settings = load_settings(path)
+        settings = load_effective(runtime, path)
     except ConfigError as exc:
         return _refuse(runtime, exc.problems, trigger)
     except Exception as exc:  # a reload must never take the process down; report and keep running

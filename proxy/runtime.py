@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,9 @@ from proxy.refresh import Refresher
 from proxy.sessions import SessionManager, SessionStore
 from proxy.settings import Settings
 from proxy.upstream import Upstream
+
+if TYPE_CHECKING:
+    from proxy.pagesync import PageSync
 
 log = logging.getLogger("sso_sidecar")
 
@@ -68,6 +72,10 @@ class Runtime:
         # when an earlier reload already carried the change (and reported it).
         self.boot_settings = settings
         self.reload_lock = asyncio.Lock()
+        # Why this process does not proxy now (the settings page's record cannot be read or applied:
+        # ``pagesync``), or None. Checked by every proxied request: never fail open to the file's config.
+        self.closed: str | None = None
+        self.page: PageSync | None = None
         self._users: dict[Upstream, int] = {}
         self._retiring: set[Upstream] = set()
         self._closing: set[asyncio.Task[None]] = set()

@@ -174,7 +174,17 @@ class BreakGlassSettings:
 
 @dataclass(frozen=True)
 class StatusSettings:
-    admin_groups: tuple[str, ...] = ()
+    admin_groups: tuple[str, ...] = ()  # deprecated: admin.groups (page admins may read the status too)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The SSO settings page (``/oauth2/admin``) and who may use it once SSO is on."""
+
+    enabled: bool = False
+    emails: tuple[str, ...] = ()  # lower case; a verified email claim must be one of them
+    groups: tuple[str, ...] = ()  # in access.groups_claim
+    settings_file: str = ""  # where page settings live without Redis
 
 
 @dataclass(frozen=True)
@@ -206,6 +216,9 @@ class Settings:
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     break_glass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    # Where the effective ``sso`` section came from: "file", or "page" (the settings page replaced it).
+    sso_source: str = "file"
     source: str = ""
     digest: str = ""
     secret_files: tuple[str, ...] = ()
@@ -240,6 +253,8 @@ class Settings:
             keys.append("workers")
         if self.session.store != new.session.store:
             keys.append("session.store")
+        if self.admin.settings_file != new.admin.settings_file:
+            keys.append("admin.settings_file")
         if self.session.redis_url != new.session.redis_url:
             keys.append("session.redis_url")
         elif self.session.redis != new.session.redis:

@@ -20,6 +20,7 @@ from proxy.configreader import ConfigReader, positive_int
 from proxy.settings import (
     DEFAULT_HEADERS,
     AccessSettings,
+    AdminSettings,
     BreakGlassSettings,
     ReloadSettings,
     Settings,
@@ -41,7 +42,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         {
             "listen", "public_url", "upstream", "sso", "headers", "header_list_separator", "session",
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
-            "log_level", "reload", "break_glass", "status", "allowed_redirect_hosts",
+            "log_level", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -66,6 +67,14 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
     reload = parse_reload(r, raw)
     break_glass = parse_break_glass(r, raw)
     status = parse_status(r, raw)
+    admin = parse_admin(r, raw)
+    if admin.enabled:
+        if not sso.enabled and not break_glass.enabled:
+            r.problem("admin.enabled", "needs break_glass.token while sso is off: nobody could open the page otherwise")
+        if session.store != "redis" and not admin.settings_file:
+            r.problem("admin.settings_file", "is required with admin.enabled unless session.store is redis")
+        if not admin.emails and not admin.groups:
+            r.problem("admin.enabled", "needs admin.emails or admin.groups: who may use the page once SSO is on")
     if public_url is None or upstream is None:
         return None
     return Settings(
@@ -88,6 +97,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         reload=reload,
         break_glass=break_glass,
         status=status,
+        admin=admin,
     )
 
 
@@ -165,6 +175,20 @@ def parse_break_glass(r: ConfigReader, raw: Mapping[str, Any]) -> BreakGlassSett
 def parse_status(r: ConfigReader, raw: Mapping[str, Any]) -> StatusSettings:
     s = r.section(raw, "status", {"admin_groups"}, "status")
     return StatusSettings(admin_groups=r.string_list(s, "admin_groups", "status.admin_groups") or ())
+
+
+def parse_admin(r: ConfigReader, raw: Mapping[str, Any]) -> AdminSettings:
+    s = r.section(raw, "admin", {"enabled", "emails", "groups", "settings_file"}, "admin")
+    emails = r.string_list(s, "emails", "admin.emails") or ()
+    for i, e in enumerate(emails):
+        if e.count("@") != 1:
+            r.problem(f"admin.emails[{i}]", f"{e!r} is not an email address")
+    return AdminSettings(
+        enabled=r.boolean(s, "enabled", "admin.enabled", False),
+        emails=tuple(e.lower() for e in emails),
+        groups=r.string_list(s, "groups", "admin.groups") or (),
+        settings_file=r.string(s, "settings_file", "admin.settings_file") or "",
+    )
 
 
 def parse_access(r: ConfigReader, raw: Mapping[str, Any]) -> AccessSettings:

@@ -179,9 +179,13 @@ class PendingLogin:
     issuer: str
     client_id: str
     created_at: float
+    # A Test login from the settings page: the digest of the draft it tests, and who started it. It
+    # creates no session.
+    test_digest: str | None = None
+    test_by: str = ""
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "n": self.nonce,
             "v": self.code_verifier,
             "r": self.return_to,
@@ -189,10 +193,23 @@ class PendingLogin:
             "c": self.client_id,
             "t": self.created_at,
         }
+        if self.test_digest is not None:
+            record["d"] = self.test_digest
+            record["b"] = self.test_by
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> PendingLogin:
-        return cls(record["n"], record["v"], record["r"], record["i"], record["c"], record["t"])
+        return cls(
+            record["n"],
+            record["v"],
+            record["r"],
+            record["i"],
+            record["c"],
+            record["t"],
+            record.get("d"),
+            record.get("b", ""),
+        )
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -45,6 +45,20 @@ _UNAVAILABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 # Compare-and-delete: release a lock only while it is still ours.
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
+# Compare-and-set on a sealed record's clear-text version (``proxy.pagerecord``): write only while the
+# stored version is ARGV[1] (0: nothing stored). -1: what is stored is not an envelope.
+_SET_IF_VERSION = """
+local current = redis.call('GET', KEYS[1])
+local version = 0
+if current then
+  local ok, doc = pcall(cjson.decode, current)
+  if not ok or type(doc) ~= 'table' or type(doc['version']) ~= 'number' then return -1 end
+  version = doc['version']
+end
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 # An index is a sorted set of member -> expiry (ms since the epoch). Expired members are dropped on every
 # add, so the index of a user who signs in daily and never signs out stays as small as their live
 # sessions; the key's own TTL covers its longest-lived member. ARGV: member, now (ms), ttl (ms).
@@ -92,6 +106,7 @@ class RedisStore:
         self._fast = FastGet(target, self._timeout) if target.mode == "single" and not target.tls else None
         self._delete_if = self._redis.register_script(_DELETE_IF)
         self._index_add = self._redis.register_script(_INDEX_ADD)
+        self._set_if_version = self._redis.register_script(_SET_IF_VERSION)
 
     def _connect(self, target: RedisSettings) -> Redis | RedisCluster:
         # Half the budget per attempt, so one retry on a fresh connection still fits in it: the retry
@@ -205,6 +220,17 @@ class RedisStore:
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(lambda: self._redis.set(_PREFIX + key, value, px=_ms(ttl)))
+
+    async def get_lasting(self, key: str) -> bytes | None:
+        """A key written by ``set_if_version`` (no TTL)."""
+        return _as_bytes(await self._call(lambda: self._redis.get(_PREFIX + key)))
+
+    async def set_if_version(self, key: str, expected: int, value: bytes) -> int:
+        """Write a lasting (no TTL) sealed record while the stored one's version is ``expected`` (0: none).
+
+        1: written; 0: another version is stored; -1: what is stored is not a record."""
+        result = await self._call(lambda: self._set_if_version(keys=[_PREFIX + key], args=[expected, value]))
+        return int(result)
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         created = await self._call(lambda: self._redis.set(_PREFIX + key, value, px=_ms(ttl), nx=True))

@@ -319,6 +319,10 @@ def _next_form(
             return form, fields
         if "code" in fields and "state" in fields:  # response_mode=form_post
             return form, fields
+        if not logout and fields.get("logout") == "yes" and URL(form.action).path.endswith("/session/end/confirm"):
+            # prompt=login as another user: the provider's page ends its session first, submitting itself
+            # by script as a browser would.
+            return form, fields
         if logout and form.method == "POST":
             action = URL(form.action).path
             if action.endswith("/session/end/confirm") or "xsrf" in fields:

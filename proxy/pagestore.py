@@ -1,0 +1,181 @@
+"""Where the settings page's record lives: in Redis when sessions do (shared by every replica), else in
+``admin.settings_file``.
+
+Both keep one sealed record (``proxy.pagerecord``) and write it only by compare-and-set on its version:
+a replica that writes back its copy of an older version (after Redis lost the record, say) is refused,
+so it can never undo a later change. Both also keep a short-lived note per replica of the version it has
+applied, which the page lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from proxy.errors import StoreUnavailable
+from proxy.sessions.redis import RedisStore
+
+_RECORD_KEY = "admin:settings"
+_REPLICAS_KEY = "admin:replicas"
+REPLICA_TTL = 30.0  # a replica that stopped reporting disappears from the page after this long
+
+
+class Conflict(Exception):
+    """The stored record is not the version the write was based on."""
+
+
+class PageStore(Protocol):
+    where: str  # for the page, status and logs: "Redis (redis://...)" or "file /path"
+    shared: bool  # True when other replicas read the same record
+
+    async def read(self) -> bytes | None:
+        """The sealed record, or None when none is stored. ``StoreUnavailable`` when it cannot be read."""
+
+    async def write(self, raw: bytes, expected_version: int) -> None:
+        """Store ``raw`` if the stored version is ``expected_version`` (0: none), else ``Conflict``."""
+
+    async def forget(self) -> None:
+        """Remove the record, whatever it holds (also one that fails to open)."""
+
+    async def report(self, replica: str, status: dict[str, Any]) -> None:
+        """Note what this replica has applied."""
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """The notes of replicas that reported within ``REPLICA_TTL``."""
+
+
+class RedisPageStore:
+    shared = True
+
+    def __init__(self, redis: RedisStore, where: str) -> None:
+        self._redis = redis
+        self.where = f"Redis ({where})"
+
+    async def read(self) -> bytes | None:
+        return await self._redis.get_lasting(_RECORD_KEY)
+
+    async def write(self, raw: bytes, expected_version: int) -> None:
+        result = await self._redis.set_if_version(_RECORD_KEY, expected_version, raw)
+        if result != 1:
+            raise Conflict("the page settings changed meanwhile" if result == 0 else "the stored record is not valid")
+
+    async def forget(self) -> None:
+        await self._redis.delete(_RECORD_KEY)
+
+    async def report(self, replica: str, status: dict[str, Any]) -> None:
+        await self._redis.set(f"{_REPLICAS_KEY}:{replica}", json.dumps(status).encode(), REPLICA_TTL)
+        await self._redis.index_add(_REPLICAS_KEY, replica, REPLICA_TTL)
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        result = []
+        for replica in sorted(await self._redis.index_members(_REPLICAS_KEY)):
+            raw = await self._redis.get(f"{_REPLICAS_KEY}:{replica}")
+            if raw is None:
+                continue
+            with contextlib.suppress(ValueError):
+                result.append({"replica": replica, **json.loads(raw)})
+        return result
+
+
+class FilePageStore:
+    """One file, written atomically (a new file renamed over it) with mode 0600, under a lock file."""
+
+    shared = False
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path)
+        self.where = f"file {path}"
+        self._replicas: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def read(self) -> bytes | None:
+        return await asyncio.to_thread(self._read)
+
+    async def write(self, raw: bytes, expected_version: int) -> None:
+        await asyncio.to_thread(self._write, raw, expected_version)
+
+    async def forget(self) -> None:
+        await asyncio.to_thread(self._forget)
+
+    async def report(self, replica: str, status: dict[str, Any]) -> None:
+        self._replicas[replica] = (time.monotonic(), status)
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {"replica": r, **status} for r, (at, status) in sorted(self._replicas.items()) if now - at < REPLICA_TTL
+        ]
+
+    def _read(self) -> bytes | None:
+        try:
+            return self._path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(f"The page settings file cannot be read ({exc.strerror or exc}).") from None
+
+    def _write(self, raw: bytes, expected_version: int) -> None:
+        with self._locked():
+            current = self._read()
+            if _version(current) != expected_version:
+                raise Conflict("the page settings changed meanwhile")
+            tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(raw)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self._path)
+                _fsync_dir(self._path.parent)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise StoreUnavailable(f"The page settings file cannot be written ({exc.strerror or exc}).") from None
+
+    def _forget(self) -> None:
+        with self._locked():
+            try:
+                self._path.unlink()
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise StoreUnavailable(f"The page settings file cannot be removed ({exc.strerror or exc}).") from None
+            _fsync_dir(self._path.parent)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        lock = self._path.with_name(f".{self._path.name}.lock")
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"The page settings file cannot be locked ({exc.strerror or exc}).") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _version(raw: bytes | None) -> int:
+    if raw is None:
+        return 0
+    try:
+        version = json.loads(raw)["version"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return version if isinstance(version, int) and not isinstance(version, bool) else -1
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

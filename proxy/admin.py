@@ -105,10 +105,7 @@ async def _form(request: web.Request, runtime: Runtime, active: Active) -> tuple
     actor = await _actor(request, runtime, active)
     if not isinstance(actor, Actor):
         raise Forbidden("Sign in, or use the break-glass form, before changing SSO settings.", code="no_credentials")
-    public_origin = str(active.settings.public_url.origin())
-    origin = request.headers.get("Origin")
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if (origin is not None and origin != public_origin) or fetch_site not in (None, "same-origin", "none"):
+    if not _same_origin(request, str(active.settings.public_url.origin())):
         raise Forbidden("This form was sent from another site.", code="cross_site")
     form = await request.post()
     token = form.get("csrf")
@@ -116,6 +113,17 @@ async def _form(request: web.Request, runtime: Runtime, active: Active) -> tuple
         raise Forbidden("This form was not sent from the settings page (its form token is missing or old).",
                         code="bad_form_token")  # fmt: skip
     return actor, {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _same_origin(request: web.Request, public_origin: str) -> bool:
+    """The browser's word that a POST comes from our own pages (Fetch Metadata, else Origin)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin == "null":
+        return fetch_site is not None  # an opaque origin: only a browser's Fetch Metadata can vouch for it
+    return origin is None or origin == public_origin
 
 
 def _only_admins_while_on(actor: Actor, active: Active, action: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -23,6 +24,7 @@ from proxy.settings import Settings
 
 _BRIEF_CLAIMS = ("preferred_username", "email", "given_name", "family_name", "name")
 _ASSETS = "/oauth2/admin/static"
+_SILENT_AFTER = 5.0  # replicas report every second
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def _headers(form_targets: Sequence[str] = ()) -> dict[str, str]:
         "Content-Security-Policy": csp,
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        # same-origin, not no-referrer: with no-referrer, browsers send "Origin: null" on the page's own forms.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
 
@@ -310,13 +313,20 @@ def _verdict(test: TestResult, required: Sequence[str], draft: Draft) -> str:
     return f"The test user {'; '.join(parts)}. <strong>{ready}</strong>"
 
 
+def _replica_state(report: Mapping[str, Any], now: float) -> str:
+    if now - float(report.get("at", 0)) > _SILENT_AFTER:
+        return "not reporting (stopped, or cannot reach the store)"
+    return str(report.get("closed") or report.get("error") or "ok")
+
+
 def _replicas(view: View) -> str:
     if not view.replicas:
         return ""
+    now = time.time()
     rows = "".join(
         f"<tr><td><code>{escape(str(r.get('replica')))}</code></td><td>{escape(str(r.get('version') or '—'))}</td>"
         f"<td>{escape(str(r.get('sso', '')))} ({escape(str(r.get('source', '')))})</td>"
-        f"<td>{escape(str(r.get('closed') or r.get('error') or 'ok'))}</td>"
+        f"<td>{escape(_replica_state(r, now))}</td>"
         f"<td>{_when(float(r.get('at', 0)))}</td></tr>"
         for r in view.replicas
     )

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 import aiohttp
@@ -49,16 +50,45 @@ def cmd_check(path: str) -> int:
     settings = _load(path)
     if settings is None:
         return 2
-    return asyncio.run(_check(settings))
+    # The store's own outage lines (with library class names) would repeat what check reports itself.
+    logging.getLogger("sso_sidecar.sessions").setLevel(logging.CRITICAL)
+    return asyncio.run(_check(settings, path))
 
 
-async def _check(settings: Settings) -> int:
+async def _page_settings(settings: Settings, path: str) -> Settings | None:
+    """With ``admin.enabled``: say where the effective ``sso`` section comes from, and return the settings
+    with the page's section when it applies one (None when the file's own applies)."""
+    from proxy.pagesync import read_record
+
+    where, record, problem = await read_record(settings)
+    if problem is not None:
+        print(f"sso settings:      UNKNOWN: the settings page's record in {where} cannot be read ({problem}).")
+        print("                   A running sidecar with this config does not proxy until it can read it.")
+        print("                   Checking the config file's own sso section below.")
+        return None
+    if record is None or record.applied is None:
+        print(f"sso settings:      from the config file (the settings page has applied nothing; {where})")
+        return None
+    applied = record.applied
+    state = "enabled" if applied.enabled else "disabled"
+    print(f"sso settings:      from the settings page: version {record.version}, SSO {state} by {applied.by} "
+          f"at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(applied.at))}, stored in {where}.")  # fmt: skip
+    print("                   They replace the config file's sso section until Forget page settings.")
+    return load_settings(path, sso=record.sso_override())
+
+
+async def _check(settings: Settings, path: str) -> int:
     from proxy.oidc import OIDCClient
     from proxy.reload import verify_provider
 
     problems: list[str] = []
     out = print
     out(f"config:            {settings.source} (version {settings.digest})")
+    if settings.admin.enabled:
+        try:
+            settings = await _page_settings(settings, path) or settings
+        except ConfigError as exc:
+            problems.extend(f"(settings page) {p}" for p in exc.problems)
     out(f"public URL:        {settings.public_url}")
     out(f"upstream:          {settings.upstream}")
     out(f"session store:     {settings.session.store}"

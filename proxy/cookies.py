@@ -64,6 +64,10 @@ def cookie_value(request: web.BaseRequest, name: str) -> str | None:
     return found
 
 
+def _holder_digest(holder: str) -> str:
+    return hashlib.sha256(b"sso-sidecar/admin-form-holder|" + holder.encode()).hexdigest()[:32]
+
+
 class CookieCodec:
     """Builds and reads the sidecar's cookies for one config (secrets, names, attributes)."""
 
@@ -196,15 +200,16 @@ class CookieCodec:
     # -- sign-out confirmation and post-logout state ----------------------------------------------
 
     def form_token(self, holder: str) -> str:
-        """The settings page's CSRF token for ``holder`` (a session id, or a break-glass grant)."""
-        return self._admin_form.sign(holder).decode("ascii")
+        """The settings page's CSRF token for ``holder`` (a session id, or a break-glass grant). It carries a
+        digest of the holder, never the holder itself: a page must not show the session id."""
+        return self._admin_form.sign(_holder_digest(holder)).decode("ascii")
 
     def check_form_token(self, token: str, holder: str) -> bool:
         try:
             value = self._admin_form.unsign(token, max_age=_ADMIN_FORM_MAX_AGE).decode("ascii")
         except (BadData, ValueError, UnicodeDecodeError):
             return False
-        return hmac.compare_digest(value, holder)
+        return hmac.compare_digest(value, _holder_digest(holder))
 
     def sign_out_token(self, session_id: str) -> str:
         return self._signout.sign(session_id).decode("ascii")

@@ -49,6 +49,31 @@ def open_page_store(settings: Settings, runtime: Runtime) -> PageStore | None:
     return None
 
 
+async def read_record(settings: Settings) -> tuple[str, PageRecord | None, str | None]:
+    """For ``sso-sidecar check``, outside a running sidecar: where the page record lives, the record (None:
+    none stored), and why it cannot be read, if it cannot."""
+    redis = RedisStore(settings.session.redis) if settings.session.store == "redis" else None
+    store: PageStore | None
+    if redis is not None:
+        store = RedisPageStore(redis, settings.session.redis_url)
+    elif settings.admin.settings_file:
+        store = FilePageStore(settings.admin.settings_file)
+    else:
+        return "(no store)", None, "admin.settings_file is not set"
+    try:
+        raw = await store.read()
+        if raw is None:
+            return store.where, None, None
+        return store.where, Keys(settings.session.cookie_secrets).open(raw)[0], None
+    except (StoreUnavailable, OSError) as exc:
+        return store.where, None, exc.message if isinstance(exc, SidecarError) else str(exc)
+    except RecordError as exc:
+        return store.where, None, str(exc)
+    finally:
+        if redis is not None:
+            await redis.close()
+
+
 class PageSync:
     def __init__(self, runtime: Runtime, store: PageStore | None, path: str) -> None:
         self._runtime = runtime

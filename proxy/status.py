@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy import breakglass
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
 from proxy.login import login_url
-from proxy.policy import claim_list
+from proxy.policy import claim_list, is_admin
 from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.sessions import session_for
 
@@ -32,13 +32,16 @@ def _when(timestamp: float | None) -> str | None:
 async def _authorize(request: web.Request, runtime: Runtime, active: Active) -> None:
     if breakglass.authorized(request, runtime, active):
         return
-    admin_groups = active.settings.status.admin_groups
-    session = await session_for(request, runtime, active)
+    settings = active.settings
+    session = await session_for(request, runtime, active) if runtime.closed is None else None
     if session is None:
         raise Unauthenticated(login_url=login_url(PATH))
-    groups = claim_list(session.claims, active.settings.access.groups_claim) or []
-    if not admin_groups or not set(groups) & set(admin_groups):
-        raise Forbidden("The status page is for operators (status.admin_groups or the break-glass token).")
+    groups = claim_list(session.claims, settings.access.groups_claim) or []
+    if set(groups) & set(settings.status.admin_groups):
+        return
+    if settings.admin.enabled and is_admin(session.claims, settings.admin, settings.access.groups_claim):
+        return  # the settings page's admins may read the status too
+    raise Forbidden("The status page is for operators (admin.groups, admin.emails or the break-glass token).")
 
 
 async def discovery_status(active: Active) -> dict[str, Any]:
@@ -90,7 +93,23 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
             "failed": reload.count_failed,
         },
         "discovery": await discovery_status(active),
+        "sso_settings": _sso_settings(runtime, active),
     }
+
+
+def _sso_settings(runtime: Runtime, active: Active) -> dict[str, Any]:
+    """Where the effective ``sso`` section came from: the config file, or the settings page."""
+    page = runtime.page
+    result: dict[str, Any] = {"source": active.settings.sso_source, "proxying": runtime.closed is None}
+    if runtime.closed is not None:
+        result["not_proxying_because"] = runtime.closed
+    if active.settings.admin.enabled and page is not None:
+        result["page"] = {
+            "store": page.store.where if page.store is not None else None,
+            "applied_version": page.version,
+            "error": page.error,
+        }
+    return result
 
 
 async def status(request: web.Request) -> web.StreamResponse:

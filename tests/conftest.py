@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from support import REPO, procs
 from support.http import HttpClient, new_client
@@ -199,6 +200,31 @@ def sidecar(idp: DevIdP, console: Console, tmp_path_factory: pytest.TempPathFact
     factory = SidecarFactory(idp, console, tmp_path_factory.mktemp("sidecar"))
     yield factory(name="sidecar-shared")
     factory.stop_all()
+
+
+# --------------------------------------------------------------------------------------------------
+# A real browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,101 +1,125 @@
-"""The SSO settings page over HTTP: access, Save, Test login, Enable, Disable, Forget, CSRF, the record.
+"""The SSO settings page over HTTP: access rules, Save, Test login, Enable, Disable, Forget, CSRF, where the
+settings live, and never failing open.
 
-Real components: two sidecar replicas through their CLI sharing a real redis-server, and a dev IdP
-(``oidc-provider``) with one account that lacks given/family name. The browser walk with screenshots is
-``test_admin_browser.py``.
+Real components: sidecar replicas through their CLI sharing a real redis-server, and a dev IdP
+(``oidc-provider``) with one account that lacks given/family name. ``test_admin_browser.py`` walks the
+same page in Chromium.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
-from collections.abc import Iterator
+import stat
+import subprocess
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
+from yarl import URL
 
+from support.adminsetup import ACCOUNTS, ADMIN, NOT_ADMIN, Replicas, start_replicas
 from support.http import HttpClient
 from support.idp import DevIdP, login
 from support.redis_server import RedisServer
-from support.sidecar import Sidecar
+from support.sidecar import Sidecar, sidecar_command
 from support.waiting import eventually
 
-ADMIN = "admin.ada"  # in group "admins" at the dev IdP
-NOT_ADMIN = "nomap.user"  # no given/family name, not an admin
-BREAK_GLASS = secrets.token_urlsafe(32)
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _DIGEST = re.compile(r'name="digest" value="([^"]*)"')
 
 
 @pytest.fixture(scope="module")
 def admin_idp(idp_factory: Any) -> DevIdP:
-    return idp_factory(accounts={NOT_ADMIN: {"given_name": None, "family_name": None}})
-
-
-class Replicas:
-    def __init__(self, a: Sidecar, b: Sidecar, client: Any) -> None:
-        self.a, self.b, self.client = a, b, client
+    return idp_factory(accounts=ACCOUNTS)
 
 
 @pytest.fixture
-def replicas(sidecar_factory: Any, admin_idp: DevIdP, redis_clean: RedisServer) -> Iterator[Replicas]:
-    """Two replicas behind one public URL (a's), SSO off in the file, page settings in Redis."""
-    port_a = _free_port()
-    public = f"http://127.0.0.1:{port_a}"
-    client = admin_idp.register_client(public)
-    cookie_secret = secrets.token_urlsafe(32)
-    config = {
-        "public_url": public,
-        "sso": {"enabled": False},
-        "session": {"store": "redis", "redis_url": redis_clean.url, "cookie_secret": cookie_secret},
-        "break_glass": {"token": BREAK_GLASS},
-        "admin": {"enabled": True, "groups": ["admins"]},
-    }
-    a = sidecar_factory({**config, "listen": f"127.0.0.1:{port_a}"}, register=False, idp=admin_idp, name="replica-a")
-    b = sidecar_factory(config, register=False, idp=admin_idp, name="replica-b")
-    yield Replicas(a, b, client)
+def replicas(sidecar_factory: Any, admin_idp: DevIdP, redis_clean: RedisServer) -> Replicas:
+    return start_replicas(sidecar_factory, admin_idp, redis_clean)
 
 
-def _free_port() -> int:
-    from support.procs import free_port
-
-    return free_port()
+# -- walking the page ------------------------------------------------------------------------------------
 
 
-async def _page(http: HttpClient, base: str) -> str:
+async def page_html(http: HttpClient, base: str, status: int = 200) -> str:
     async with http.get(base + "/oauth2/admin") as resp:
-        assert resp.status == 200, (resp.status, await resp.text())
-        return await resp.text()
+        text = await resp.text()
+        assert resp.status == status, (resp.status, text[:2000])
+        return text
 
 
-def _csrf(html: str) -> str:
+def csrf(html: str) -> str:
     match = _CSRF.search(html)
     assert match, "no form token on the page"
     return unescape(match.group(1))
 
 
-async def _break_glass(http: HttpClient, base: str) -> None:
-    async with http.post(base + "/oauth2/break-glass", data={"token": BREAK_GLASS, "rd": "/oauth2/admin"}) as resp:
+def digest(html: str) -> str:
+    match = _DIGEST.search(html)
+    return unescape(match.group(1)) if match else ""
+
+
+async def break_glass(http: HttpClient, base: str, token: str) -> None:
+    async with http.post(base + "/oauth2/break-glass", data={"token": token, "rd": "/oauth2/admin"}) as resp:
         assert resp.status == 303, await resp.text()
 
 
-async def _post(http: HttpClient, base: str, action: str, html: str, **fields: str) -> tuple[int, str, str]:
-    data = {"csrf": _csrf(html), **fields}
-    async with http.post(f"{base}/oauth2/admin/{action}", data=data, headers={"Origin": base}) as resp:
+async def post(
+    http: HttpClient, base: str, action: str, html: str, *, origin: str | None = None, **fields: str
+) -> tuple[int, str, str]:
+    data = {"csrf": csrf(html), **fields}
+    async with http.post(f"{base}/oauth2/admin/{action}", data=data, headers={"Origin": origin or base}) as resp:
         return resp.status, await resp.text(), resp.headers.get("Location", "")
 
 
-async def _test_login(http: HttpClient, base: str, html: str, username: str) -> str:
-    digest = _DIGEST.search(html)
-    status, body, location = await _post(http, base, "test", html, digest=unescape(digest.group(1)) if digest else "")
+async def save(http: HttpClient, r: Replicas, idp: DevIdP, html: str, **overrides: str) -> tuple[int, str, str]:
+    fields = {
+        "issuer_url": idp.issuer,
+        "client_id": r.client.client_id,
+        "client_secret": r.client.client_secret,
+        "scopes": "openid profile email groups",
+        **overrides,
+    }
+    return await post(http, r.a.url, "save", html, **fields)
+
+
+async def run_test_login(http: HttpClient, base: str, username: str) -> str:
+    html = await page_html(http, base)
+    status, body, location = await post(http, base, "test", html, digest=digest(html))
     assert status == 303, body
     assert "prompt=login" in location
     resp = await login(http.session, location, username)
     text = await resp.text()
-    assert resp.status == 200, text
-    assert "Submitting" not in text, text
+    assert resp.status == 200 and "Test login" in text, text[:3000]
     return text
+
+
+async def enable_via_page(http: HttpClient, r: Replicas, idp: DevIdP) -> None:
+    """First setup through break-glass: Save, Test login as an admin, Enable."""
+    await break_glass(http, r.a.url, r.break_glass)
+    status, body, _ = await save(http, r, idp, await page_html(http, r.a.url))
+    assert status == 303, body
+    await run_test_login(http, r.a.url, ADMIN)
+    html = await page_html(http, r.a.url)
+    status, body, location = await post(http, r.a.url, "enable", html, digest=digest(html))
+    assert (status, location) == (303, "/oauth2/admin?done=enabled"), body
+
+
+async def enforces_sso(http: HttpClient, url: str, idp: DevIdP) -> bool:
+    async with http.get(url + "/", headers={"Accept": "text/html"}) as resp:
+        return resp.status == 302 and resp.headers["Location"].startswith(idp.issuer)
+
+
+async def is_open(http: HttpClient, url: str) -> bool:
+    async with http.get(url + "/api/whoami") as resp:
+        return resp.status == 200
+
+
+# -- the tests -----------------------------------------------------------------------------------------
 
 
 async def test_first_setup_through_break_glass_then_enable_on_both_replicas(
@@ -103,56 +127,313 @@ async def test_first_setup_through_break_glass_then_enable_on_both_replicas(
 ) -> None:
     a, b, client = replicas.a, replicas.b, replicas.client
     browser = http()
-    # No credentials, SSO off: pointed to the break-glass form, which comes back to the page.
-    async with browser.get(a.url + "/oauth2/admin") as resp:
+    async with browser.get(a.url + "/oauth2/admin") as resp:  # SSO off, no credentials: the break-glass form
         assert resp.status == 302
         assert resp.headers["Location"] == "/oauth2/break-glass?rd=/oauth2/admin"
-    await _break_glass(browser, a.url)
-    html = await _page(browser, a.url)
-    assert "SSO is disabled" in html
-    assert f"{a.url}/oauth2/callback" in html
+    await break_glass(browser, a.url, replicas.break_glass)
+    html = await page_html(browser, a.url)
+    assert "SSO is disabled" in html and f"{a.url}/oauth2/callback" in html
 
-    # Save with a wrong secret: refused, next to the secret, the provider's error included.
-    form = {"issuer_url": admin_idp.issuer, "client_id": client.client_id, "scopes": "openid profile email groups"}
-    status, body, _ = await _post(browser, a.url, "save", html, client_secret="wrong-" + client.client_secret, **form)
+    # A wrong secret is refused next to its field with the provider's error; the right one is saved.
+    status, body, _ = await save(browser, replicas, admin_idp, html, client_secret="wrong-" + client.client_secret)
     assert status == 400
     assert 'id="client_secret-error"' in body and "invalid_client" in body
     assert client.client_secret not in body
-    status, _, location = await _post(browser, a.url, "save", html, client_secret=client.client_secret, **form)
+    status, _, location = await save(browser, replicas, admin_idp, html)
     assert (status, location) == (303, "/oauth2/admin?done=saved")
-    html = await _page(browser, a.url)
+    html = await page_html(browser, a.url)
     assert client.client_secret not in html
+    assert await is_open(http(), a.url)  # Save changed nothing that runs
 
-    # Enable before a test: refused.
-    status, body, _ = await _post(browser, a.url, "enable", html, digest=_DIGEST.search(html).group(1))
+    status, body, _ = await post(browser, a.url, "enable", html, digest=digest(html))
     assert status == 409 and "has not been tested" in body
 
-    # A user without given/family name who is no admin: shown as missing, Enable refused.
-    result = await _test_login(browser, a.url, html, NOT_ADMIN)
-    assert "Test login succeeded" in result
-    assert result.count(">missing<") == 2
-    assert "is not an admin" in unescape(await _page(browser, a.url))
-    html = await _page(browser, a.url)
-    status, body, _ = await _post(browser, a.url, "enable", html, digest=_DIGEST.search(html).group(1))
+    result = await run_test_login(browser, a.url, NOT_ADMIN)
+    assert "Test login succeeded" in result and result.count(">missing<") == 2
+    html = await page_html(browser, a.url)
+    status, body, _ = await post(browser, a.url, "enable", html, digest=digest(html))
     assert status == 409 and "did not send given_name, family_name" in unescape(body)
 
-    # A complete admin: Enable works, and both replicas enforce SSO.
-    result = await _test_login(browser, a.url, html, ADMIN)
-    assert "Test login succeeded" in result and ">missing<" not in result
-    html = await _page(browser, a.url)
-    status, body, location = await _post(browser, a.url, "enable", html, digest=_DIGEST.search(html).group(1))
+    result = await run_test_login(browser, a.url, ADMIN)
+    assert ">missing<" not in result and "You can now enable SSO" in result
+    html = await page_html(browser, a.url)
+    status, body, location = await post(browser, a.url, "enable", html, digest=digest(html))
     assert (status, location) == (303, "/oauth2/admin?done=enabled"), body
     anonymous = http()
-
-    async def both_enforce() -> bool:
-        for replica in (a, b):
-            async with anonymous.get(replica.url + "/", headers={"Accept": "text/html"}) as resp:
-                if resp.status != 302 or not resp.headers["Location"].startswith(admin_idp.issuer):
-                    return False
-        return True
-
-    await eventually(both_enforce, timeout=5, what="both replicas redirect to the provider")
-    # A new user signs in and the console receives the headers.
+    for replica in (a, b):
+        await eventually(lambda r=replica: enforces_sso(anonymous, r.url, admin_idp), what=replica.name, timeout=5)
     user = http()
     page = await login(user.session, a.url + "/", "carol.jones")
-    assert "carol.jones" in await page.text()
+    text = await page.text()
+    assert "carol.jones@example.com" in text and "Carol Jones" in text
+
+
+async def test_a_save_after_the_test_voids_it(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:
+    browser = http()
+    await break_glass(browser, replicas.a.url, replicas.break_glass)
+    await save(browser, replicas, admin_idp, await page_html(browser, replicas.a.url))
+    await run_test_login(browser, replicas.a.url, ADMIN)
+    html = await page_html(browser, replicas.a.url)
+    old_digest = digest(html)
+    status, _, _ = await save(browser, replicas, admin_idp, html, scopes="openid profile email")
+    assert status == 303
+    html = await page_html(browser, replicas.a.url)
+    assert digest(html) != old_digest
+    for offered in (old_digest, digest(html)):  # neither the old draft nor the untested new one
+        status, body, _ = await post(browser, replicas.a.url, "enable", html, digest=offered)
+        assert status == 409, body
+    assert await is_open(http(), replicas.a.url)
+
+
+async def test_an_empty_secret_keeps_the_stored_one_only_for_the_same_issuer_and_client(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    browser = http()
+    await break_glass(browser, replicas.a.url, replicas.break_glass)
+    html = await page_html(browser, replicas.a.url)
+    status, body, _ = await save(browser, replicas, admin_idp, html, client_secret="")
+    assert status == 400 and "Enter the client secret." in body  # nothing stored yet
+    assert (await save(browser, replicas, admin_idp, html))[0] == 303
+    assert (await save(browser, replicas, admin_idp, html, client_secret="", scopes="openid email"))[0] == 303
+    status, body, _ = await save(browser, replicas, admin_idp, html, client_secret="", client_id="another-client")
+    assert status == 400
+    assert "only while the issuer URL and client ID stay the same" in body
+
+
+async def test_break_glass_may_only_disable_while_sso_is_enabled(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    await enable_via_page(http(), replicas, admin_idp)
+    emergency = http()
+    await break_glass(emergency, replicas.a.url, replicas.break_glass)
+    html = await page_html(emergency, replicas.a.url)
+    assert "may only disable it" in html
+    for action, fields in (
+        ("save", {"issuer_url": "https://evil.example"}),
+        ("test", {}),
+        ("enable", {}),
+        ("forget", {}),
+    ):
+        status, body, _ = await post(emergency, replicas.a.url, action, html, **fields)
+        assert status == 403, (action, body)
+    assert await enforces_sso(http(), replicas.a.url, admin_idp)
+    status, body, _ = await post(emergency, replicas.a.url, "disable", html)
+    assert status == 200 and 'name="confirm" value="yes"' in body  # a second button completes it
+    status, _, location = await post(emergency, replicas.a.url, "disable", html, confirm="yes")
+    assert (status, location) == (303, "/oauth2/admin?done=disabled")
+    await eventually(lambda: is_open(http(), replicas.b.url), what="replica b open", timeout=5)
+
+
+async def test_admins_and_others_once_sso_is_on(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:
+    await enable_via_page(http(), replicas, admin_idp)
+    nobody = http()
+    async with nobody.get(replicas.a.url + "/oauth2/admin") as resp:  # no credentials, SSO on: sign in
+        assert resp.status == 302 and resp.headers["Location"].startswith(admin_idp.issuer)
+    carol = http()
+    await login(carol.session, replicas.a.url + "/", "carol.jones")
+    await page_html(carol, replicas.a.url, status=403)
+    ada = http()
+    await login(ada.session, replicas.a.url + "/", ADMIN)
+    html = await page_html(ada, replicas.a.url)
+    assert "Signed in as admin.ada@example.com" in html
+    session_id = (ada.cookie("sso_sidecar") or "").split(".")[1]
+    assert len(session_id) > 10 and session_id not in html  # the form token is bound to it, never shows it
+    async with ada.get(replicas.a.url + "/oauth2/status") as resp:  # page admins may read the status
+        status = await resp.json()
+    assert status["sso_settings"]["source"] == "page"
+    assert status["config"]["sso"]["client_secret"] == "********"
+    assert replicas.client.client_secret not in json.dumps(status)
+
+
+async def test_forms_refuse_a_missing_token_and_a_foreign_origin(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    browser = http()
+    await break_glass(browser, replicas.a.url, replicas.break_glass)
+    html = await page_html(browser, replicas.a.url)
+    fields = {"issuer_url": admin_idp.issuer, "client_id": "x", "client_secret": "y"}
+    async with browser.post(replicas.a.url + "/oauth2/admin/save", data=fields) as resp:
+        assert resp.status == 403 and "form token" in await resp.text()
+    status, body, _ = await post(browser, replicas.a.url, "save", html, origin="https://evil.example", **fields)
+    assert status == 403 and "another site" in body
+    other = http()  # a token from another holder is worth nothing
+    await break_glass(other, replicas.a.url, replicas.break_glass)
+    async with other.post(replicas.a.url + "/oauth2/admin/save", data={"csrf": csrf(html), **fields}) as resp:
+        assert resp.status == 403
+    assert "No draft saved yet." in await page_html(browser, replicas.a.url)
+
+
+async def test_a_test_login_is_bound_to_the_browser_and_its_iss_is_checked(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    browser = http()
+    await break_glass(browser, replicas.a.url, replicas.break_glass)
+    await save(browser, replicas, admin_idp, await page_html(browser, replicas.a.url))
+    html = await page_html(browser, replicas.a.url)
+    _, _, location = await post(browser, replicas.a.url, "test", html, digest=digest(html))
+    redirect = await login(browser.session, location, ADMIN, stop_at=replicas.a.url + "/oauth2/callback")
+    callback = URL(redirect.headers["Location"])
+    assert callback.query.get("iss") == admin_idp.issuer
+    # Another browser with the same response: not started there (login CSRF).
+    async with http().get(callback) as resp:
+        text = await resp.text()
+        assert resp.status in (400, 404) and "Test login" not in text, text  # SSO is off here: 404
+        assert "Set-Cookie" not in resp.headers
+    # This browser, with the response claiming another issuer (a mix-up, RFC 9207): a failed test.
+    async with browser.get(callback.update_query(iss="https://evil.example")) as resp:
+        text = await resp.text()
+    assert "Test login failed" in text and "issuer (iss) does not match" in text
+    assert "Not ready to enable" not in text
+    html = await page_html(browser, replicas.a.url)
+    status, _, _ = await post(browser, replicas.a.url, "enable", html, digest=digest(html))
+    assert status == 409
+
+
+async def test_forget_makes_the_file_authoritative_again(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:
+    await enable_via_page(http(), replicas, admin_idp)
+    ada = http()  # a browser of its own: one with the break-glass cookie is let through without a sign-in
+    await login(ada.session, replicas.a.url + "/", ADMIN)
+    html = await page_html(ada, replicas.a.url)
+    assert "Signed in as admin.ada@example.com" in html
+    status, _, location = await post(ada, replicas.a.url, "forget", html)
+    assert (status, location) == (303, "/oauth2/admin?done=forgotten")
+    for replica in (replicas.a, replicas.b):  # the file says sso.enabled: false
+        await eventually(lambda r=replica: is_open(http(), r.url), what=f"{replica.name} open", timeout=5)
+
+
+async def test_a_tampered_record_is_refused_and_the_running_config_kept(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    await enable_via_page(http(), replicas, admin_idp)
+    for replica in (replicas.a, replicas.b):
+        await eventually(lambda r=replica: enforces_sso(http(), r.url, admin_idp), what=replica.name, timeout=5)
+    redis = Redis.from_url(replicas.redis.url)
+    original = redis.get("sso:admin:settings")
+    assert original is not None
+    envelope = json.loads(original)
+    envelope["data"] = "A" + envelope["data"][1:] if envelope["data"][0] != "A" else "B" + envelope["data"][1:]
+    redis.set("sso:admin:settings", json.dumps(envelope))
+    await eventually(lambda: "record was refused" in replicas.b.proc.logs(), what="replica b refusing the record")
+    assert await enforces_sso(http(), replicas.b.url, admin_idp)
+    assert await enforces_sso(http(), replicas.a.url, admin_idp)
+    # A restarted replica has nothing applied yet: it does not proxy rather than fall back to the file.
+    replicas.b.stop()
+    replicas.b.start()
+    async with http().get(replicas.b.url + "/api/whoami") as resp:
+        assert resp.status == 503
+    async with http().get(replicas.b.url + "/readyz") as resp:
+        assert resp.status == 503 and "refused" in (await resp.json())["reason"]
+    redis.set("sso:admin:settings", original)
+    await eventually(lambda: enforces_sso(http(), replicas.b.url, admin_idp), what="replica b back", timeout=5)
+
+
+async def test_a_replica_that_cannot_read_the_settings_stops_proxying(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    """With the settings off, a Redis outage must not leave a replica proxying on what it read last."""
+    replicas.redis.stop()
+    try:
+        await eventually(lambda: is_closed(http(), replicas.a.url), what="replica a closed", timeout=15)
+    finally:
+        replicas.redis.start()
+    await eventually(lambda: is_open(http(), replicas.a.url), what="replica a open again", timeout=10)
+
+
+async def is_closed(http: HttpClient, url: str) -> bool:
+    async with http.get(url + "/api/whoami") as resp:
+        return resp.status == 503
+
+
+async def test_settings_file_without_redis_is_private_and_survives_a_restart(
+    sidecar_factory: Any, admin_idp: DevIdP, http: Any, tmp_path: Path
+) -> None:
+    settings_file = tmp_path / "state" / "page-settings.json"
+    settings_file.parent.mkdir()
+    token = secrets.token_urlsafe(32)
+    sidecar: Sidecar = sidecar_factory(
+        {
+            "sso": {"enabled": False},
+            "break_glass": {"token": token},
+            "admin": {"enabled": True, "emails": ["admin.ada@example.com"], "settings_file": str(settings_file)},
+        },
+        idp=admin_idp,
+    )
+    r = Replicas(sidecar, sidecar, sidecar.client, token, None)  # type: ignore[arg-type]
+    browser = http()
+    await enable_via_page(browser, r, admin_idp)
+    assert stat.S_IMODE(settings_file.stat().st_mode) == 0o600
+    assert sidecar.client.client_secret.encode() not in settings_file.read_bytes()
+    sidecar.stop()
+    sidecar.start()
+    assert await enforces_sso(http(), sidecar.url, admin_idp)
+
+
+async def test_check_says_where_the_sso_settings_come_from(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*sidecar_command(), "check", "--config", str(replicas.a.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    before = check()
+    assert "sso settings:      from the config file" in before.stdout, before.stdout + before.stderr
+    await enable_via_page(http(), replicas, admin_idp)
+    after = check()
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "from the settings page: version" in after.stdout
+    assert f"issuer:            {admin_idp.issuer}" in after.stdout
+    assert replicas.client.client_secret not in after.stdout + after.stderr
+    replicas.redis.stop()
+    try:
+        down = check()
+    finally:
+        replicas.redis.start()
+    assert "UNKNOWN: the settings page's record" in down.stdout
+    assert "Traceback" not in down.stderr and "ConnectionError" not in down.stdout + down.stderr
+
+
+async def test_the_page_is_locked_down(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:
+    browser = http()
+    await break_glass(browser, replicas.a.url, replicas.break_glass)
+    async with browser.get(replicas.a.url + "/oauth2/admin") as resp:
+        headers = resp.headers
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp and "frame-ancestors 'none'" in csp
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+    async with browser.get(replicas.a.url + "/oauth2/admin?preset=google") as resp:
+        assert "set access.allowed_email_domains" in await resp.text()
+    async with browser.get(replicas.a.url + "/oauth2/admin?preset=okta&name=acme") as resp:
+        assert 'value="https://acme.okta.com/oauth2/default"' in await resp.text()
+    async with browser.get(
+        replicas.a.url + "/oauth2/admin?preset=keycloak&name=main&server=https://sso.example.com"
+    ) as resp:
+        assert 'value="https://sso.example.com/realms/main"' in await resp.text()
+
+
+async def test_a_cookie_secret_rotation_reseals_the_record_so_the_old_secret_can_go(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    await enable_via_page(http(), replicas, admin_idp)
+    redis = Redis.from_url(replicas.redis.url)
+    sealed_by = json.loads(redis.get("sso:admin:settings") or b"{}")["key"]
+    old = replicas.a.config["session"]["cookie_secret"]
+    new = secrets.token_urlsafe(32)
+    for replica in (replicas.a, replicas.b):  # step 1: the new secret first, the old one still accepted
+        replica.write_config({**replica.config, "session": {**replica.config["session"], "cookie_secret": [new, old]}})
+        replica.reload()
+
+    def resealed() -> bool:
+        return json.loads(redis.get("sso:admin:settings") or b"{}")["key"] != sealed_by
+
+    await eventually(resealed, what="the record re-sealed under the newest cookie secret")
+    for replica in (replicas.a, replicas.b):  # step 2: the old secret dropped
+        replica.write_config({**replica.config, "session": {**replica.config["session"], "cookie_secret": new}})
+        replica.reload()
+    restarted = replicas.b
+    restarted.stop()
+    restarted.start()  # nothing applied yet: it must open the record under the new secret alone
+    assert await enforces_sso(http(), restarted.url, admin_idp)
+    assert "record was refused" not in restarted.proc.logs()

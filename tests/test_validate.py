@@ -116,3 +116,54 @@ def test_a_bad_key_is_listed_once():
         parse(MINIMAL.replace('cookie_secret: "${COOKIE_SECRET}"', "cookie_secret_file: [a, b]"))
     listed = [str(p) for p in info.value.problems]
     assert listed.count("session.cookie_secret_file: must be a string") == 1, listed
+
+
+# -- admin (the settings page) ---------------------------------------------------------------------------
+
+ADMIN_ON = "admin: {enabled: true, groups: [admins]}\n"
+
+
+def test_the_settings_page_is_off_by_default_and_its_keys_are_read():
+    assert parse(MINIMAL).admin.enabled is False
+    s = parse(
+        MINIMAL
+        + "admin: {enabled: true, emails: [Ada@Example.com], groups: [ops], settings_file: /var/lib/s/page.json}\n"
+    )
+    assert (s.admin.enabled, s.admin.emails, s.admin.groups) == (True, ("ada@example.com",), ("ops",))
+    assert s.admin.settings_file == "/var/lib/s/page.json"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "words"),
+    [
+        # Memory sessions keep page settings in a file: it must be named.
+        (ADMIN_ON, "admin.settings_file", "required with admin.enabled unless session.store is redis"),
+        # Nobody could ever be an admin: Enable would be refused forever.
+        ("admin: {enabled: true, settings_file: /x}\n", "admin.enabled", "needs admin.emails or admin.groups"),
+        ("admin: {enabled: true, groups: [a], emails: [not-an-email], settings_file: /x}\n", "admin.emails[0]",
+         "is not an email address"),
+        ("admin: {enabled: true, group: [a], settings_file: /x}\n", "admin.group", "did you mean"),
+    ],
+)  # fmt: skip
+def test_settings_page_config_problems_name_their_key(extra: str, key: str, words: str):
+    found = problems(MINIMAL + extra)
+    assert words in found.get(key, ""), found
+
+
+def test_the_settings_page_with_sso_off_needs_a_break_glass_token():
+    """The first setup goes through break-glass: with SSO off, nobody can sign in to reach the page."""
+    off = MINIMAL.replace("sso:\n", "sso:\n  enabled: false\n") + ADMIN_ON.replace("}", ", settings_file: /x}")
+    found = problems(off)
+    assert "needs break_glass.token" in found.get("admin.enabled", ""), found
+    assert parse(off + f'break_glass: {{token: "{"t" * 32}"}}\n').admin.enabled
+
+
+def test_page_values_are_literal_never_expanded_from_the_environment():
+    """A ${VAR} typed into the settings page must not read the process environment."""
+    from proxy.configfile import parse_settings
+
+    page_sso = {"issuer_url": "https://idp.example.com", "client_id": "${COOKIE_SECRET}", "client_secret": "$${x}"}
+    s = parse_settings(MINIMAL, {"COOKIE_SECRET": "s" * 40, "OIDC_SECRET": "v"}, sso=page_sso)
+    assert s.sso.client_id == "${COOKIE_SECRET}"
+    assert s.sso.client_secret is not None and s.sso.client_secret.reveal() == "$${x}"
+    assert s.sso_source == "page"

@@ -245,8 +245,12 @@ async def login(
     *,
     password: str = "secret",
     max_hops: int = MAX_HOPS,
+    stop_at: str | None = None,
 ) -> aiohttp.ClientResponse:
     """From a protected sidecar URL to the page behind it, signing in at the dev IdP as ``username``.
+
+    ``stop_at``: return the first redirect whose Location starts with it, unfollowed (e.g. the sidecar's
+    callback, to tamper with the authorization response).
 
     Follows every redirect by hand; on the provider's sign-in form posts ``login``/``password``, on its
     consent form posts ``prompt=consent``; a ``form_post`` response page is submitted as a browser would.
@@ -254,7 +258,7 @@ async def login(
     ``await resp.text()`` still works). When the provider already has a session, no form appears.
     The session's cookie jar must accept IP hosts: ``aiohttp.CookieJar(unsafe=True)``.
     """
-    return await _walk(session, "GET", start_url, None, username, password, max_hops, logout=False)
+    return await _walk(session, "GET", start_url, None, username, password, max_hops, logout=False, stop_at=stop_at)
 
 
 async def logout(
@@ -275,6 +279,7 @@ async def _walk(
     max_hops: int,
     *,
     logout: bool,
+    stop_at: str | None = None,
 ) -> aiohttp.ClientResponse:
     trail: list[str] = []
     submitted: set[str] = set()
@@ -287,6 +292,8 @@ async def _walk(
             location = resp.headers.get("Location")
             if not location:
                 raise LoginError(f"redirect without Location at {current}; trail:\n" + "\n".join(trail))
+            if stop_at is not None and str(current.join(URL(location))).startswith(stop_at):
+                return resp
             current = current.join(URL(location))
             if resp.status in (301, 302, 303):
                 method, data = "GET", None

@@ -34,7 +34,12 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """``start()``; ``kill()`` (SIGKILL, a crash) or ``stop()``; ``restart()`` on the same port."""
 
-    def __init__(self, work_dir: str | os.PathLike[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, work_dir: str | os.PathLike[str] | None = None, port: int | None = None, *, persistent: bool = False
+    ) -> None:
+        """``persistent``: an append-only file written at every command, so ``stop()``/``start()`` keeps the
+        data (``kill()`` still loses what the kernel had not written)."""
+        self.persistent = persistent
         self.dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -61,7 +66,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", LOOPBACK,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.dir),
             "--daemonize", "no",
             "--loglevel", "notice",

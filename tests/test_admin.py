@@ -166,6 +166,11 @@ async def test_first_setup_through_break_glass_then_enable_on_both_replicas(
     page = await login(user.session, a.url + "/", "carol.jones")
     text = await page.text()
     assert "carol.jones@example.com" in text and "Carol Jones" in text
+    for replica in (a, b):  # every change was logged, and never the secret
+        logs = replica.proc.logs()
+        assert client.client_secret not in logs
+    assert "settings page: save ok by break-glass from 127.0.0.1" in a.proc.logs()
+    assert "settings page: enable ok by break-glass from 127.0.0.1" in a.proc.logs()
 
 
 async def test_a_save_after_the_test_voids_it(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:

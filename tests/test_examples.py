@@ -25,7 +25,8 @@ def with_temp_secret_files(text: str, tmp_path: Path) -> str:
 @pytest.mark.parametrize("name", ["example.yaml", "demo.yaml"])
 def test_shipped_configs_are_valid(name, tmp_path):
     text = with_temp_secret_files((REPO / "config" / name).read_text(), tmp_path)
-    settings = parse_settings(text, {"COOKIE_SECRET": "c" * 40, "OIDC_CLIENT_SECRET": "x"})
+    env = {"COOKIE_SECRET": "c" * 40, "OIDC_CLIENT_SECRET": "x", "BREAK_GLASS_TOKEN": "b" * 32, "SSO_DEMO_STATE": "/d"}
+    settings = parse_settings(text, env)
     assert settings.redirect_uri.endswith("/oauth2/callback")
 
 

@@ -143,6 +143,17 @@ def check_prerequisites() -> str:
     return node
 
 
+def _lasting_secret(path: Path) -> str:
+    """A cookie secret kept in .demo/ across runs: the settings page's record is sealed under it, so a new
+    secret every run would leave the page's settings unreadable (and the sidecar, rightly, closed)."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    secret = secrets.token_urlsafe(32)
+    path.write_text(secret + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return secret
+
+
 def main() -> int:
     try:
         node = check_prerequisites()
@@ -170,18 +181,26 @@ def main() -> int:
         children.append(console)
         console.wait_until(lambda: http_ok(f"http://{HOST}:{CONSOLE_PORT}/api/whoami"), "readiness")
 
+        break_glass = secrets.token_urlsafe(24)
         sidecar = Child(
             "sidecar",
             [str(SIDECAR), "run", "--config", str(CONFIG)],
-            env={"COOKIE_SECRET": secrets.token_urlsafe(32)},
+            env={
+                "COOKIE_SECRET": _lasting_secret(STATE_DIR / "cookie-secret"),
+                "BREAK_GLASS_TOKEN": break_glass,
+                "SSO_DEMO_STATE": str(STATE_DIR),
+            },
         )
         children.append(sidecar)
-        sidecar.wait_until(lambda: http_ok(f"http://{HOST}:{SIDECAR_PORT}/healthz"), "GET /healthz 200")
+        sidecar.wait_until(lambda: http_ok(f"http://{HOST}:{SIDECAR_PORT}/readyz"), "GET /readyz 200")
 
         print(
             f"\nOpen http://{HOST}:{SIDECAR_PORT}/ in your browser — sign in with any username "
             "(password anything). Ctrl-C stops everything.\n"
-            f"Logs: {STATE_DIR.relative_to(REPO)}/dev-idp.log, console.log, sidecar.log",
+            f"\nThe SSO settings page: http://{HOST}:{SIDECAR_PORT}/oauth2/admin\n"
+            "  sign in as a user whose name starts with 'admin' (e.g. admin.you), or use break-glass access:\n"
+            f"  break-glass token for this run: {break_glass}\n"
+            f"\nLogs: {STATE_DIR.relative_to(REPO)}/dev-idp.log, console.log, sidecar.log",
             flush=True,
         )
         while all(c.running() for c in children):

@@ -17,6 +17,7 @@ from yarl import URL
 
 from proxy import validate_session, validate_sso
 from proxy.configreader import ConfigReader, positive_int
+from proxy.secretcheck import weakness
 from proxy.settings import (
     DEFAULT_HEADERS,
     AccessSettings,
@@ -162,9 +163,11 @@ def parse_break_glass(r: ConfigReader, raw: Mapping[str, Any]) -> BreakGlassSett
     if not s:
         return BreakGlassSettings()
     token, token_file = r.one_secret(s, "token", "break_glass", required=True)
+    key = "break_glass.token_file" if token_file else "break_glass.token"
     if token is not None and len(token.reveal()) < MIN_BREAK_GLASS_TOKEN_LENGTH:
-        key = "break_glass.token_file" if token_file else "break_glass.token"
         r.problem(key, f"must be at least {MIN_BREAK_GLASS_TOKEN_LENGTH} characters (openssl rand -base64 24)")
+    elif token is not None and (weak := weakness(token.reveal())) is not None:
+        r.problem(key, weak.replace("-base64 32", "-base64 24"))
     ttl = r.duration(s, "ttl", "break_glass.ttl", 900.0)
     if not 0 < ttl <= 86400:
         r.problem("break_glass.ttl", "must be positive and at most 1d")

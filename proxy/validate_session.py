@@ -10,6 +10,7 @@ from typing import Any
 
 from proxy.configreader import ConfigReader, positive_int
 from proxy.redis_url import SENTINEL_PORT, parse_redis_url, redact_redis_url, redis_address, redis_db
+from proxy.secretcheck import weakness
 from proxy.settings import RedisSettings, Secret, SessionSettings
 
 MIN_COOKIE_SECRET_LENGTH = 32
@@ -138,9 +139,11 @@ def parse_cookie_secrets(r: ConfigReader, s: Mapping[str, Any]) -> tuple[Secret,
         r.problem(key, "is required (or cookie_secret_file); generate one with: openssl rand -base64 32")
         return ()
     for i, v in enumerate(values):
+        where = key if len(values) == 1 else f"{key}[{i}]"
         if len(v) < MIN_COOKIE_SECRET_LENGTH:
-            where = key if len(values) == 1 else f"{key}[{i}]"
             r.problem(where, f"must be at least {MIN_COOKIE_SECRET_LENGTH} characters (openssl rand -base64 32)")
+        elif (weak := weakness(v)) is not None:
+            r.problem(where, weak)
     for v in values:
         r.fingerprint(v)
     return tuple(Secret(v) for v in values)

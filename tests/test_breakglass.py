@@ -203,7 +203,7 @@ BASE = """
 public_url: https://console.example.com
 upstream: http://127.0.0.1:8888
 sso: {enabled: false}
-session: {cookie_secret: "cccccccccccccccccccccccccccccccccccccccc"}
+session: {cookie_secret: "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"}
 """
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from support.sidecar import sidecar_command
 
-COOKIE_SECRET = "c" * 40
+COOKIE_SECRET = "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"
 
 
 def run(*args: str, config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,14 @@ def test_secret_files_strip_one_trailing_newline_and_cookie_secrets_are_newest_f
     client = tmp_path / "client"
     client.write_text("from-file\n")
     cookies = tmp_path / "cookies"
-    cookies.write_text(f"{'n' * 40}\n{'o' * 40}\n")
+    newest, oldest = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    cookies.write_text(f"{newest}\n{oldest}\n")
     text = MINIMAL.replace('client_secret: "${OIDC_SECRET}"', f'client_secret_file: "{client}"').replace(
         'cookie_secret: "${COOKIE_SECRET}"', f'cookie_secret_file: "{cookies}"'
     )
     s = parse(text)
     assert s.sso.client_secret is not None and s.sso.client_secret.reveal() == "from-file"
-    assert [x.reveal() for x in s.session.cookie_secrets] == ["n" * 40, "o" * 40]
+    assert [x.reveal() for x in s.session.cookie_secrets] == [newest, oldest]
     assert set(s.secret_files) == {str(client), str(cookies)}
 
 

@@ -4,6 +4,7 @@ Kubernetes example. Secret files are replaced by temporary ones; nothing else is
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from support import REPO
 def with_temp_secret_files(text: str, tmp_path: Path) -> str:
     def replace(match: re.Match[str]) -> str:
         secret = tmp_path / Path(match.group(2)).name
-        secret.write_text("s" * 40 + "\n")
+        secret.write_text(secrets.token_urlsafe(32) + "\n")
         return f'{match.group(1)}"{secret}"'
 
     return re.sub(r'(_file:\s*)"(/[^"]+)"', replace, text)
@@ -25,7 +26,12 @@ def with_temp_secret_files(text: str, tmp_path: Path) -> str:
 @pytest.mark.parametrize("name", ["example.yaml", "demo.yaml"])
 def test_shipped_configs_are_valid(name, tmp_path):
     text = with_temp_secret_files((REPO / "config" / name).read_text(), tmp_path)
-    env = {"COOKIE_SECRET": "c" * 40, "OIDC_CLIENT_SECRET": "x", "BREAK_GLASS_TOKEN": "b" * 32, "SSO_DEMO_STATE": "/d"}
+    env = {
+        "COOKIE_SECRET": secrets.token_urlsafe(32),
+        "OIDC_CLIENT_SECRET": "x",
+        "BREAK_GLASS_TOKEN": secrets.token_urlsafe(24),
+        "SSO_DEMO_STATE": "/d",
+    }
     settings = parse_settings(text, env)
     assert settings.redirect_uri.endswith("/oauth2/callback")
 

@@ -12,7 +12,7 @@ from proxy.errors import ConfigError
 from proxy.settings import ExtraIssuer
 from support import REPO
 
-ENV = {"COOKIE_SECRET": "s" * 40, "OIDC_SECRET": "client-secret-value"}
+ENV = {"COOKIE_SECRET": "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT", "OIDC_SECRET": "client-secret-value"}
 BASE = """
 public_url: "https://console.example.com"
 upstream: "http://127.0.0.1:8888"
@@ -107,7 +107,7 @@ def test_the_example_config_with_the_gate_keys_switched_on_is_valid(tmp_path):
         text = re.sub(rf"^(\s*)# ({key}:)", r"\1\2", text, flags=re.MULTILINE)
     text = re.sub(r"^  #   (- issuer_url|  audiences)", r"    \1", text, flags=re.MULTILINE)
     secret = tmp_path / "secret"
-    secret.write_text("x" * 40 + "\n")
+    secret.write_text("q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT" + "\n")
     text = text.replace("/etc/sso-sidecar/secrets/client-secret", str(secret))
     text = text.replace("/etc/sso-sidecar/secrets/cookie-secret", str(secret))
     s = parse_settings(text, ENV)

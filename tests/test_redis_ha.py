@@ -87,7 +87,7 @@ upstream: "http://127.0.0.1:8888"
 sso: {issuer_url: "https://idp.example.com", client_id: "c", client_secret: "s"}
 session:
   store: redis
-  cookie_secret: "cccccccccccccccccccccccccccccccccccccccc"
+  cookie_secret: "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"
 """
 
 

@@ -23,7 +23,7 @@ BASE = {
     "public_url": "http://127.0.0.1:4180",
     "upstream": "http://127.0.0.1:8888",
     "sso": {"enabled": False},
-    "session": {"cookie_secret": "c" * 40},
+    "session": {"cookie_secret": "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"},
 }
 
 

@@ -120,6 +120,7 @@ def test_a_bad_key_is_listed_once():
 
 # -- admin (the settings page) ---------------------------------------------------------------------------
 
+SECRET_32 = "tB7yQ2mX9kL4pW6rZ1vN8cH3jF5dG0sK"
 ADMIN_ON = "admin: {enabled: true, groups: [admins]}\n"
 
 
@@ -155,7 +156,7 @@ def test_the_settings_page_with_sso_off_needs_a_break_glass_token():
     off = MINIMAL.replace("sso:\n", "sso:\n  enabled: false\n") + ADMIN_ON.replace("}", ", settings_file: /x}")
     found = problems(off)
     assert "needs break_glass.token" in found.get("admin.enabled", ""), found
-    assert parse(off + f'break_glass: {{token: "{"t" * 32}"}}\n').admin.enabled
+    assert parse(off + f"break_glass: {{token: {SECRET_32}}}\n").admin.enabled
 
 
 def test_page_values_are_literal_never_expanded_from_the_environment():
@@ -163,7 +164,9 @@ def test_page_values_are_literal_never_expanded_from_the_environment():
     from proxy.configfile import parse_settings
 
     page_sso = {"issuer_url": "https://idp.example.com", "client_id": "${COOKIE_SECRET}", "client_secret": "$${x}"}
-    s = parse_settings(MINIMAL, {"COOKIE_SECRET": "s" * 40, "OIDC_SECRET": "v"}, sso=page_sso)
+    s = parse_settings(
+        MINIMAL, {"COOKIE_SECRET": "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT", "OIDC_SECRET": "v"}, sso=page_sso
+    )
     assert s.sso.client_id == "${COOKIE_SECRET}"
     assert s.sso.client_secret is not None and s.sso.client_secret.reveal() == "$${x}"
     assert s.sso_source == "page"

@@ -104,7 +104,7 @@ def test_more_than_one_worker_needs_redis(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(
         "public_url: http://127.0.0.1:1\nupstream: http://127.0.0.1:2\nworkers: 2\n"
-        "sso: {enabled: false}\nsession: {cookie_secret: '" + "x" * 40 + "'}\n"
+        "sso: {enabled: false}\nsession: {cookie_secret: '" + "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT" + "'}\n"
     )
     result = subprocess.run([*sidecar_command(), "check", "--config", str(path)], capture_output=True, text=True)
     assert result.returncode == 2 and "workers" in result.stderr and "redis" in result.stderr

@@ -10,7 +10,7 @@ from proxy.configfile import parse_settings
 from proxy.errors import ConfigError
 from proxy.settings import Settings
 
-SECRET = "s" * 40
+SECRET = "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"
 ENV = {"COOKIE_SECRET": SECRET, "OIDC_SECRET": "client-secret-value"}
 
 MINIMAL = """

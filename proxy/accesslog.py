@@ -11,14 +11,26 @@ every 100 ms (or sooner when many pile up).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
+import time as _time
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy.logs import escape_field
+from proxy.logs import FORMAT, escape_field, iso_time
+
+_PROBES = frozenset({"/healthz", "/readyz"})
+
+
+def _route_of(path: str) -> str:
+    """The kind of a request the gate did not classify: the sidecar's own endpoints and the probes."""
+    if path in _PROBES:
+        return "probe"
+    return "sidecar" if path.startswith("/oauth2/") else "proxy"
+
 
 _FLUSH_AFTER = 0.1
 _MAX_PENDING = 256
@@ -72,9 +84,30 @@ class AccessLogger(AbstractAccessLogger):
         query = path.find("?")
         if query >= 0:
             path = path[:query]
+        route = request.get("route") or _route_of(path)
+        user = request.get("user")
+        if FORMAT.json:
+            event = {
+                "time": iso_time(_time.time()),
+                "level": "INFO",
+                "logger": self.logger.name,
+                "message": f"{request.method} {path} {response.status}",
+                "request_id": request.get("request_id", "-"),
+                "method": request.method,
+                "path": path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 1),
+                "route": route,
+                "remote": request.remote,
+            }
+            if user is not None:
+                event["user"] = user
+            BATCH.add(json.dumps(event, ensure_ascii=False) + "\n")
+            return
+        who = f" user={escape_field(user)}" if user is not None else ""
         BATCH.add(
             f'{BATCH.timestamp()} INFO {self.logger.name}: {request.remote} "{request.method} {escape_field(path)}" '
-            f"{response.status} {time * 1000:.1f}ms [{request.get('request_id', '-')}]\n"
+            f"{response.status} {time * 1000:.1f}ms [{request.get('request_id', '-')}] {route}{who}\n"
         )
 
     @property

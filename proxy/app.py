@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 
 from proxy import __version__, admin, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
@@ -71,14 +73,21 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     (``Runtime.pin``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
     so both see the same config. (One middleware, not two: each layer costs every request.)
     """
-    request["request_id"] = _next_request_id()
+    offered = request.headers.get("X-Request-Id")
+    # A front proxy's request id is kept (and passed to the console), so one id follows the request
+    # through every hop's logs; anything that is not a plain token is replaced, never logged.
+    request["request_id"] = offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
     runtime = request.app[RUNTIME]
     upstream = runtime.pin()
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except SidecarError as exc:
-        level = logging.WARNING if exc.status < 500 else logging.ERROR
+        # Someone who simply has not signed in yet is routine (INFO); refusals are worth a look (WARNING).
+        anonymous = type(exc) is Unauthenticated
+        level = logging.INFO if anonymous else logging.WARNING if exc.status < 500 else logging.ERROR
+        if anonymous:
+            request["route"] = "unauthenticated"
         log.log(level, "%s %s -> %d %s: %s [%s]", request.method, request.path, exc.status, exc.code,
                 exc.message, request["request_id"])  # fmt: skip
         return render_error(request, exc)
@@ -89,6 +98,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return render_error(request, SidecarError("An unexpected error occurred."))
     finally:
         runtime.unpin(upstream)
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
 
 
 class _RequestIds:
@@ -132,6 +144,34 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 WORKER: web.AppKey[int] = web.AppKey("worker", int)
 
 
+async def _probe_provider(runtime: Runtime) -> None:
+    """At startup, ask the issuer once, so a provider that is unreachable or misconfigured is said loudly
+    now rather than at the first sign-in. The sidecar stays ready: signed-in users keep working, and
+    ``/oauth2/status`` shows the discovery status."""
+    oidc = runtime.active.oidc
+    if oidc is None:
+        return
+    issuer = oidc.settings.issuer_url
+    try:
+        await oidc.metadata()
+        keys = await oidc.jwks.keys()
+    except SidecarError as exc:
+        log.warning("the issuer %s cannot be used right now: %s. Signed-in users keep working; sign-ins fail "
+                    "until it answers (see /oauth2/status)", issuer, exc.message)  # fmt: skip
+        return
+    if not keys:
+        log.warning("the issuer %s publishes no usable signing key: sign-ins will fail", issuer)
+        return
+    log.info("the issuer %s answers: discovery and %d signing key(s) read", issuer, len(keys))
+
+
+async def _no_server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """aiohttp adds ``Server: Python/3.x aiohttp/3.y`` where nobody set one: a version list for scanners.
+    The console's own Server header, if it sends one, passes."""
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        del response.headers["Server"]
+
+
 def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     """The sidecar for ``settings``; ``worker`` is this process's index when ``workers`` > 1."""
     app = web.Application(
@@ -143,6 +183,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
         handler_args={"max_line_size": 16384, "max_field_size": 32768, "auto_decompress": False},
     )
     app[WORKER] = worker
+    app.on_response_prepare.append(_no_server_header)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=settings.sso.http_timeout)
@@ -157,11 +198,13 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
                 runtime.closed = "starting: the SSO settings page's record has not been read yet"
                 await page.sync()
             page_task = asyncio.get_running_loop().create_task(page.run())
+            probe = asyncio.get_running_loop().create_task(_probe_provider(runtime))
             try:
                 yield
             finally:
-                page_task.cancel()
-                await asyncio.gather(page_task, return_exceptions=True)
+                for task in (page_task, probe):
+                    task.cancel()
+                await asyncio.gather(page_task, probe, return_exceptions=True)
                 await runtime.sessions.stop()
                 await runtime.close()
 

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import __version__, logs
-from proxy.configfile import load_public_url, load_settings
+from proxy.configfile import load_public_url, load_settings, peek_log_format
 from proxy.errors import ConfigError
 from proxy.settings import Settings
 
@@ -50,8 +50,9 @@ def cmd_check(path: str) -> int:
     settings = _load(path)
     if settings is None:
         return 2
-    # The store's own outage lines (with library class names) would repeat what check reports itself.
-    logging.getLogger("sso_sidecar.sessions").setLevel(logging.CRITICAL)
+    # One clean line per problem: the log lines behind them (retries, the store's outage line) would only
+    # repeat what check reports itself.
+    logging.getLogger("sso_sidecar").setLevel(logging.CRITICAL)
     return asyncio.run(_check(settings, path))
 
 
@@ -139,10 +140,17 @@ async def _check(settings: Settings, path: str) -> int:
 
 
 def cmd_run(path: str) -> int:
-    settings = _load(path)
-    if settings is None:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        # Before logging is set up: still in the format the file asks for, so a JSON pipeline sees it.
+        lines = [f"sso-sidecar: {path}: the config has {len(exc.problems)} problem(s):"]
+        lines += [f"  - {problem}" for problem in exc.problems]
+        if peek_log_format(path) == "json":
+            lines = [f"{path}: {problem}" for problem in exc.problems]
+        logs.print_problems(lines, peek_log_format(path))
         return 2
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
     try:
         import uvloop
 

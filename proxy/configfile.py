@@ -42,6 +42,15 @@ def load_public_url(path: str | os.PathLike[str], environ: Mapping[str, str] | N
     return url
 
 
+def peek_log_format(path: str | os.PathLike[str]) -> str:
+    """The file's ``log_format`` read as well as it can be, for reporting a config that does not load."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "text"
+    return "json" if isinstance(raw, dict) and raw.get("log_format") == "json" else "text"
+
+
 def parse_settings(
     text: str, environ: Mapping[str, str], source: str = "", *, sso: Mapping[str, Any] | None = None
 ) -> Settings:

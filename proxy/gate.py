@@ -180,14 +180,22 @@ def authorize(claims: Mapping[str, Any], settings: Settings) -> None:
 async def _identity(
     request: web.Request, runtime: Runtime, active: Active, target: RequestPath
 ) -> list[tuple[str, str]] | web.StreamResponse:
-    """The identity headers for the console, or the login redirect a browser without a session gets."""
-    if active.oidc is None or skips_auth(active.settings.skip_auth, request.method, target):
+    """The identity headers for the console, or the login redirect a browser without a session gets.
+
+    Also notes the route kind and the subject for the access log."""
+    if active.oidc is None:
+        request["route"] = "passthrough"
+        return []
+    if skips_auth(active.settings.skip_auth, request.method, target):
+        request["route"] = "public"
         return []
     claims = await caller(request, runtime, active)
     if claims is None:
         if is_api_request(request):
             raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
+        request["route"] = "login"
         return await begin_login(request, runtime, active, target.path_qs)
+    request["user"] = claims.get("sub")
     authorize(claims, active.settings)
     return active.identity.values(claims)
 
@@ -201,9 +209,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     host = request_host(request, active.settings)
     headers = CIMultiDict(request.headers)
     headers["Host"] = host
+    headers["X-Request-Id"] = request["request_id"]
     active.identity.strip(headers)
     # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
     emergency = breakglass.admit(request, runtime, active, headers)
+    if emergency is not None:
+        request["route"], request["user"] = "break_glass", active.settings.break_glass.user
     decided = emergency if emergency is not None else await _identity(request, runtime, active, target)
     if isinstance(decided, web.StreamResponse):
         return decided

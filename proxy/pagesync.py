@@ -66,7 +66,7 @@ async def read_record(settings: Settings) -> tuple[str, PageRecord | None, str |
             return store.where, None, None
         return store.where, Keys(settings.session.cookie_secrets).open(raw)[0], None
     except (StoreUnavailable, OSError) as exc:
-        return store.where, None, exc.message if isinstance(exc, SidecarError) else str(exc)
+        return store.where, None, "unreachable" if isinstance(exc, SidecarError) else str(exc)
     except RecordError as exc:
         return store.where, None, str(exc)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,5 +84,26 @@ class ProviderHTTP:
             log.warning("%s at %s did not answer within %ss", what, url, self._timeout_seconds)
             raise ProviderError(f"The identity provider did not answer in time ({what})") from None
         except aiohttp.ClientError as exc:
-            log.warning("%s at %s failed: %s", what, url, type(exc).__name__)
-            raise ProviderError(f"Could not reach the identity provider ({what})") from None
+            reason = _reason(exc)
+            log.warning("%s at %s failed: %s", what, url, reason)
+            raise ProviderError(f"Could not reach the identity provider ({what}: {reason})") from None
+
+
+def _reason(exc: aiohttp.ClientError) -> str:
+    """What went wrong, in words (no class names): for logs, status and ``check``."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate is not trusted"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno).lower()  # "connection refused", not the event loop's wording
+        return "connection failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "its answer was cut off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"it answered HTTP {exc.status}"
+    return "the connection failed"

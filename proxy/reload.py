@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 
 from aiohttp import web
 
+from proxy import logs
 from proxy.configfile import load_settings
 from proxy.discovery import ProviderMetadata
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
@@ -142,8 +143,8 @@ async def _reload(runtime: Runtime, path: str, trigger: str) -> bool:
     restart = runtime.boot_settings.restart_needed(settings)
     changed = changed_keys(current, settings)
     runtime.swap(candidate)
-    if settings.log_level != current.log_level:
-        logging.getLogger().setLevel(settings.log_level.upper())
+    if (settings.log_level, settings.log_format) != (current.log_level, current.log_format):
+        logs.setup(settings.log_level, settings.log_format)
     status.last_error = None
     status.last_error_at = None
     status.needs_restart = restart

@@ -213,6 +213,7 @@ class Settings:
     allowed_redirect_hosts: tuple[str, ...] = ()
     upstream_timeout: float = 300.0
     log_level: str = "info"
+    log_format: str = "text"  # text | json
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     break_glass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     status: StatusSettings = field(default_factory=StatusSettings)

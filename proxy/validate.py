@@ -43,7 +43,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         {
             "listen", "public_url", "upstream", "sso", "headers", "header_list_separator", "session",
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
-            "log_level", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
+            "log_level", "log_format", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -55,6 +55,9 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
     log_level = r.string(raw, "log_level", "log_level") or "info"
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         r.problem("log_level", "must be one of debug, info, warning, error")
+    log_format = r.string(raw, "log_format", "log_format") or "text"
+    if log_format not in ("text", "json"):
+        r.problem("log_format", "must be text or json")
     sso = validate_sso.parse_sso(r, raw)
     session = validate_session.parse_session(r, raw)
     if workers > 1 and session.store != "redis":
@@ -95,6 +98,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         allowed_redirect_hosts=redirect_hosts,
         upstream_timeout=upstream_timeout,
         log_level=log_level.lower(),
+        log_format=log_format,
         reload=reload,
         break_glass=break_glass,
         status=status,

@@ -25,6 +25,7 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.aioclient import AiohttpClient
 from proxy.answer import Answer, Broken, Busy, NotForwardable, Timeout, UpstreamFailure
 from proxy.errors import BadRequest, UpstreamError
 from proxy.h1pool import Pool
@@ -32,7 +33,7 @@ from proxy.identity import header_key, remove_headers
 from proxy.relay import relay_streamed, relay_whole
 from proxy.websocket import proxy_websocket
 
-UPSTREAM_CLIENTS: Final = ("h1",)
+UPSTREAM_CLIENTS: Final = ("h1", "aiohttp")
 DEFAULT_MAX_CONNECTIONS: Final = 256
 # How long a request waits for a connection to the console: to open one, or for one to come free when
 # the pool is at its cap (HAProxy's queue timeout defaults to its connect timeout likewise).
@@ -144,7 +145,16 @@ class Upstream:
             return
         base = self.base
         tls = ssl.create_default_context() if base.scheme == "https" else None
-        if True:
+        if self.client == "aiohttp":
+            self._client = AiohttpClient(
+                origin=base.origin(),
+                tls=tls,
+                read_timeout=self._read_timeout,
+                connect_timeout=self._connect_timeout,
+                max_connections=self._max_connections,
+                drop=HOP_BY_HOP,
+            )
+        else:
             self._client = Pool(
                 host=base.raw_host or "localhost",
                 port=base.port or (443 if tls is not None else 80),
@@ -175,6 +185,8 @@ class Upstream:
         client, self._client = self._client, None
         if isinstance(client, Pool):
             client.close()
+        elif isinstance(client, AiohttpClient):
+            await client.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -246,7 +246,6 @@ class AiohttpClient:
         """``drop``: response header names (lower case) never passed on, e.g. hop-by-hop ones."""
         self._origin = str(origin)
         self._authority = origin.raw_authority
-        self._tls = tls
         self._connect_timeout = connect_timeout
         self._cap = max_connections
         self._slots = asyncio.Semaphore(max_connections)

@@ -1,12 +1,13 @@
-"""A lean HTTP/1.1 client to the console: one origin, pooled keep-alive connections, streamed bodies.
+"""A lean HTTP/1.1 client to the console: one connection and the exchange on it (``h1pool`` pools them).
 
 Every proxied request pays for the client side of the hop, and aiohttp's general-purpose
 ``ClientSession`` spends more CPU per request than the whole rest of the sidecar (request and response
 objects, cookie and redirect machinery, per-read timers). This client does only what a reverse proxy
 needs: write a request head and stream its body, parse the answer with llhttp (``httptools``, the parser
-Node.js uses), and hand the body on as it arrives, with back-pressure both ways.
+Node.js uses), and hand the body on as it arrives, with back-pressure both ways. ``aioclient`` is the
+same over aiohttp, for operators who prefer the well-trodden client (``upstream_client: aiohttp``).
 
-Rules it follows (RFC 9112):
+Rules it follows (RFC 9112), beside those every client keeps (``proxy.answer``):
 - one exchange at a time per connection; a connection goes back to the pool only when the request was
   sent in full, the response was read in full and both sides allow keep-alive;
 - one exchange is one response: parsing stops at the end of the first final answer. Any byte after it
@@ -14,14 +15,13 @@ Rules it follows (RFC 9112):
   connection retires that connection: such bytes are never read as an answer and the connection is
   never reused, so a console that was tricked into answering twice cannot hand one user's answer to
   the next user (response desynchronisation);
+- the request head goes out as the client sent it: aiohttp's server decodes header bytes as UTF-8 with
+  ``surrogateescape``, and ``serialize`` encodes them back the same way, so obs-text bytes arrive
+  unchanged and the identity values the sidecar sets (``str``) arrive as UTF-8;
 - the request body goes out exactly as framed: with the client's Content-Length, exactly that many
   bytes (fewer or more aborts the connection), else chunked;
-- the console's answer head is bounded (``MAX_HEAD``, ``MAX_FIELD``, ``MAX_HEADERS``, ``MAX_REASON``):
-  a bigger one is a ``Broken`` answer (502), not a memory sink;
 - interim 1xx answers (103 Early Hints...) are skipped; HEAD, 204 and 304 answers have no body; a body
   with neither length nor chunking ends when the console closes the connection;
-- a reused connection that the console closed just before our request (idle keep-alive race) is retried
-  once on a fresh connection, only for an idempotent method without a body (RFC 9110 9.2.2);
 - ``read_timeout`` bounds every wait for the console (head or next body bytes), not the whole body.
 
 Websockets are not handled here (``upstream`` keeps aiohttp's client for them).
@@ -31,66 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import select
-import ssl
-import time
+import re
 from collections.abc import Iterable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 from aiohttp import StreamReader
 from multidict import CIMultiDict
 
-__all__ = ["HOP_BY_HOP", "Broken", "Exchange", "Pool", "Timeout", "Unreachable"]
+from proxy.answer import MAX_FIELD, MAX_HEAD, MAX_HEADERS, MAX_REASON, Broken, Timeout, Unreachable, UpstreamFailure
 
-_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+if TYPE_CHECKING:  # the pool creates exchanges; an exchange only calls back into it
+    from proxy.h1pool import Pool
+
+__all__ = ["ClosedEarly", "Exchange", "serialize"]
+
 # Read pausing: the console is not read further while this much body waits for the client.
 _HIGH_WATER: Final = 256 * 1024
-_LOW_WATER: Final = 64 * 1024
-_IDLE_KEEPALIVE: Final = 15.0  # pooled connections older than this are closed, not reused
-# Headers that describe one hop only (RFC 9110 7.6.1), never passed on in either direction; Connection is
-# also read for the names it lists.
-HOP_BY_HOP: Final[frozenset[str]] = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP)  # as llhttp hands names over
-_BODY_FREE_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-# Limits on the console's answer head (interim 1xx heads included). nginx's proxy_buffer_size allows
-# 4-8 KiB for the whole head; consoles with many large cookies need more, so the total is generous, but
-# a console can never make the sidecar buffer an unbounded head.
-MAX_HEAD: Final = 64 * 1024
-MAX_FIELD: Final = 16 * 1024  # one header line, name and value
-MAX_HEADERS: Final = 100
-MAX_REASON: Final = 512
+# llhttp refuses control characters in header values, but not in the reason phrase (RFC 9112 4: HTAB,
+# SP, VCHAR and obs-text only).
+_REASON_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class UpstreamFailure(Exception):
-    """The console could not give an answer; the message is safe to show (no headers, no bodies)."""
-
-
-class Unreachable(UpstreamFailure):
-    """No connection, or it was closed before any answer."""
-
-
-class Broken(UpstreamFailure):
-    """The answer was malformed, or cut off in the middle."""
-
-
-class Timeout(UpstreamFailure):
-    """The console did not send anything for ``read_timeout``."""
-
-
-class _Closed(Unreachable):
+class ClosedEarly(Unreachable):
     """Closed before the first byte of the answer: a reused connection may have been stale."""
 
 
@@ -117,6 +80,10 @@ class Exchange(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._loop = pool.loop
+        self._drop = pool.drop
+        # Counted against the pool's connection cap until the connection ends (``_end``); the pool sets
+        # it once the connection is its own.
+        self.holds_slot = False
         self.transport: asyncio.Transport | None = None
         self._lost = False
         self._paused_writing = False
@@ -132,7 +99,7 @@ class Exchange(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self._reason = b""
-        self._raw_headers: list[tuple[str, str]] = []
+        self._raw_headers: list[tuple[str, str]] = []  # latin-1: one character per byte
         self._head_bytes = 0  # bytes fed to the parser before the final head was complete
         self._header_count = 0
         self._listed: list[bytes] | None = None  # Connection header values
@@ -219,6 +186,7 @@ class Exchange(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._pool.forget(self)
+        self._end()
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_exception(ConnectionResetError("the console closed the connection"))
@@ -228,7 +196,7 @@ class Exchange(asyncio.Protocol):
             self._message_done()  # a body without length ends when the connection does
             return
         if not self._got_bytes:
-            self._fail(_Closed("connection closed by the console"))
+            self._fail(ClosedEarly("connection closed by the console"))
         elif self._have_head:
             self._fail(Broken("connection closed in the middle of the body"))
         else:
@@ -261,7 +229,7 @@ class Exchange(asyncio.Protocol):
         if self._header_count > MAX_HEADERS:
             raise _Refused(f"the response has more than {MAX_HEADERS} headers")
         lower = name.lower()
-        if lower in _HOP_BY_HOP:
+        if lower in self._drop:  # hop-by-hop (the proxy's list), with Connection and Transfer-Encoding
             if lower == b"connection":
                 if self._listed is None:
                     self._listed = [value]
@@ -276,7 +244,7 @@ class Exchange(asyncio.Protocol):
             return
         if lower == b"content-length":
             self._framed = True
-        self._raw_headers.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
+        self._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -288,6 +256,8 @@ class Exchange(asyncio.Protocol):
             self._reason, self._raw_headers, self._listed, self._framed = b"", [], None, False
             self._header_count = 0
             return
+        if _REASON_CONTROL.search(self._reason) is not None:
+            raise _Refused("the response reason phrase holds a control character")
         self.status = status
         self.reason = self._reason.decode("latin-1").strip()
         headers = CIMultiDict(self._raw_headers)
@@ -362,7 +332,7 @@ class Exchange(asyncio.Protocol):
 
     # -- the exchange -------------------------------------------------------------------------------
 
-    def _send(self, method: str, head: bytes, body: StreamReader | None, length: int | None) -> None:
+    def send_request(self, method: str, head: bytes, body: StreamReader | None, length: int | None) -> None:
         transport = self.transport
         assert transport is not None
         self._reset(method)
@@ -415,7 +385,7 @@ class Exchange(asyncio.Protocol):
         if self.transport is not None and not self._lost:
             self.transport.abort()
 
-    async def _head(self) -> None:
+    async def wait_head(self) -> None:
         if not self._have_head and self._error is None:
             self._head_waiter = self._loop.create_future()
             self._last_read = self._loop.time()
@@ -475,163 +445,22 @@ class Exchange(asyncio.Protocol):
             task.cancel()
         if self.transport is not None and not self._lost:
             self.transport.close()
+        self._end()
+
+    def _end(self) -> None:
+        """The connection is over (or closing): its place under the pool's cap is free (once)."""
+        if self.holds_slot:
+            self.holds_slot = False
+            self._pool.free_slot()
 
     @property
     def closing(self) -> bool:
         return self._lost or self.transport is None or self.transport.is_closing()
 
 
-class Pool:
-    """Keep-alive connections to one origin, most recently used first."""
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        tls: ssl.SSLContext | None,
-        authority: str,
-        read_timeout: float,
-        connect_timeout: float,
-    ) -> None:
-        self._host = host
-        self._port = port
-        self._tls = tls
-        self._authority = authority
-        self.read_timeout = read_timeout
-        self._connect_timeout = connect_timeout
-        self._idle: list[Exchange] = []
-        self._poller = select.poll()
-        # Exchanges in flight, checked for read timeouts by one sweep instead of a timer per request; a
-        # timeout fires between 1x and 1.25x ``read_timeout`` after the console's last byte.
-        self.busy: set[Exchange] = set()
-        self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_every = max(0.01, min(1.0, read_timeout / 4))
-        self._closed = False
-        self.loop = asyncio.get_running_loop()
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: CIMultiDict[str],
-        body: StreamReader | None,
-    ) -> Exchange:
-        """Send a request and wait for the head of its answer. ``headers`` is sent as given, plus Host when
-        missing and the body framing: the client's Content-Length when it sent one (and then exactly that
-        many bytes), else chunked. ``headers`` must hold no Transfer-Encoding (it is hop-by-hop)."""
-        length: int | None = None
-        declared = headers.get("Content-Length")
-        if body is not None:
-            if declared is None:
-                headers["Transfer-Encoding"] = "chunked"
-            else:
-                length = int(declared)
-        elif method not in _BODY_FREE_METHODS and declared is None:
-            headers["Content-Length"] = "0"  # RFC 9110 8.6: a POST without a body says so
-        if "Host" not in headers:
-            headers["Host"] = self._authority
-        head = _serialize(method, target, headers.items(), len(headers))
-        retry = body is None and method in _IDEMPOTENT
-        while True:
-            exchange = self._take_idle() or await self._connect()
-            exchange._send(method, head, body, length)
-            try:
-                await exchange._head()
-            except _Closed:
-                exchange.close()
-                if retry and exchange.reused:
-                    retry = False
-                    continue
-                raise
-            except BaseException:
-                exchange.close()
-                raise
-            return exchange
-
-    def _take_idle(self) -> Exchange | None:
-        idle = self._idle
-        stale = time.monotonic() - _IDLE_KEEPALIVE
-        while idle:
-            exchange = idle.pop()
-            if exchange.closing or exchange.idle_since < stale or self._has_unread(exchange.fileno):
-                exchange.close()
-                continue
-            exchange.reused = True
-            return exchange
-        return None
-
-    def _has_unread(self, fileno: int) -> bool:
-        """True when bytes (or a close) arrived on an idle connection since the event loop last looked.
-
-        Bytes the loop already saw retired the connection (``Exchange.data_received``); this closes the
-        window in which unasked bytes sit unread in the socket and would be parsed as the answer to the
-        request we are about to send.
-        """
-        if fileno < 0:
-            return False
-        poller = self._poller
-        poller.register(fileno, select.POLLIN)
-        try:
-            return bool(poller.poll(0))
-        finally:
-            poller.unregister(fileno)
-
-    async def _connect(self) -> Exchange:
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, exchange = await self.loop.create_connection(
-                    lambda: Exchange(self),
-                    self._host,
-                    self._port,
-                    ssl=self._tls,
-                    server_hostname=self._host if self._tls is not None else None,
-                )
-        except TimeoutError:
-            raise Timeout("connecting timed out") from None
-        except ssl.SSLError as exc:
-            raise Unreachable(f"TLS failed: {exc.reason or type(exc).__name__}") from None
-        except OSError as exc:
-            raise Unreachable(f"connection failed: {exc.strerror or type(exc).__name__}") from None
-        return exchange
-
-    def watch(self, exchange: Exchange) -> None:
-        self.busy.add(exchange)
-        if self._sweep is None:
-            self._sweep = self.loop.call_later(self._sweep_every, self._check)
-
-    def _check(self) -> None:
-        self._sweep = None
-        now, timeout = self.loop.time(), self.read_timeout
-        for exchange in list(self.busy):
-            exchange.check_timeout(now, timeout)
-        if self.busy:
-            self._sweep = self.loop.call_later(self._sweep_every, self._check)
-
-    def put_back(self, exchange: Exchange) -> None:
-        if self._closed or exchange.closing:
-            exchange.close()
-            return
-        exchange.idle_since = time.monotonic()
-        self._idle.append(exchange)
-
-    def forget(self, exchange: Exchange) -> None:
-        """A connection closed: it is no longer pooled."""
-        if self._idle and exchange in self._idle:
-            self._idle.remove(exchange)
-
-    def close(self) -> None:
-        """Close the idle connections; those in use are closed when they are released."""
-        self._closed = True
-        if self._sweep is not None and not self.busy:
-            self._sweep.cancel()
-            self._sweep = None
-        idle, self._idle = self._idle, []
-        for exchange in idle:
-            exchange.close()
-
-
-def _serialize(method: str, target: str, headers: Iterable[tuple[str, str]], count: int) -> bytes:
+def serialize(method: str, target: str, headers: Iterable[tuple[str, str]], count: int) -> bytes:
+    """The request head: the client's bytes back as they came (``surrogateescape``), the sidecar's own
+    values as UTF-8. ``ValueError`` if a name or value holds a line break."""
     lines = "\r\n".join(map(": ".join, headers))
     head = f"{method} {target} HTTP/1.1\r\n{lines}\r\n\r\n" if lines else f"{method} {target} HTTP/1.1\r\n\r\n"
     # Each line ends in the one CRLF we wrote: a CR or LF inside a name or value would split a header.

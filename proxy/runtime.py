@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -113,13 +114,17 @@ class Runtime:
             oidc = old.oidc if same_client and old is not None else None
             if oidc is None:
                 oidc = OIDCClient(settings.sso, settings.redirect_uri, self.http)
-        if old is not None and (old.settings.upstream, old.settings.upstream_timeout) == (
-            settings.upstream,
-            settings.upstream_timeout,
-        ):
+        # A reload that changes none of what the upstream is built from keeps the pool.
+        built_from = attrgetter("upstream", "upstream_timeout", "upstream_client", "upstream_max_connections")
+        if old is not None and built_from(old.settings) == built_from(settings):
             upstream = old.upstream
         else:
-            upstream = Upstream(settings.upstream, timeout=settings.upstream_timeout)
+            upstream = Upstream(
+                settings.upstream,
+                timeout=settings.upstream_timeout,
+                client=settings.upstream_client,
+                max_connections=settings.upstream_max_connections,
+            )
             await upstream.start()
         return Active(
             settings=settings,

@@ -212,6 +212,8 @@ class Settings:
     # Hosts (host or host:port, lower case) an absolute return-to URL may name besides public_url's own.
     allowed_redirect_hosts: tuple[str, ...] = ()
     upstream_timeout: float = 300.0
+    upstream_client: str = "h1"  # h1 | aiohttp: the client for plain HTTP to the console
+    upstream_max_connections: int = 256  # plain-HTTP connections to the console per process, idle or in use
     log_level: str = "info"
     log_format: str = "text"  # text | json
     reload: ReloadSettings = field(default_factory=ReloadSettings)

@@ -44,6 +44,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
             "listen", "public_url", "upstream", "sso", "headers", "header_list_separator", "session",
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
             "log_level", "log_format", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
+            "upstream_client", "upstream_max_connections",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -52,6 +53,11 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
     metrics_listen = r.host_port(raw, "metrics_listen", "metrics_listen")
     workers = r.get(raw, "workers", "workers", positive_int, 1)
     upstream_timeout = r.duration(raw, "upstream_timeout", "upstream_timeout", 300.0)
+    upstream_client = r.string(raw, "upstream_client", "upstream_client") or "h1"
+    if upstream_client not in ("h1", "aiohttp"):
+        r.problem("upstream_client", "must be h1 or aiohttp")
+        upstream_client = "h1"
+    upstream_max_connections = r.get(raw, "upstream_max_connections", "upstream_max_connections", positive_int, 256)
     log_level = r.string(raw, "log_level", "log_level") or "info"
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         r.problem("log_level", "must be one of debug, info, warning, error")
@@ -97,6 +103,8 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         trusted_proxies=trusted,
         allowed_redirect_hosts=redirect_hosts,
         upstream_timeout=upstream_timeout,
+        upstream_client=upstream_client,
+        upstream_max_connections=upstream_max_connections,
         log_level=log_level.lower(),
         log_format=log_format,
         reload=reload,

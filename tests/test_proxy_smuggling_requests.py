@@ -466,6 +466,47 @@ async def test_a_refused_request_with_expect_never_hands_its_body_to_the_console
 
 
 # --------------------------------------------------------------------------------------------------
+# Header bytes beyond ASCII
+
+
+UTF8_HEADER = (b"X-Utf-8", "café crème 日本".encode())
+NOT_UTF8_HEADERS = [
+    (b"X-Latin-1", b"caf\xe9 cr\xe8me"),
+    (b"X-Every-High-Byte", bytes(range(0x80, 0x100))),
+]
+
+
+async def one_request(rig: Rig, ctx: Ctx, tag: str, headers: list[tuple[bytes, bytes]]) -> RawResponse:
+    lines = [name + b": " + value for name, value in headers]
+    wire = rig.request("GET", f"{ctx.path}?{tag}", *lines, "Accept: application/json", user=ctx.user, close=True)
+    async with await RawClient.open(rig.port) as client:
+        await client.send(wire)
+        return await client.response(timeout=5)
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+async def test_header_bytes_beyond_ascii_reach_the_console_byte_exact_or_are_refused(rig: Rig, ctx: Ctx) -> None:
+    """UTF-8 header bytes reach the console unchanged through either client; other obs-text bytes do through
+    h1, while aiohttp's writer cannot send them, so with it the request is refused (400), never altered."""
+    mark = rig.console.mark()
+    got = await one_request(rig, ctx, "utf8", [UTF8_HEADER])
+    assert is_console_echo(got), got
+    (seen,) = check_console(rig.console, mark, host=rig.host, user=ctx.user, legit=[Legit("GET", f"{ctx.path}?utf8")])
+    assert [h for h in seen.raw_headers if h[0] == UTF8_HEADER[0]] == [UTF8_HEADER], seen.head
+
+    mark = rig.console.mark()
+    got = await one_request(rig, ctx, "latin", NOT_UTF8_HEADERS)
+    if rig.upstream_client == "aiohttp":
+        assert got.status == 400, got
+        check_console(rig.console, mark, host=rig.host, user=ctx.user, refused=True)
+        return
+    assert is_console_echo(got), got
+    (seen,) = check_console(rig.console, mark, host=rig.host, user=ctx.user, legit=[Legit("GET", f"{ctx.path}?latin")])
+    names = {name for name, _ in NOT_UTF8_HEADERS}
+    assert [h for h in seen.raw_headers if h[0] in names] == NOT_UTF8_HEADERS, seen.head
+
+
+# --------------------------------------------------------------------------------------------------
 # Real nginx as the console: the smuggled request is parsed by nginx itself on base
 
 
@@ -489,8 +530,10 @@ http {{
 """
 
 
-@pytest.fixture(scope="module")
-async def nginx_rig(idp: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Rig, Path]]:
+@pytest.fixture(scope="module", params=UPSTREAM_CLIENTS)
+async def nginx_rig(
+    request: pytest.FixtureRequest, idp: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Rig, Path]]:
     work = tmp_path_factory.mktemp("smuggling-nginx")
     port = free_port()
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -504,7 +547,7 @@ async def nginx_rig(idp: Any, tmp_path_factory: pytest.TempPathFactory) -> Async
         issuer=idp.issuer,
         client_id="unregistered",
         client_secret="unregistered",
-        upstream_client=UPSTREAM_CLIENTS[0],
+        upstream_client=request.param,
         upstream=f"http://{LOOPBACK}:{port}",
         name="nginx-rig",
     )

@@ -9,6 +9,7 @@ reason phrase), is a 502 and the connection is closed, without the sidecar's mem
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -207,6 +208,53 @@ async def test_a_malformed_response_head_is_refused_or_relayed_clean(
         assert got.body == b"hi"
 
 
+# RFC 9110 5.5: field values are octets; bytes 0x80-0xFF (obs-text) are the console's to send, UTF-8 or not.
+OBS_TEXT_HEADERS = [
+    (b"X-Latin-1", b"caf\xe9 cr\xe8me"),  # not UTF-8
+    (b"X-Utf-8", "café crème 日本".encode()),
+    (b"X-Every-High-Byte", bytes(range(0x80, 0x100))),
+    (b"Content-Disposition", b'attachment; filename="r\xe9sum\xe9.pdf"'),
+]
+OBS_TEXT_REASON = b"\xc7a va \xe9t\xe9 \xc3\xa9"
+
+
+def obs_text_head(framing: bytes) -> bytes:
+    lines = b"".join(name + b": " + value + b"\r\n" for name, value in OBS_TEXT_HEADERS)
+    return b"HTTP/1.1 200 " + OBS_TEXT_REASON + b"\r\n" + lines + framing + b"\r\n"
+
+
+@pytest.mark.parametrize(("path", "user"), CONTEXTS.values(), ids=CONTEXTS.keys())
+@pytest.mark.parametrize("whole", [True, False], ids=["body-with-the-head", "body-streamed-later"])
+async def test_header_bytes_beyond_ascii_reach_the_client_byte_exact(
+    rig: Rig, console_scripts: None, path: str, user: str | None, whole: bool
+) -> None:
+    """Non-UTF-8 and UTF-8 header bytes and reason phrase from the console arrive unchanged, whether the
+    body came with the head (one write to the client) or streams after it."""
+    if whole:
+        hostile_once(rig, path, obs_text_head(b"Content-Length: 2\r\n") + b"hi")
+    else:
+        hostile_once(rig, path, obs_text_head(b"Transfer-Encoding: chunked\r\n") + b"1\r\nh\r\n")
+    mark = rig.console.mark()
+    async with await RawClient.open(rig.port) as client:
+        await client.send(rig.request("GET", f"{path}?evil", "Accept: application/json", user=user, close=True))
+        answer = asyncio.ensure_future(client.response(timeout=10))
+        if not whole:
+            conn = await until_request(rig, mark, "evil")
+            conn.push(b"1\r\ni\r\n0\r\n\r\n")  # the rest of the body, after the head went out
+        got = await answer
+    assert (got.status, got.reason, got.body) == (200, OBS_TEXT_REASON, b"hi"), got.head
+    relayed = [(name, value) for name, value in got.raw_headers if name in dict(OBS_TEXT_HEADERS)]
+    assert relayed == OBS_TEXT_HEADERS, got.head
+
+
+async def until_request(rig: Rig, mark: Any, target_part: str, timeout: float = 5.0) -> Conn:
+    """The console connection of the request whose target holds ``target_part``, once it arrived."""
+    async with asyncio.timeout(timeout):
+        while not [r for r in rig.console.requests_since(mark) if target_part in r.target]:
+            await asyncio.sleep(0.01)
+    return await console_conn_of(rig, mark, target_part)
+
+
 INTERIM = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nSet-Cookie: sso_sidecar=planted\r\n\r\n"
 
 
@@ -305,8 +353,10 @@ async def test_the_console_cannot_set_the_sidecars_own_cookies(
     await check_own_cookies_dropped(rig, path, user, OWN_COOKIES)
 
 
-@pytest.fixture(scope="module")
-async def https_rig(idp: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
+@pytest.fixture(scope="module", params=UPSTREAM_CLIENTS)
+async def https_rig(
+    request: pytest.FixtureRequest, idp: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Rig]:
     """``public_url`` on https: the sidecar's cookies carry the ``__Host-`` prefix."""
     port = free_port()
     rig = await start_rig(
@@ -314,7 +364,7 @@ async def https_rig(idp: Any, tmp_path_factory: pytest.TempPathFactory) -> Async
         issuer=idp.issuer,
         client_id="unregistered",
         client_secret="unregistered",
-        upstream_client=UPSTREAM_CLIENTS[0],
+        upstream_client=request.param,
         port=port,
         public_url=f"https://{LOOPBACK}:{port}",
         name="https-rig",

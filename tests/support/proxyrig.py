@@ -1,8 +1,9 @@
 """The adversarial proxy suite's rig: a raw console behind a real sidecar, signed-in users, and the oracle.
 
-``proxy_config`` is the one place the suite builds a sidecar config, so the whole suite can later run once
-per upstream client (``UPSTREAM_CLIENTS``). ``Rig`` bundles a ``RawConsole``, the sidecar in front of it
-(started through its CLI) and the session cookies of users signed in through a real provider.
+``proxy_config`` is the one place the suite builds a sidecar config, so the whole suite runs once per
+upstream client (``UPSTREAM_CLIENTS``, the config key ``upstream_client``). ``Rig`` bundles a
+``RawConsole``, the sidecar in front of it (started through its CLI) and the session cookies of users
+signed in through a real provider.
 
 The oracle (``check_console``): the console sees only requests the client legitimately made, each body
 exactly as sent, framed by a length that matches, with the client's Host and no identity header the
@@ -31,10 +32,8 @@ SKIP_RULE = "^/api/health$"
 SKIP_PATH = "/api/health"  # proxied without a session
 AUTH_PATH = "/api/echo"  # needs a session
 COOKIE = "sso_sidecar"
-# The upstream clients the suite is meant to run against. A config key ``upstream_client: h1 | aiohttp`` is
-# coming (issue 11); until it exists every variant runs the sidecar's default client, and ``proxy_config``
-# is where the key will be set.
-UPSTREAM_CLIENTS: tuple[str, ...] = ("h1",)
+# The upstream clients the suite runs against (``upstream_client``): the lean one and aiohttp's.
+UPSTREAM_CLIENTS: tuple[str, ...] = ("h1", "aiohttp")
 # Embedded in every request line an attacker hides in a body, a header or a trailer: the console must
 # never parse it as a request.
 MARKER = "SMUGGLED"
@@ -83,8 +82,8 @@ def proxy_config(
         "sso": {"issuer_url": issuer, "client_id": client_id, "client_secret": client_secret},
         "session": {"store": "memory", "cookie_secret": secrets.token_urlsafe(32)},
         "skip_auth": [SKIP_RULE],
+        "upstream_client": upstream_client,
     }
-    # Once the sidecar has the key: config["upstream_client"] = upstream_client
     assert upstream_client in UPSTREAM_CLIENTS
     return merge(config, overrides or {})
 
@@ -95,6 +94,7 @@ class Rig:
 
     console: RawConsole
     sidecar: Sidecar
+    upstream_client: str
     cookies: dict[str, str] = field(default_factory=dict)  # username -> session cookie value
 
     @property
@@ -191,7 +191,7 @@ async def start_rig(
     )
     sidecar = Sidecar(config, work_dir / name, name=name)
     await asyncio.to_thread(sidecar.start)  # the provider may answer on this loop: do not block it
-    return Rig(console, sidecar)
+    return Rig(console, sidecar, upstream_client)
 
 
 async def stop_rig(rig: Rig) -> None:

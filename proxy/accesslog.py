@@ -20,7 +20,7 @@ import time as _time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy.logs import FORMAT, escape_field, iso_time
+from proxy.logs import FORMAT, REQUEST_ID, ROUTE, USER, escape_field, iso_time
 
 _PROBES = frozenset({"/healthz", "/readyz"})
 
@@ -84,15 +84,15 @@ class AccessLogger(AbstractAccessLogger):
         query = path.find("?")
         if query >= 0:
             path = path[:query]
-        route = request.get("route") or _route_of(path)
-        user = request.get("user")
+        route = request.get(ROUTE) or _route_of(path)
+        user = request.get(USER)
         if FORMAT.json:
             event = {
                 "time": iso_time(_time.time()),
                 "level": "INFO",
                 "logger": self.logger.name,
                 "message": f"{request.method} {path} {response.status}",
-                "request_id": request.get("request_id", "-"),
+                "request_id": request.get(REQUEST_ID, "-"),
                 "method": request.method,
                 "path": path,
                 "status": response.status,

@@ -17,6 +17,7 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from proxy import __version__, admin, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
+from proxy.logs import REQUEST_ID, ROUTE
 from proxy.pagesync import PageSync, open_page_store
 from proxy.runtime import RUNTIME, Runtime
 from proxy.sessions import open_store
@@ -31,7 +32,7 @@ def _wants_json(request: web.Request) -> bool:
 
 def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
     """The one place where an error becomes a response: JSON for API callers, a page for browsers."""
-    request_id = request.get("request_id", "")
+    request_id = request.get(REQUEST_ID, "")
     headers = {"Cache-Control": "no-store"}
     if isinstance(exc, Unauthenticated) and exc.challenge:
         headers["WWW-Authenticate"] = exc.challenge  # RFC 6750 3
@@ -76,7 +77,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     offered = request.headers.get("X-Request-Id")
     # A front proxy's request id is kept (and passed to the console), so one id follows the request
     # through every hop's logs; anything that is not a plain token is replaced, never logged.
-    request["request_id"] = offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
+    request[REQUEST_ID] = offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
     runtime = request.app[RUNTIME]
     upstream = runtime.pin()
     try:
@@ -87,14 +88,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         anonymous = type(exc) is Unauthenticated
         level = logging.INFO if anonymous else logging.WARNING if exc.status < 500 else logging.ERROR
         if anonymous:
-            request["route"] = "unauthenticated"
+            request[ROUTE] = "unauthenticated"
         log.log(level, "%s %s -> %d %s: %s [%s]", request.method, request.path, exc.status, exc.code,
-                exc.message, request["request_id"])  # fmt: skip
+                exc.message, request[REQUEST_ID])  # fmt: skip
         return render_error(request, exc)
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s [%s]", request.method, request.path, request["request_id"])
+        log.exception("unhandled error on %s %s [%s]", request.method, request.path, request[REQUEST_ID])
         return render_error(request, SidecarError("An unexpected error occurred."))
     finally:
         runtime.unpin(upstream)

@@ -170,6 +170,10 @@ def cmd_run(path: str) -> int:
     return run_workers(settings.workers, lambda index: _serve(settings, path, worker=index))
 
 
+async def _draining(app: web.Application) -> None:
+    log.info("shutting down: no new connections; in-flight requests finish (up to 30 s)")
+
+
 def _serve(settings: Settings, path: str, *, worker: int) -> None:
     from proxy.accesslog import BATCH, AccessLogger
     from proxy.app import create_app
@@ -177,6 +181,7 @@ def _serve(settings: Settings, path: str, *, worker: int) -> None:
 
     app = create_app(settings, worker=worker)
     app.cleanup_ctx.append(triggers(path))  # SIGHUP and the config/secret file watcher
+    app.on_shutdown.append(_draining)
     web.run_app(
         app,
         host=settings.listen_host,
@@ -188,6 +193,7 @@ def _serve(settings: Settings, path: str, *, worker: int) -> None:
         handle_signals=True,
     )
     BATCH.flush()
+    log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
 from proxy.errors import BadRequest, Closed, Forbidden, InvalidToken, Unauthenticated
 from proxy.login import begin_login, login_url
+from proxy.logs import REQUEST_ID, ROUTE, USER
 from proxy.paths import RequestPath, absolute_authority, normalise
 from proxy.policy import denial_reason
 from proxy.runtime import RUNTIME, Active, Runtime
@@ -184,18 +185,20 @@ async def _identity(
 
     Also notes the route kind and the subject for the access log."""
     if active.oidc is None:
-        request["route"] = "passthrough"
+        request[ROUTE] = "passthrough"
         return []
     if skips_auth(active.settings.skip_auth, request.method, target):
-        request["route"] = "public"
+        request[ROUTE] = "public"
         return []
     claims = await caller(request, runtime, active)
     if claims is None:
         if is_api_request(request):
             raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
-        request["route"] = "login"
+        request[ROUTE] = "login"
         return await begin_login(request, runtime, active, target.path_qs)
-    request["user"] = claims.get("sub")
+    subject = claims.get("sub")
+    if isinstance(subject, str):
+        request[USER] = subject
     authorize(claims, active.settings)
     return active.identity.values(claims)
 
@@ -209,12 +212,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     host = request_host(request, active.settings)
     headers = CIMultiDict(request.headers)
     headers["Host"] = host
-    headers["X-Request-Id"] = request["request_id"]
+    headers["X-Request-Id"] = request[REQUEST_ID]
     active.identity.strip(headers)
     # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
     emergency = breakglass.admit(request, runtime, active, headers)
     if emergency is not None:
-        request["route"], request["user"] = "break_glass", active.settings.break_glass.user
+        request[ROUTE], request[USER] = "break_glass", active.settings.break_glass.user
     decided = emergency if emergency is not None else await _identity(request, runtime, active, target)
     if isinstance(decided, web.StreamResponse):
         return decided

@@ -20,6 +20,7 @@ import sys
 import traceback
 from types import TracebackType
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -146,3 +147,9 @@ def print_problems(lines: list[str], log_format: str) -> None:
     for line in lines:
         event = {"time": iso_time(time.time()), "level": "ERROR", "logger": "sso_sidecar", "message": line}
         print(json.dumps(event, ensure_ascii=False), file=sys.stderr)
+
+
+# What a request carries for its log lines, set by the middleware and the gate (typed request keys).
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+ROUTE: web.RequestKey[str] = web.RequestKey("route", str)  # proxy, public, passthrough, login, break_glass...
+USER: web.RequestKey[str] = web.RequestKey("user", str)  # the subject, where known

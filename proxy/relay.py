@@ -24,6 +24,7 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from proxy.answer import Answer, UpstreamFailure
+from proxy.logs import REQUEST_ID
 
 __all__ = ["drop_own_set_cookies", "exact_response", "relay_streamed", "relay_whole"]
 
@@ -115,7 +116,7 @@ def drop_own_set_cookies(headers: CIMultiDict[str], own_cookie: Callable[[str], 
     dropped = sorted({v.split("=", 1)[0].strip() for v in values} - {k.split("=", 1)[0].strip() for k in kept})
     log.warning("the console tried to set the sidecar's own cookie(s) %s on %s %s; dropped [%s]",
                 ", ".join(dropped), request.method, request.raw_path.partition("?")[0],
-                request.get("request_id", "-"))  # fmt: skip
+                request.get(REQUEST_ID, "-"))  # fmt: skip
 
 
 async def _pump_body(answer: Answer, resp: web.StreamResponse, request: web.Request) -> bool:

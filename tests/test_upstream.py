@@ -351,7 +351,7 @@ async def make_proxy(client: aiohttp.ClientSession, upstream_client: str) -> Asy
 
 def test_the_upstream_client_and_the_connection_cap_are_checked_at_load() -> None:
     base = {"public_url": "http://127.0.0.1:4180", "upstream": "http://127.0.0.1:8888", "sso": {"enabled": False}}
-    base["session"] = {"cookie_secret": "c" * 40}
+    base["session"] = {"cookie_secret": secrets.token_urlsafe(32)}
     settings = parse_settings(yaml.safe_dump(base), environ={})
     assert (settings.upstream_client, settings.upstream_max_connections) == ("h1", 256)
     chosen = parse_settings(yaml.safe_dump({**base, "upstream_client": "aiohttp", "upstream_max_connections": 8}), {})
@@ -377,7 +377,6 @@ JSON = {"Accept": "application/json"}  # the sidecar's own errors as JSON, not a
 
 # app.py keeps the request id under a string key, which aiohttp 3.14 warns about once per process
 # (web.RequestKey is recommended); in-process, that warning would fail every request here.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 
 def free_port() -> int:

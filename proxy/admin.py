@@ -1,14 +1,6 @@
-"""``/oauth2/admin``: the SSO settings page. Configure, test, then enable; lock-out made impossible.
+"""``/oauth2/admin``: the SSO settings page's handlers. Configure, test, then enable; lock-out made impossible.
 
-Who may use it (INTERFACE.md, "The SSO settings page"):
-- a signed-in admin (``admin.emails``, ``admin.groups``) for everything;
-- a break-glass holder (cookie or header) for the first setup while SSO is off, and only to Disable while
-  it is on: the emergency key must not become a way to point SSO at a provider of one's choosing, which
-  would sign anyone in as anyone;
-- a signed-in non-admin gets 403; a browser without credentials signs in (SSO on) or is sent to the
-  break-glass form, which comes back here (SSO off).
-
-Every form is bound to its holder by a signed token and refused from a foreign origin. Save validates the
+Who may do what, and the form checks, are ``adminaccess``'s; the HTML is ``adminpage``'s. Save validates the
 draft exactly as a reload would (discovery, issuer, JWKS, client credentials at the token endpoint) and
 stores it; the running config does not change. Enable works only after a successful Test login of exactly
 the current draft by an admin under it, and applies it through the reload's validated swap on every
@@ -21,27 +13,22 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
-from proxy import adminpage, admintest, breakglass, presets
-from proxy.errors import ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
-from proxy.login import begin_login
+from proxy import adminaccess as access
+from proxy import adminhtml, adminpage, admintest, presets
+from proxy.adminaccess import PATH, Actor, Refused
+from proxy.errors import ConfigError, NotFound, SidecarError, StoreUnavailable
 from proxy.oidc import OIDCClient
 from proxy.pagerecord import Applied, Draft, PageRecord, PageSSO, RecordError
-from proxy.pagesync import PageSync
-from proxy.policy import is_admin
 from proxy.reload import verify_provider
 from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.sessions import session_for
 from proxy.settings import DEFAULT_SCOPES, Settings
 
 log = logging.getLogger("sso_sidecar.admin")
-
-PATH = "/oauth2/admin"
 FIELDS = ("issuer_url", "client_id", "client_secret", "scopes")
 # Which page field a config problem belongs to.
 _FIELD_OF_KEY = {
@@ -53,118 +40,16 @@ _FIELD_OF_KEY = {
 _STATIC = {"admin.css": "text/css", "admin.js": "text/javascript"}
 
 
-@dataclass(frozen=True)
-class Actor:
-    name: str  # for the history and the logs
-    holder: str  # what the form token is bound to
-    break_glass: bool
-
-
-class Refused(SidecarError):
-    """An action the page refuses, shown on the page next to what caused it."""
-
-    status = 409
-    code = "refused"
-    title = "Not possible"
-
-
-# -- who is asking ---------------------------------------------------------------------------------------
-
-
-async def _actor(request: web.Request, runtime: Runtime, active: Active) -> Actor | web.StreamResponse:
-    """Who is asking; for a browser without credentials, where it should go instead (a sign-in, or the
-    break-glass form while SSO is off)."""
-    settings = active.settings
-    if not settings.admin.enabled:
-        raise NotFound("The SSO settings page is not enabled (admin.enabled).")
-    signed_in_non_admin = False
-    if active.oidc is not None and runtime.closed is None:
-        session = await session_for(request, runtime, active)
-        if session is not None:
-            if is_admin(session.claims, settings.admin, settings.access.groups_claim):
-                claims = session.claims
-                name = str(claims.get("email") or claims.get("preferred_username") or claims.get("sub"))
-                return Actor(name, f"session {session.id}", break_glass=False)
-            signed_in_non_admin = True
-    grant = breakglass.holder(request, runtime, active)
-    if grant is not None:
-        return Actor(f"break-glass from {request.remote or '-'}", grant, break_glass=True)
-    if signed_in_non_admin:
-        raise Forbidden("The SSO settings page is for admins (admin.emails, admin.groups).", code="not_admin")
-    if active.oidc is not None and runtime.closed is None:
-        return await begin_login(request, runtime, active, PATH)
-    return web.HTTPFound("/oauth2/break-glass?rd=" + PATH)
-
-
-def _sso_on(active: Active) -> bool:
-    return active.oidc is not None
-
-
-async def _form(request: web.Request, runtime: Runtime, active: Active) -> tuple[Actor, dict[str, str]]:
-    """The actor and the fields of a settings-page POST, after the CSRF checks (403 otherwise)."""
-    actor = await _actor(request, runtime, active)
-    if not isinstance(actor, Actor):
-        raise Forbidden("Sign in, or use the break-glass form, before changing SSO settings.", code="no_credentials")
-    if not _same_origin(request, str(active.settings.public_url.origin())):
-        raise Forbidden("This form was sent from another site.", code="cross_site")
-    form = await request.post()
-    token = form.get("csrf")
-    if not isinstance(token, str) or not active.cookies.check_form_token(token, actor.holder):
-        raise Forbidden("This form was not sent from the settings page (its form token is missing or old).",
-                        code="bad_form_token")  # fmt: skip
-    return actor, {k: v for k, v in form.items() if isinstance(v, str)}
-
-
-def _same_origin(request: web.Request, public_origin: str) -> bool:
-    """The browser's word that a POST comes from our own pages (Fetch Metadata, else Origin)."""
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return False
-    origin = request.headers.get("Origin")
-    if origin == "null":
-        return fetch_site is not None  # an opaque origin: only a browser's Fetch Metadata can vouch for it
-    return origin is None or origin == public_origin
-
-
-def _only_admins_while_on(actor: Actor, active: Active, action: str) -> None:
-    if actor.break_glass and _sso_on(active):
-        raise Forbidden(
-            f"While SSO is enabled, break-glass access may only disable it; {action} needs a signed-in admin.",
-            code="break_glass_limited",
-        )
-
-
-def _page(runtime: Runtime) -> PageSync:
-    if runtime.page is None:
-        raise StoreUnavailable("The SSO settings page has no store (admin.settings_file or Redis).")
-    return runtime.page
-
-
-async def _record(runtime: Runtime) -> tuple[PageRecord | None, str | None]:
-    """The stored record, or None and why it cannot be shown."""
-    try:
-        return await _page(runtime).load(), None
-    except RecordError as exc:
-        return None, f"The stored page settings were refused: {exc}. The running config is kept."
-    except StoreUnavailable as exc:
-        return None, exc.message
-
-
-def _audit(runtime: Runtime, actor: Actor, action: str, result: str, what: str) -> None:
-    runtime.metrics.admin_actions.labels(action, result).inc()
-    log.warning("settings page: %s %s by %s: %s", action, result, actor.name, what)
-
-
 # -- the page --------------------------------------------------------------------------------------------
 
 
 async def show(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor = await _actor(request, runtime, active)
-    if not isinstance(actor, Actor):
-        return actor
-    record, problem = await _record(runtime)
+    who = await access.actor(request, runtime, active)
+    if not isinstance(who, Actor):
+        return who
+    record, problem = await access.stored_record(runtime)
     values: dict[str, str] = {}
     errors: dict[str, str] = {}
     preset = request.query.get("preset")
@@ -174,7 +59,7 @@ async def show(request: web.Request) -> web.StreamResponse:
         except presets.PresetError as exc:
             errors["preset"] = str(exc)
     notice = _NOTICES.get(request.query.get("done", ""))
-    return await _render(request, runtime, active, actor, record, problem, values=values, errors=errors, notice=notice)
+    return await _render(request, runtime, active, who, record, problem, values=values, errors=errors, notice=notice)
 
 
 _NOTICES = {
@@ -207,7 +92,7 @@ async def _render(
             replicas = []
     view = adminpage.View(
         settings=active.settings,
-        sso_on=_sso_on(active),
+        sso_on=access.sso_on(active),
         actor_name=actor.name,
         break_glass=actor.break_glass,
         csrf=active.cookies.form_token(actor.holder),
@@ -235,7 +120,7 @@ async def _provider_origins(runtime: Runtime, active: Active, record: PageRecord
         metadata = await admintest.draft_client(runtime, settings, fresh_sign_in=False).metadata()
     except (ConfigError, SidecarError):
         return ()
-    return (str(adminpage.origin_of(metadata.authorization_endpoint)),)
+    return (str(adminhtml.origin_of(metadata.authorization_endpoint)),)
 
 
 async def static(request: web.Request) -> web.StreamResponse:
@@ -256,9 +141,9 @@ async def static(request: web.Request) -> web.StreamResponse:
 async def save(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await _form(request, runtime, active)
-    _only_admins_while_on(actor, active, "saving provider settings")
-    record, problem = await _record(runtime)
+    actor, form = await access.form(request, runtime, active)
+    access.only_admins_while_on(actor, active, "saving provider settings")
+    record, problem = await access.stored_record(runtime)
     if record is None:
         raise StoreUnavailable(problem or "The page settings cannot be read.")
     values = {name: form.get(name, "").strip() for name in FIELDS}
@@ -270,10 +155,10 @@ async def save(request: web.Request) -> web.StreamResponse:
         candidate = PageSSO(values["issuer_url"], values["client_id"], secret, scopes)
         errors = await _validate(runtime, candidate)
     if errors or candidate is None:
-        _audit(runtime, actor, "save", "refused", "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        access.audit(runtime, actor, "save", "refused", "; ".join(f"{k}: {v}" for k, v in errors.items()))
         values.pop("client_secret", None)  # write-only: never rendered back
         return await _render(request, runtime, active, actor, record, None, values=values, errors=errors, status=400)
-    digest = _page(runtime).keys().digest(candidate)
+    digest = access.page_sync(runtime).keys().digest(candidate)
     what = _describe_save(record.draft, candidate, secret_given=bool(values["client_secret"]))
 
     def edit(current: PageRecord) -> PageRecord:
@@ -281,8 +166,8 @@ async def save(request: web.Request) -> web.StreamResponse:
         # A new draft voids the test of the old one (compare-and-set on the digest at Enable).
         return dataclasses.replace(current, draft=draft).with_entry(actor.name, "saved", f"{what} (draft {digest})")
 
-    await _page(runtime).change(edit)
-    _audit(runtime, actor, "save", "ok", f"{what} (draft {digest})")
+    await access.page_sync(runtime).change(edit)
+    access.audit(runtime, actor, "save", "ok", f"{what} (draft {digest})")
     raise web.HTTPSeeOther(PATH + "?done=saved")
 
 
@@ -344,9 +229,9 @@ def _describe_save(old: Draft | None, new: PageSSO, *, secret_given: bool) -> st
 async def test_login(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await _form(request, runtime, active)
-    _only_admins_while_on(actor, active, "a test login")
-    record = await _page(runtime).load()
+    actor, form = await access.form(request, runtime, active)
+    access.only_admins_while_on(actor, active, "a test login")
+    record = await access.page_sync(runtime).load()
     if record.draft is None:
         raise Refused("Save the provider settings first: Test login runs with the saved draft.")
     if form.get("digest") and form.get("digest") != record.draft.digest:
@@ -361,9 +246,9 @@ async def test_login(request: web.Request) -> web.StreamResponse:
 async def enable(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await _form(request, runtime, active)
-    _only_admins_while_on(actor, active, "enabling a provider")
-    page = _page(runtime)
+    actor, form = await access.form(request, runtime, active)
+    access.only_admins_while_on(actor, active, "enabling a provider")
+    page = access.page_sync(runtime)
     record = await page.load()
     draft = record.draft
     reason: str | None
@@ -380,7 +265,7 @@ async def enable(request: web.Request) -> web.StreamResponse:
         if problems:
             reason = "the provider no longer accepts the draft: " + "; ".join(problems.values())
     if reason is not None or draft is None:
-        _audit(runtime, actor, "enable", "refused", reason or "")
+        access.audit(runtime, actor, "enable", "refused", reason or "")
         return await _render(
             request,
             runtime,
@@ -407,9 +292,9 @@ async def enable(request: web.Request) -> web.StreamResponse:
 async def disable(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await _form(request, runtime, active)
+    actor, form = await access.form(request, runtime, active)
     if form.get("confirm") != "yes":
-        return adminpage.confirm_disable(active.cookies.form_token(actor.holder))
+        return adminhtml.confirm_disable(active.cookies.form_token(actor.holder))
 
     def edit(current: PageRecord) -> PageRecord:
         applied = Applied(False, None, None, time.time(), actor.name)
@@ -422,33 +307,33 @@ async def disable(request: web.Request) -> web.StreamResponse:
 async def forget(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, _ = await _form(request, runtime, active)
-    _only_admins_while_on(actor, active, "forgetting the page settings")
+    actor, _ = await access.form(request, runtime, active)
+    access.only_admins_while_on(actor, active, "forgetting the page settings")
 
     def edit(current: PageRecord) -> PageRecord:
         return PageRecord(version=current.version, history=current.history).with_entry(
             actor.name, "forgotten", "forgot the page settings: the config file is authoritative"
         )
 
-    page = _page(runtime)
+    page = access.page_sync(runtime)
     try:
         await _apply(runtime, actor, "forget", edit, "file authoritative")
     except RecordError:
         # A record that does not open (tampered) is replaced, not edited: Forget is the way out of it.
         await page.replace_unreadable(edit(PageRecord()))
         await page.sync()
-        _audit(runtime, actor, "forget", "ok", "replaced a record that did not open")
+        access.audit(runtime, actor, "forget", "ok", "replaced a record that did not open")
     raise web.HTTPSeeOther(PATH + "?done=forgotten")
 
 
 async def _apply(runtime: Runtime, actor: Actor, action: str, edit: Any, what: str) -> None:
-    page = _page(runtime)
+    page = access.page_sync(runtime)
     try:
         await page.change(edit)
     except Refused as exc:
-        _audit(runtime, actor, action, "refused", exc.message)
+        access.audit(runtime, actor, action, "refused", exc.message)
         raise
-    _audit(runtime, actor, action, "ok", what)
+    access.audit(runtime, actor, action, "ok", what)
     await page.sync()  # this replica applies it now; the others within a poll or two
 
 

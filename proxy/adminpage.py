@@ -1,13 +1,7 @@
-"""The settings page's HTML: the page itself, the Test login result, and the Disable confirmation.
-
-Plain server-rendered HTML that works without JavaScript; ``static/admin.js`` only adds the Copy button's
-clipboard and the preset filling. No inline script or style (the CSP forbids both), every value escaped,
-every input with its own label, errors tied to their field and announced.
-"""
+"""The settings page itself: its sections, from a ``View`` of what it shows (the frame: ``adminhtml``)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -16,14 +10,12 @@ from html import escape
 from typing import Any
 
 from aiohttp import web
-from yarl import URL
 
-from proxy.pagerecord import Draft, PageRecord, TestResult
+from proxy import adminhtml as html
+from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, TestResult
 from proxy.presets import PRESETS
 from proxy.settings import Settings
 
-_BRIEF_CLAIMS = ("preferred_username", "email", "given_name", "family_name", "name")
-_ASSETS = "/oauth2/admin/static"
 _SILENT_AFTER = 5.0  # replicas report every second
 
 
@@ -47,58 +39,6 @@ class View:
     provider_origins: Sequence[str] = ()
 
 
-def origin_of(url: str) -> str:
-    return str(URL(url).origin())
-
-
-def _headers(form_targets: Sequence[str] = ()) -> dict[str, str]:
-    form_action = " ".join(["'self'", *form_targets])
-    csp = (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
-    )
-    return {
-        "Content-Security-Policy": csp,
-        "X-Frame-Options": "DENY",
-        "X-Content-Type-Options": "nosniff",
-        # same-origin, not no-referrer: with no-referrer, browsers send "Origin: null" on the page's own forms.
-        "Referrer-Policy": "same-origin",
-        "Cache-Control": "no-store",
-    }
-
-
-def _when(timestamp: float) -> str:
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    return f'<time datetime="{moment.isoformat(timespec="seconds")}">{moment:%Y-%m-%d %H:%M:%S} UTC</time>'
-
-
-def _document(title: str, body: str, *, status: int = 200, form_targets: Sequence[str] = ()) -> web.Response:
-    html = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title>"
-        f'<link rel="stylesheet" href="{_ASSETS}/admin.css">'
-        f'<script src="{_ASSETS}/admin.js" defer></script></head><body>'
-        '<header class="top"><span class="brand">sso-sidecar</span>'
-        '<span class="top-title">Single sign-on</span></header>'
-        f'<main id="main">{body}</main></body></html>'
-    )
-    return web.Response(status=status, text=html, content_type="text/html", headers=_headers(form_targets))
-
-
-def _hidden(name: str, value: str) -> str:
-    return f'<input type="hidden" name="{name}" value="{escape(value)}">'
-
-
-def _post(action: str, csrf: str, button: str, *, extra: str = "", css: str = "", target: str = "") -> str:
-    target_attr = f' target="{target}"' if target else ""
-    css_attr = f' class="{css}"' if css else ""
-    return (
-        f'<form method="post" action="/oauth2/admin/{action}"{target_attr}>{_hidden("csrf", csrf)}{extra}'
-        f'<button type="submit"{css_attr}>{escape(button)}</button></form>'
-    )
-
-
 # -- the page --------------------------------------------------------------------------------------------
 
 
@@ -113,7 +53,7 @@ def render(view: View, *, status: int = 200) -> web.Response:
         _history(view),
         _forget(view),
     ]
-    return _document("SSO settings", "".join(parts), status=status, form_targets=view.provider_origins)
+    return html.document("SSO settings", "".join(parts), status=status, form_targets=view.provider_origins)
 
 
 def _state(view: View) -> str:
@@ -161,7 +101,7 @@ def _register(view: View) -> str:
         f"<tr><td><code>{escape(c)}</code></td><td>"
         + (f"<code>{escape(mapping[c])}</code>" if c in mapping else '<span class="muted">not forwarded</span>')
         + "</td></tr>"
-        for c in _BRIEF_CLAIMS
+        for c in BRIEF_CLAIMS
     )
     return (
         '<section class="card" aria-labelledby="register-h"><h2 id="register-h">1. Register the sidecar at your '
@@ -239,7 +179,7 @@ def _provider(view: View) -> str:
         '<section class="card" aria-labelledby="provider-h"><h2 id="provider-h">2. Provider settings</h2>'
         f"{presets}{summary}"
         '<form method="post" action="/oauth2/admin/save" novalidate class="settings">'
-        + _hidden("csrf", view.csrf)
+        + html.hidden("csrf", view.csrf)
         + _field(view, "issuer_url", "Issuer URL", kind="url", value=issuer,
                  hint="Discovery is read from <code>{issuer}/.well-known/openid-configuration</code>.")
         + _field(view, "client_id", "Client ID", value=client_id)
@@ -261,7 +201,7 @@ def _test_and_enable(view: View) -> str:
         rows.append("<dt>Draft</dt><dd>No draft saved yet.</dd>")
     else:
         rows.append(
-            f"<dt>Draft</dt><dd>Saved {_when(draft.saved_at)} by {escape(draft.saved_by)} "
+            f"<dt>Draft</dt><dd>Saved {html.when(draft.saved_at)} by {escape(draft.saved_by)} "
             f'<span class="muted">(draft {escape(draft.digest)})</span></dd>'
         )
         if test is None or test.digest != draft.digest:
@@ -269,7 +209,7 @@ def _test_and_enable(view: View) -> str:
         else:
             outcome = "succeeded" if test.ok else "failed"
             rows.append(
-                f"<dt>Test login</dt><dd>{outcome.capitalize()} {_when(test.at)}, run by {escape(test.by)}"
+                f"<dt>Test login</dt><dd>{outcome.capitalize()} {html.when(test.at)}, run by {escape(test.by)}"
                 + (f", signed in as {escape(test.user)}" if test.user else "")
                 + (f". {escape(test.error)}" if test.error else ".")
                 + "</dd>"
@@ -278,15 +218,15 @@ def _test_and_enable(view: View) -> str:
     applied = record.applied if record else None
     if applied is not None:
         what = f"enabled (draft {escape(applied.digest or '')})" if applied.enabled else "disabled"
-        rows.append(f"<dt>Applied</dt><dd>SSO {what} {_when(applied.at)} by {escape(applied.by)}</dd>")
+        rows.append(f"<dt>Applied</dt><dd>SSO {what} {html.when(applied.at)} by {escape(applied.by)}</dd>")
     enable_error = view.errors.get("enable")
-    digest_field = _hidden("digest", digest)
+    digest_field = html.hidden("digest", digest)
     buttons = [
-        _post("test", view.csrf, "Test login", extra=digest_field, css="secondary", target="_blank"),
-        _post("enable", view.csrf, "Enable SSO", extra=digest_field),
+        html.post_form("test", view.csrf, "Test login", extra=digest_field, css="secondary", target="_blank"),
+        html.post_form("enable", view.csrf, "Enable SSO", extra=digest_field),
     ]
     if view.sso_on:
-        buttons.append(_post("disable", view.csrf, "Disable SSO", css="danger"))
+        buttons.append(html.post_form("disable", view.csrf, "Disable SSO", css="danger"))
     return (
         '<section class="card" aria-labelledby="enable-h"><h2 id="enable-h">3. Test, then enable</h2>'
         f'<dl class="facts">{"".join(rows)}</dl>'
@@ -327,7 +267,7 @@ def _replicas(view: View) -> str:
         f"<tr><td><code>{escape(str(r.get('replica')))}</code></td><td>{escape(str(r.get('version') or '—'))}</td>"
         f"<td>{escape(str(r.get('sso', '')))} ({escape(str(r.get('source', '')))})</td>"
         f"<td>{escape(_replica_state(r, now))}</td>"
-        f"<td>{_when(float(r.get('at', 0)))}</td></tr>"
+        f"<td>{html.when(float(r.get('at', 0)))}</td></tr>"
         for r in view.replicas
     )
     return (
@@ -377,7 +317,7 @@ def _history(view: View) -> str:
     if not entries:
         return ""
     items = "".join(
-        f'<li>{_when(e.at)} <strong>{escape(e.by)}</strong> <span class="action">{escape(e.action)}</span>: '
+        f'<li>{html.when(e.at)} <strong>{escape(e.by)}</strong> <span class="action">{escape(e.action)}</span>: '
         f"{escape(e.detail)}</li>"
         for e in entries
     )
@@ -395,68 +335,6 @@ def _forget(view: View) -> str:
         '<section class="card" aria-labelledby="forget-h"><h2 id="forget-h">Forget page settings</h2>'
         "<p>Drops the draft and what this page applied: the config file's <code>sso:</code> section is "
         "authoritative again on every replica.</p>"
-        + _post("forget", view.csrf, "Forget page settings", css="secondary")
+        + html.post_form("forget", view.csrf, "Forget page settings", css="secondary")
         + "</section>"
     )
-
-
-# -- other pages ------------------------------------------------------------------------------------------
-
-
-def confirm_disable(csrf: str) -> web.Response:
-    body = (
-        '<section class="card" aria-labelledby="confirm-h"><h1 id="confirm-h">Disable SSO?</h1>'
-        "<p>Every replica stops asking for a sign-in within a few seconds: requests reach the console without "
-        "identity headers, and its own login takes over.</p>"
-        '<div class="actions">'
-        + _post("disable", csrf, "Disable SSO", extra=_hidden("confirm", "yes"), css="danger")
-        + '<a class="button secondary" href="/oauth2/admin">Cancel</a></div></section>'
-    )
-    return _document("Disable SSO?", body)
-
-
-def test_result(result: TestResult, required: Sequence[str], draft: Draft | None) -> web.Response:
-    title = "Test login succeeded" if result.ok else "Test login failed"
-    parts = [f'<section class="card" aria-labelledby="result-h"><h1 id="result-h">{title}</h1>']
-    if result.error:
-        parts.append(f'<div class="alert" role="alert">{escape(result.error)}</div>')
-    if result.user:
-        parts.append(f"<p>Signed in at the provider as <strong>{escape(result.user)}</strong>.</p>")
-    if result.claims:
-        rows = "".join(
-            f"<tr><td><code>{escape(c)}</code></td><td>"
-            + (escape(v) if (v := result.claims.get(c)) else '<strong class="missing">missing</strong>')
-            + "</td></tr>"
-            for c in _BRIEF_CLAIMS
-        )
-        parts.append(
-            '<h2>Claims</h2><table class="grid"><thead><tr><th scope="col">Claim</th><th scope="col">Received</th>'
-            f"</tr></thead><tbody>{rows}</tbody></table>"
-        )
-        headers = "".join(f"<tr><td><code>{escape(h)}</code></td><td>{escape(v)}</td></tr>" for h, v in result.headers)
-        parts.append(
-            '<h2>Headers the console would receive</h2><table class="grid"><thead><tr><th scope="col">Header</th>'
-            f'<th scope="col">Value</th></tr></thead><tbody>{headers}</tbody></table>'
-            if headers
-            else "<h2>Headers the console would receive</h2><p>None.</p>"
-        )
-        access = "Yes" if result.passes_access else f"No: {escape(result.access_reason or '')}"
-        admin = "Yes" if result.is_admin else "No (not in admin.emails or admin.groups)"
-        parts.append(
-            f'<dl class="facts"><dt>Passes the access rules</dt><dd>{access}</dd>'
-            f"<dt>Admin under the draft</dt><dd>{admin}</dd></dl>"
-        )
-    if draft is not None and draft.digest == result.digest:
-        reason = result.enables(draft, required)
-        verdict = (
-            "You can now enable SSO on the settings page."
-            if reason is None
-            else f"Enable SSO is not possible yet: {reason}."
-        )
-        parts.append(f'<p class="{"notice" if reason is None else "warning"}" role="status">{escape(verdict)}</p>')
-    parts.append(
-        '<p class="hint">No session was created and the tokens were discarded. Close this window and return to '
-        'the settings page.</p><div class="actions"><a class="button secondary" href="/oauth2/admin">'
-        "Back to the settings page</a></div></section>"
-    )
-    return _document(title, "".join(parts))

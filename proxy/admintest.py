@@ -20,12 +20,12 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import adminpage
+from proxy import adminhtml
 from proxy.configfile import load_settings
 from proxy.errors import ConfigError, LoginError, SidecarError, UnusableIdentity
 from proxy.identity import IdentityHeaders
 from proxy.oidc import OIDCClient, new_pkce, random_token
-from proxy.pagerecord import Draft, PageRecord, TestResult
+from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, TestResult
 from proxy.policy import denial_reason, is_admin
 from proxy.runtime import Active, Runtime
 from proxy.sessions import PendingLogin
@@ -33,8 +33,6 @@ from proxy.settings import Settings
 
 log = logging.getLogger("sso_sidecar.admin")
 
-# The claims the product brief asks the provider to map, in the order the page shows them.
-BRIEF_CLAIMS = ("preferred_username", "email", "given_name", "family_name", "name")
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DESCRIPTION_MAX = 300
 
@@ -100,7 +98,7 @@ async def finish(request: web.Request, runtime: Runtime, pending: PendingLogin) 
     runtime.metrics.admin_actions.labels("test", "ok" if result.ok else "failed").inc()
     log.warning("settings page: %s by %s", detail, pending.test_by)
     required = required_claims(active.settings)
-    response = adminpage.test_result(result, required, draft)
+    response = adminhtml.test_result(result, required, draft)
     response.headers["Cache-Control"] = "no-store"
     active.cookies.clear_login(response, request.query.get("state", ""))
     return response

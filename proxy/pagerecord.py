@@ -35,6 +35,8 @@ FORMAT = 1
 _INFO = b"sso-sidecar/page-settings/v1"
 _DIGEST_INFO = b"sso-sidecar/page-settings-digest/v1"
 HISTORY_MAX = 50
+# The claims the product brief asks the provider to map, in the order the page shows them.
+BRIEF_CLAIMS = ("preferred_username", "email", "given_name", "family_name", "name")
 # A test proves the draft against the provider as it is now; after this long it has to be run again.
 TEST_VALID_FOR = 3600.0
 

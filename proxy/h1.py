@@ -15,11 +15,7 @@ Rules it follows (RFC 9112), beside those every client keeps (``proxy.answer``):
   connection retires that connection: such bytes are never read as an answer and the connection is
   never reused, so a console that was tricked into answering twice cannot hand one user's answer to
   the next user (response desynchronisation);
-- the request head goes out as the client sent it: aiohttp's server decodes header bytes as UTF-8 with
-  ``surrogateescape``, and ``serialize`` encodes them back the same way, so obs-text bytes arrive
-  unchanged and the identity values the sidecar sets (``str``) arrive as UTF-8;
-- the request body goes out exactly as framed: with the client's Content-Length, exactly that many
-  bytes (fewer or more aborts the connection), else chunked;
+- the request goes out byte-exact and exactly as framed (``h1request``);
 - interim 1xx answers (103 Early Hints...) are skipped; HEAD, 204 and 304 answers have no body; a body
   with neither length nor chunking ends when the console closes the connection;
 - ``read_timeout`` bounds every wait for the console (head or next body bytes), not the whole body.
@@ -32,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
-from aiohttp import StreamReader
 from multidict import CIMultiDict
 
 from proxy.answer import MAX_FIELD, MAX_HEAD, MAX_HEADERS, MAX_REASON, Broken, Timeout, Unreachable, UpstreamFailure
+from proxy.h1request import RequestSide, serialize
 
 if TYPE_CHECKING:  # the pool creates exchanges; an exchange only calls back into it
     from proxy.h1pool import Pool
@@ -61,15 +56,11 @@ class _Extra(Exception):
     """Raised from a parser callback to stop parsing: bytes followed the end of the answer."""
 
 
-class _BodyMismatch(Exception):
-    """The request body is not the length its Content-Length declared."""
-
-
 class _Refused(Exception):
     """Raised from a parser callback: a part of the answer head is over its limit, or not acceptable."""
 
 
-class Exchange(asyncio.Protocol):
+class Exchange(RequestSide, asyncio.Protocol):
     """One connection to the console, and the request/response exchange currently on it.
 
     After ``Pool.request`` returns, ``status``, ``reason`` and ``headers`` are known; ``complete`` says
@@ -330,60 +321,12 @@ class Exchange(asyncio.Protocol):
         elif (self._head_waiter is not None or self._body_waiter is not None) and now - self._last_read >= timeout:
             self._fail(Timeout("the console did not answer in time"))
 
-    # -- the exchange -------------------------------------------------------------------------------
+    # -- the exchange (sending the request: ``h1request.RequestSide``) ---------------------------------
 
-    def send_request(self, method: str, head: bytes, body: StreamReader | None, length: int | None) -> None:
-        transport = self.transport
-        assert transport is not None
+    def _start(self, method: str) -> None:
         self._reset(method)
         self._last_read = self._loop.time()
         self._pool.watch(self)
-        transport.write(head)
-        if body is None:
-            self._request_sent = True
-        else:
-            self._body_task = self._loop.create_task(self._send_body(body, length))
-
-    async def _send_body(self, body: StreamReader, length: int | None) -> None:
-        """Stream the body: exactly ``length`` bytes when the head declared a Content-Length, else chunked.
-
-        A body that turns out longer or shorter than its declared length is never sent as it is: the
-        console would read the difference as (part of) another request.
-        """
-        transport = self.transport
-        assert transport is not None
-        sent = 0
-        try:
-            while True:
-                chunk = await body.readany()
-                if not chunk:
-                    break
-                if self._error is not None or self._lost:
-                    return
-                if length is None:
-                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-                else:
-                    sent += len(chunk)
-                    if sent > length:
-                        raise _BodyMismatch
-                    transport.write(chunk)
-                if self._paused_writing:
-                    self._drain = self._loop.create_future()
-                    await self._drain
-            if length is None:
-                transport.write(b"0\r\n\r\n")
-            elif sent != length:
-                raise _BodyMismatch
-            self._request_sent = True
-        except Exception:
-            # The client's upload broke (a reset, or aiohttp's payload errors for a malformed body), its
-            # length did not match, or the console hung up: cut the request short so the console never
-            # takes it for complete.
-            self._abort()
-
-    def _abort(self) -> None:
-        if self.transport is not None and not self._lost:
-            self.transport.abort()
 
     async def wait_head(self) -> None:
         if not self._have_head and self._error is None:
@@ -456,17 +399,6 @@ class Exchange(asyncio.Protocol):
     @property
     def closing(self) -> bool:
         return self._lost or self.transport is None or self.transport.is_closing()
-
-
-def serialize(method: str, target: str, headers: Iterable[tuple[str, str]], count: int) -> bytes:
-    """The request head: the client's bytes back as they came (``surrogateescape``), the sidecar's own
-    values as UTF-8. ``ValueError`` if a name or value holds a line break."""
-    lines = "\r\n".join(map(": ".join, headers))
-    head = f"{method} {target} HTTP/1.1\r\n{lines}\r\n\r\n" if lines else f"{method} {target} HTTP/1.1\r\n\r\n"
-    # Each line ends in the one CRLF we wrote: a CR or LF inside a name or value would split a header.
-    if head.count("\n") != count + 2 or head.count("\r") != count + 2:
-        raise ValueError("a request header contains a line break")
-    return head.encode("utf-8", "surrogateescape")
 
 
 def _short(exc: BaseException) -> str:

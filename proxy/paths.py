@@ -14,7 +14,7 @@ Some paths mean different things to different servers, and no single normal form
 Those are refused with 400 rather than guessed at (the peers' choice: Traefik rejects encoded slashes
 and friends, Envoy offers ``REJECT_REQUEST``):
 
-- control characters, raw or encoded (``%00``, ``%0a``...);
+- control characters, raw or encoded (``%00``, ``%0a``, the C1 ``%C2%85``...);
 - a dot-segment hidden behind an encoded separator (``/static/..%2Fadmin``, ``/a%5C..%5Cb``) or a
   path parameter (``/static/..;/admin`` is ``/admin`` to Tomcat), or double-encoded (``%252e%252e``).
 
@@ -42,6 +42,7 @@ _PLAIN = re.compile(r"^(?:/[A-Za-z0-9!$&'()*+,=:@\-_~][A-Za-z0-9!$&'()*+,=:@\-_~
 _DOUBLE_ENCODED = re.compile(r"%25(?:2e|2f|5c)", re.IGNORECASE)
 _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _DOTS = frozenset({".", ".."})
+_C1 = re.compile("[\x80-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,10 @@ def _decode_segment(raw: str) -> str:
         i += 1
     if any(b < 0x20 or b == 0x7F for b in out):
         raise BadRequest("The request path contains a control character.")
-    return out.decode("utf-8", "surrogateescape")
+    text = out.decode("utf-8", "surrogateescape")
+    if _C1.search(text):  # U+0085 (NEL) is a line break to some parsers: refused like the C0 ones
+        raise BadRequest("The request path contains a control character.")
+    return text
 
 
 def _resolve(segments: list[str]) -> _Resolved:

@@ -71,6 +71,7 @@ def test_normal_form_of_a_path(target: str, path_qs: str, match: str):
         "/a%00b",
         "/a%0ab",
         "/a%0d%0aSet-Cookie:x",
+        "/a%c2%85b",  # U+0085 NEL, a C1 control: a line break to some parsers
         "/a#frag",
         "*",
         "relative/path",

@@ -30,6 +30,7 @@ from proxy.oidc import (
 from proxy.settings import Secret, SSOSettings
 from support import REPO
 from support.badop import BadOP, running_badop
+from support.waiting import eventually
 
 REDIRECT_URI = "https://console.example.com/oauth2/callback"
 MakeClient = Callable[..., OIDCClient]
@@ -280,14 +281,23 @@ async def test_discovery_is_cached_and_concurrent_first_calls_share_one_fetch(cl
 async def test_discovery_failure_backs_off_instead_of_refetching_on_every_call(client: OIDCClient, op: BadOP) -> None:
     client.discovery_retry_min = 0.3  # the first backoff step (1s by default)
     op.set(discovery_status=503)
-    for _ in range(3):
-        with pytest.raises(ProviderError, match="HTTP 503"):
-            await client.metadata()
-    assert op.requests["discovery"] == 1
+    failed_at = time.monotonic()
+    with pytest.raises(ProviderError, match="HTTP 503"):
+        await client.metadata()
     op.set(discovery_status=200)
-    await asyncio.sleep(0.35)
-    assert (await client.metadata()).issuer == op.issuer
-    assert op.requests["discovery"] == 2
+
+    async def fetched() -> bool:
+        # Every call before the backoff has passed fails at once, without asking the provider again.
+        try:
+            await client.metadata()
+        except ProviderError as exc:
+            assert "HTTP 503" in exc.message
+            return False
+        return True
+
+    await eventually(fetched, what="discovery to be retried after the backoff", timeout=10, interval=0.01)
+    assert op.requests["discovery"] == 2, "one failed fetch, then one after the backoff: no more"
+    assert time.monotonic() - failed_at >= 0.3, "retried before the backoff had passed"
 
 
 async def test_unreachable_provider_is_a_provider_error(make_client: MakeClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import textwrap
 import time
@@ -78,14 +79,26 @@ class Traffic:
     def __init__(self, sidecar, clients) -> None:
         self.sidecar = sidecar
         self.results: list[tuple[int, float]] = []
+        self.unexpected: list[str] = []  # the body of each answer that is neither 200 nor 503
         self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(self._loop(c)) for c in clients]
 
     async def _loop(self, client) -> None:
         while not self._stop.is_set():
-            status, elapsed, _ = await timed_get(client, self.sidecar.url_for("/api/whoami"), headers=API)
+            status, elapsed, body = await timed_get(client, self.sidecar.url_for("/api/whoami"), headers=API)
             self.results.append((status, elapsed))
+            if status not in (200, 503):
+                self.unexpected.append(f"{status} {body[:300]}")
             await asyncio.sleep(0.02)  # pacing of the load, not a wait for anything
+
+    def why(self) -> list[str]:
+        """The unexpected answers, each with the sidecar's log lines for its request id."""
+        out = []
+        for answer in self.unexpected[:5]:
+            match = re.search(r'"request_id": ?"([0-9a-f]+)"', answer)
+            lines = [line for line in self.sidecar.logs().splitlines() if match and match[1] in line]
+            out.append(answer + "\n" + "\n".join(line[:4000] for line in lines))
+        return out
 
     def served(self) -> int:
         return sum(1 for status, _ in self.results if status == 200)
@@ -100,7 +113,7 @@ class Traffic:
         self._stop.set()
         await asyncio.gather(*self._tasks)
         statuses = Counter(status for status, _ in self.results)
-        assert set(statuses) <= {200, 503}, statuses
+        assert set(statuses) <= {200, 503}, (statuses, self.why())
         assert max(elapsed for _, elapsed in self.results) < BOUND
         return statuses
 

@@ -27,11 +27,24 @@ LOG_TAIL = 6000
 REGISTRY: list[Process] = []
 
 
+# Every port free_port() handed out in this test session.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the kernel's pick, so races are unlikely)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port nobody listens on right now, and that this session never handed out before.
+
+    The kernel may offer a port again as soon as the probe socket that found it is closed: a group of
+    servers whose ports are all chosen before the first one binds (a Sentinel group, a Cluster) would
+    otherwise now and then get the same port twice.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:

@@ -86,6 +86,20 @@ def wait_until(check: Callable[[], object], what: str, timeout: float = 15.0) ->
     eventually_sync(check, what=what, timeout=timeout, ignoring=(OSError, RedisReplyError))
 
 
+def caught_up(master_port: int, replica_ports: Sequence[int], timeout: float = 15.0) -> int:
+    """Until each replica has applied every write its master had taken when called; how many there are.
+
+    Not ``WAIT``: it waits for the writes of the connection that sends it, and a test's connection has
+    written nothing (it returns at once, whatever the replicas have). After a diskless full sync a
+    master streams to a replica only once that replica's first acknowledgement arrives, up to a second.
+    """
+    target = int(info(master_port, "replication")["master_repl_offset"])
+    for port in replica_ports:
+        wait_until(lambda p=port: int(info(p, "replication").get("slave_repl_offset", "-1")) >= target,
+                   f"replica {port} to reach offset {target} of master {master_port}", timeout)  # fmt: skip
+    return len(replica_ports)
+
+
 def session_keys(ports: Iterable[int], pattern: str = "sso:*") -> dict[str, tuple[int, int]]:
     """Every key matching ``pattern`` on these servers: key -> (port, PTTL in ms)."""
     found: dict[str, tuple[int, int]] = {}
@@ -273,11 +287,9 @@ class SentinelGroup:
                        timeout)  # fmt: skip
         return self
 
-    def replicate(self, timeout_ms: int = 2000) -> int:
-        """``WAIT 1``: block until the replica acknowledged every write so far; how many replicas did."""
-        acked = self.master.command("WAIT", 1, timeout_ms, timeout=timeout_ms / 1000 + 5)
-        assert isinstance(acked, int)
-        return acked
+    def replicate(self, timeout: float = 15.0) -> int:
+        """Until the replica has applied every write the master has taken so far; how many replicas did."""
+        return caught_up(self.master.port, [self.replica.port], timeout)
 
     def wait_for_new_master(self, old_port: int, timeout: float = 30.0) -> int:
         """Until every running Sentinel names another master and that server says it is one; its port."""
@@ -375,11 +387,11 @@ class RedisCluster:
             wait_until(lambda p=port: healthy(p), f"cluster node {port} healthy", timeout)
         assert len(self.master_ports()) == self.masters
 
-    def replicate(self, timeout_ms: int = 2000) -> None:
-        """``WAIT`` on every master until its replicas acknowledged every write so far."""
+    def replicate(self, timeout: float = 15.0) -> None:
+        """Until every master's replicas have applied every write it has taken so far."""
         for port in self.master_ports():
-            acked = command(port, "WAIT", self.replicas, timeout_ms, timeout=timeout_ms / 1000 + 5)
-            assert acked == self.replicas, f"master {port}: {acked} of {self.replicas} replicas caught up"
+            replicas = self.replica_ports_of(port)
+            assert caught_up(port, replicas, timeout) == self.replicas, f"master {port}: replicas {replicas}"
 
     def wait_for_failover(self, dead_port: int, replica_port: int, timeout: float = 30.0) -> None:
         """Until the dead master's replica is a master and the cluster is whole again (without it)."""

@@ -5,7 +5,6 @@ Each test states the behaviour; the login is driven through the provider's own f
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
@@ -15,6 +14,7 @@ from yarl import URL
 
 from support.idp import login, parse_forms
 from support.sidecar import replica_of
+from support.waiting import eventually
 
 IDENTITY = {
     "X-Forwarded-User": "alice.smith",
@@ -374,13 +374,12 @@ async def test_readyz_reports_not_ready_while_redis_is_down(http, sidecar_factor
             assert resp.status in (302, 503)
     finally:
         redis_server.start()
-    for _ in range(50):
+
+    async def ready() -> bool:
         async with http().get(sc.url_for("/readyz")) as resp:
-            if resp.status == 200:
-                break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("did not recover after redis came back")
+            return resp.status == 200
+
+    await eventually(ready, what="/readyz to recover after Redis came back")
 
 
 # --------------------------------------------------------------------------------------------------

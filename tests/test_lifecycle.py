@@ -18,7 +18,9 @@ import pytest
 from support import REPO
 from support.idp import login, logout
 from support.procs import Process
+from support.redis_ha import command, session_keys
 from support.sidecar import replica_of
+from support.waiting import eventually
 
 SESSION_COOKIE = "sso_sidecar"
 
@@ -90,15 +92,28 @@ def badop_sidecar(sidecar_factory, badop, **config):
 # Timeouts
 
 
-async def test_an_idle_session_expires_and_the_fresh_login_returns_to_the_page(http, sidecar_factory):
-    sc = sidecar_factory({"session": {"idle_timeout": "1500ms"}})
+async def test_an_idle_session_expires_and_the_fresh_login_returns_to_the_page(http, sidecar_factory, redis_clean):
+    """The idle timer is the session key's TTL in Redis: watched there rather than guessed with sleeps."""
+    session = {"store": "redis", "redis_url": redis_clean.url, "idle_timeout": "3s"}
+    sc = sidecar_factory({"session": session})
     client = http()
     await login(client, sc.url_for("/api/whoami"), "alice.smith")
-    await asyncio.sleep(0.8)
-    assert await get_status(client, sc.url_for("/api/whoami")) == 200  # use restarts the idle timer
-    await asyncio.sleep(0.8)
+    (key,) = session_keys([redis_clean.port], "sso:s:*")
+
+    def ttl_ms() -> int:
+        pttl = command(redis_clean.port, "PTTL", key)
+        assert isinstance(pttl, int) and pttl > 0, f"the session key is gone (PTTL {pttl})"
+        return pttl
+
+    def idled_a_second() -> int | None:
+        pttl = ttl_ms()
+        return pttl if pttl <= 2000 else None
+
+    idle_for_a_second = await eventually(idled_a_second, what="a second of idling")
     assert await get_status(client, sc.url_for("/api/whoami")) == 200
-    await asyncio.sleep(1.8)
+    assert ttl_ms() > idle_for_a_second, "using the session must restart its idle timer"
+    # Unused, it expires (EXISTS does not touch it, as a request would).
+    await eventually(lambda: command(redis_clean.port, "EXISTS", key) == 0, what="the idle session to expire")
     async with client.get(sc.url_for("/reports?id=7")) as resp:
         assert resp.status == 302
     # The provider still knows the user: the new login needs no form and lands on the same page.
@@ -109,12 +124,16 @@ async def test_an_idle_session_expires_and_the_fresh_login_returns_to_the_page(h
 async def test_the_absolute_lifetime_ends_even_a_busy_session(http, sidecar_factory):
     sc = sidecar_factory({"session": {"lifetime": "2s", "idle_timeout": "1h"}})
     client = http()
-    await login(client, sc.url_for("/api/whoami"), "alice.smith")
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        assert await get_status(client, sc.url_for("/api/whoami")) == 200
-        await asyncio.sleep(0.3)
-    await asyncio.sleep(1.0)
+    started = time.monotonic()  # before the session exists: it cannot end before started + 2s
+    assert (await login(client, sc.url_for("/api/whoami"), "alice.smith")).status == 200
+
+    async def ended() -> bool:  # a request every 100 ms keeps it busy until then
+        status = await get_status(client, sc.url_for("/api/whoami"))
+        assert status in (200, 302), status
+        return status == 302
+
+    await eventually(ended, what="the session to reach its lifetime", interval=0.1)
+    assert time.monotonic() - started >= 2.0, "ended before its lifetime"
     assert await get_status(client, sc.url_for("/api/whoami")) == 302
 
 
@@ -140,15 +159,20 @@ async def test_concurrent_requests_on_two_replicas_never_refresh_twice(
     client = http()
     first = await login(client, a.url_for("/api/whoami"), "alice.smith")
     assert first.status == 200
-    # Three access-token lifetimes of bursts across both replicas: a refresh token spent twice would make
-    # the provider revoke the grant, the next refresh would fail and the session would end (302).
-    statuses: list[int] = []
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
+    # Every refresh rewrites the session in Redis (new tokens, sealed afresh): count the versions.
+    (key,) = session_keys([redis_clean.port], "sso:s:*")
+    versions = {command(redis_clean.port, "GET", key)}
+
+    # Bursts across both replicas until three refreshes happened: a refresh token spent twice would make
+    # the provider revoke the grant, the refresh would fail and the session would end (302).
+    async def refreshed_three_times() -> bool:
         burst = [get_status(client, (a if i % 2 else b).url_for("/api/whoami")) for i in range(12)]
-        statuses += await asyncio.gather(*burst)
-        await asyncio.sleep(0.2)
-    assert set(statuses) == {200}, statuses
+        statuses = await asyncio.gather(*burst)
+        assert set(statuses) == {200}, statuses
+        versions.add(command(redis_clean.port, "GET", key))
+        return len(versions) > 3
+
+    await eventually(refreshed_three_times, what="three refreshes of the session", timeout=60, interval=0.2)
     seen = await whoami(client, b.url_for("/api/whoami"))
     assert seen["headers"]["X-Forwarded-User"] == "alice.smith"
 
@@ -158,8 +182,14 @@ async def test_without_a_refresh_token_access_token_expiry_does_not_sign_out(htt
     sc = sidecar_factory(idp=idp)
     client = http()
     await login(client, sc.url_for("/api/whoami"), "alice.smith")
-    await asyncio.sleep(2.5)
-    assert await get_status(client, sc.url_for("/api/whoami")) == 200
+    expired_by = time.monotonic() + 1  # the access token (1 s) was issued before login() returned
+
+    async def used_after_expiry() -> bool:
+        after = time.monotonic() > expired_by
+        assert await get_status(client, sc.url_for("/api/whoami")) == 200, "signed out"
+        return after
+
+    await eventually(used_after_expiry, what="a request after the access token expired", interval=0.1)
 
 
 async def test_refresh_updates_the_identity_headers(http, sidecar_factory, fresh_badop):
@@ -170,9 +200,11 @@ async def test_refresh_updates_the_identity_headers(http, sidecar_factory, fresh
     assert json.loads(await resp.text())["headers"]["X-Forwarded-Name"] == "Ada Lovelace"
     claims = (await fresh_badop.state())["behaviour"]["userinfo_claims"]
     await fresh_badop.control(userinfo_claims={**claims, "name": "Ada King"})
-    await asyncio.sleep(1.6)
-    seen = await whoami(client, sc.url_for("/api/whoami"))
-    assert seen["headers"]["X-Forwarded-Name"] == "Ada King"
+
+    async def renamed() -> bool:  # the refresh is due a second before the 2 s access token expires
+        return (await whoami(client, sc.url_for("/api/whoami")))["headers"]["X-Forwarded-Name"] == "Ada King"
+
+    await eventually(renamed, what="a refresh to bring the new name", interval=0.1)
     assert await fresh_badop.refresh_count() == 1
 
 
@@ -182,8 +214,14 @@ async def test_a_refresh_the_provider_refuses_ends_the_session(http, sidecar_fac
     client = http()
     await login(client, sc.url_for("/api/whoami"), "ignored")
     await fresh_badop.control(token_error="invalid_grant")
-    await asyncio.sleep(1.6)
-    assert await get_status(client, sc.url_for("/api/whoami")) == 302
+
+    async def ended() -> bool:
+        status = await get_status(client, sc.url_for("/api/whoami"))
+        assert status in (200, 302), status
+        return status == 302
+
+    await eventually(ended, what="the refused refresh to end the session", interval=0.1)
+    assert await fresh_badop.refresh_count() == 1, "ended by the refresh, not by anything else"
     await fresh_badop.control(token_error=None)
     assert await get_status(client, sc.url_for("/api/whoami")) == 302, "the ended session must stay ended"
 
@@ -194,7 +232,12 @@ async def test_a_provider_outage_during_refresh_keeps_the_session(http, sidecar_
     client = http()
     await login(client, sc.url_for("/api/whoami"), "ignored")
     await fresh_badop.control(token_error="temporarily_unavailable")
-    await asyncio.sleep(1.6)
+
+    async def refresh_tried() -> bool:
+        assert await get_status(client, sc.url_for("/api/whoami")) == 200
+        return await fresh_badop.refresh_count() >= 1
+
+    await eventually(refresh_tried, what="a refresh attempt", interval=0.1)
     assert await get_status(client, sc.url_for("/api/whoami")) == 200
 
 
@@ -244,11 +287,11 @@ async def test_a_logout_at_the_provider_ends_the_session_on_both_replicas(http, 
     assert await get_status(client, b.url_for("/api/whoami")) == 200
     # Sign out at the provider itself, not through the sidecar: only the back-channel can tell the sidecar.
     await logout(client, idp.discovery()["end_session_endpoint"])
-    for _ in range(50):
-        if await get_status(client, a.url_for("/api/whoami")) == 302:
-            break
-        await asyncio.sleep(0.1)
-    assert await get_status(client, a.url_for("/api/whoami")) == 302
+
+    async def ended_on_a() -> bool:
+        return await get_status(client, a.url_for("/api/whoami")) == 302
+
+    await eventually(ended_on_a, what="the back-channel logout to end the session")
     assert await get_status(client, b.url_for("/api/whoami")) == 302
     assert "backchannel" in idp.logs().lower() or "back-channel" in a.logs().lower()
 

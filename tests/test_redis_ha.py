@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import textwrap
 import time
@@ -19,14 +20,16 @@ from proxy.sessions.redis import RedisStore
 from proxy.settings import Secret
 from support.idp import login, logout
 from support.redis_ha import (
-    RedisClusterNodes,
+    RedisCluster,
     RedisNode,
     SentinelGroup,
     TLSRedisNode,
     aof_server,
     command,
     session_keys,
+    text,
 )
+from support.waiting import eventually
 
 SESSION_COOKIE = "sso_sidecar"
 API = {"X-Requested-With": "test"}  # a lost session answers 401 instead of redirecting to the provider
@@ -62,14 +65,58 @@ async def timed_get(client, url: str, **kwargs) -> tuple[int, float, str]:
 
 async def until_unavailable(client, url: str, **kwargs) -> tuple[int, float, str]:
     """Requests until one gets 503: each within the bound, all within a few seconds."""
-    deadline = time.monotonic() + 2 * BOUND
-    while True:
+
+    async def unavailable() -> tuple[int, float, str] | None:
         status, elapsed, body = await timed_get(client, url, **kwargs)
         assert status in (200, 503) and elapsed < BOUND, (status, elapsed)
-        if status == 503:
-            return status, elapsed, body
-        assert time.monotonic() < deadline, "still served while Redis is away"
-        await asyncio.sleep(0.1)
+        return (status, elapsed, body) if status == 503 else None
+
+    return await eventually(unavailable, what="a 503 while Redis is away", timeout=2 * BOUND, interval=0.1)
+
+
+class Traffic:
+    """Signed-in users' API requests in a loop (one loop per client), each one timed."""
+
+    def __init__(self, sidecar, clients) -> None:
+        self.sidecar = sidecar
+        self.results: list[tuple[int, float]] = []
+        self.unexpected: list[str] = []  # the body of each answer that is neither 200 nor 503
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._loop(c)) for c in clients]
+
+    async def _loop(self, client) -> None:
+        while not self._stop.is_set():
+            status, elapsed, body = await timed_get(client, self.sidecar.url_for("/api/whoami"), headers=API)
+            self.results.append((status, elapsed))
+            if status not in (200, 503):
+                self.unexpected.append(f"{status} {body[:300]}")
+            await asyncio.sleep(0.02)  # pacing of the load, not a wait for anything
+
+    def why(self) -> list[str]:
+        """The unexpected answers, each with the sidecar's log lines for its request id."""
+        out = []
+        for answer in self.unexpected[:5]:
+            match = re.search(r'"request_id": ?"([0-9a-f]+)"', answer)
+            lines = [line for line in self.sidecar.logs().splitlines() if match and match[1] in line]
+            out.append(answer + "\n" + "\n".join(line[:4000] for line in lines))
+        return out
+
+    def served(self) -> int:
+        return sum(1 for status, _ in self.results if status == 200)
+
+    async def flowing(self, what: str, more: int = 20) -> None:
+        """Until ``more`` further requests were served (200)."""
+        target = self.served() + more
+        await eventually(lambda: self.served() >= target, what=f"{more} requests served {what}", timeout=20)
+
+    async def stop(self) -> Counter[int]:
+        """Stop; every request got its session (200) or a bounded 503, never a 401 or an error page."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        statuses = Counter(status for status, _ in self.results)
+        assert set(statuses) <= {200, 503}, (statuses, self.why())
+        assert max(elapsed for _, elapsed in self.results) < BOUND
+        return statuses
 
 
 async def user_at(client, url: str) -> str | None:
@@ -182,10 +229,15 @@ async def test_an_index_forgets_members_whose_time_is_up(redis_clean):
     """A user who signs in again and again without signing out does not grow their index forever."""
     store = RedisStore(redis_clean.url)
     try:
+        added = time.monotonic()
         await store.index_add("i:user", "old", 0.2)
         await store.index_add("i:user", "live", 30)
-        await asyncio.sleep(0.3)
-        assert await store.index_members("i:user") == {"live"}
+
+        async def forgotten() -> bool:
+            return await store.index_members("i:user") == {"live"}
+
+        await eventually(forgotten, what="the member whose time is up to be forgotten")
+        assert time.monotonic() - added >= 0.2, "forgotten before its time"
         await store.index_add("i:user", "new", 10)
         assert command(redis_clean.port, "ZCARD", "sso:i:user") == 2
         assert 29_000 < session_keys([redis_clean.port])["sso:i:user"][1] <= 30_000  # never shortened
@@ -284,7 +336,27 @@ async def test_outages_give_a_bounded_503_and_an_aof_restart_keeps_sessions(http
 # Sentinel
 
 
-@pytest.mark.parametrize("how", ["sentinel-failover", "master-crash"])
+def test_three_sentinels_with_quorum_two_watch_the_master(tmp_path):
+    """What the failover tests stand on: three Sentinels, each monitoring the master with quorum 2 and
+    knowing the two others, so that any two of them can agree and authorize a failover."""
+    group = SentinelGroup(tmp_path / "redis").start()
+    try:
+        assert len(group.sentinels) == 3
+        for sentinel in group.sentinels:
+            flat = sentinel.command("SENTINEL", "MASTER", group.MASTER_NAME)
+            assert isinstance(flat, list)
+            master = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
+            assert (master["port"], master["quorum"], master["num-other-sentinels"]) == (
+                str(group.master.port),
+                "2",
+                "2",
+            )
+            assert text(sentinel.command("SENTINEL", "CKQUORUM", group.MASTER_NAME)).startswith("OK 3 usable Sentinels")
+    finally:
+        group.stop()
+
+
+@pytest.mark.parametrize("how", ["sentinel-failover", "master-crash", "master-crash-with-a-sentinel-down"])
 async def test_a_sentinel_failover_under_traffic_keeps_every_session(http, sidecar_factory, tmp_path, how):
     group = await asyncio.to_thread(SentinelGroup(tmp_path / "redis").start)
     try:
@@ -293,40 +365,29 @@ async def test_a_sentinel_failover_under_traffic_keeps_every_session(http, sidec
         clients = [await signed_in(http, sc, user) for user in users]
         assert await asyncio.to_thread(group.replicate) == 1  # the replica has every session
 
-        results: list[tuple[int, float]] = []
-        stop = asyncio.Event()
-
-        async def traffic(client) -> None:
-            while not stop.is_set():
-                status, elapsed, _ = await timed_get(client, sc.url_for("/api/whoami"), headers=API)
-                results.append((status, elapsed))
-                await asyncio.sleep(0.02)
-
-        tasks = [asyncio.create_task(traffic(c)) for c in clients]
+        traffic = Traffic(sc, clients)
         listener = RedisStore(group.url, timeout=1.0)
         subscription = listener.subscribe("sso:test")
         assert await anext(subscription) == b""
         ended = asyncio.create_task(anext(subscription))
-        await asyncio.sleep(0.3)
+        await traffic.flowing("before the failover")
         old = group.master.port
-        if how == "master-crash":
-            group.master.kill()
-        else:
+        if how == "sentinel-failover":
             group.sentinel.command("SENTINEL", "FAILOVER", group.MASTER_NAME)
+        else:
+            if how == "master-crash-with-a-sentinel-down":
+                # The first Sentinel the sidecar knows: the two left must agree (quorum 2, a majority of 3).
+                group.sentinels[0].kill()
+            group.master.kill()
         new = await asyncio.to_thread(group.wait_for_new_master, old)
         assert new == group.replica.port
         with pytest.raises(StoreUnavailable):  # it might have missed messages published on the new master
             await asyncio.wait_for(ended, BOUND)
         await subscription.aclose()
         await listener.close()
-        await asyncio.sleep(1.5)  # traffic goes on after the switch
-        stop.set()
-        await asyncio.gather(*tasks)
+        await traffic.flowing("after the switch")
+        statuses = await traffic.stop()
 
-        statuses = Counter(status for status, _ in results)
-        assert set(statuses) <= {200, 503}, statuses  # never a lost session (401), never an error page
-        assert max(elapsed for _, elapsed in results) < BOUND
-        assert statuses[200] > 20
         for client, user in zip(clients, users, strict=True):
             assert await user_at(client, sc.url_for("/api/whoami")) == user
         # New logins (pending login taken on the new master) and /readyz work after the switch.
@@ -335,7 +396,7 @@ async def test_a_sentinel_failover_under_traffic_keeps_every_session(http, sidec
         # Carol's session went to the new master, not to an old one that Sentinel has yet to demote.
         assert len(session_keys([new], "sso:s:*")) == len(clients) + 1
         assert all(ttl > 0 for _, ttl in session_keys([new]).values())
-        print(how, statuses, max(elapsed for _, elapsed in results))
+        print(how, statuses, max(elapsed for _, elapsed in traffic.results))
     finally:
         await asyncio.to_thread(group.stop)
 
@@ -344,22 +405,29 @@ async def test_a_sentinel_failover_under_traffic_keeps_every_session(http, sidec
 # Cluster
 
 
+async def login_across(a, b, http, users: list[str]) -> list:
+    """Logins that start on either replica; every callback goes to ``a`` (the one ``public_url`` names), so
+    a pending login started on ``b`` is finished by ``a`` through the shared store."""
+    clients = []
+    for i, user in enumerate(users):
+        client = http()
+        first = a if i % 2 else b
+        async with client.get(first.url_for("/api/whoami"), headers={"Accept": "text/html"}) as resp:
+            assert resp.status == 302
+            provider = resp.headers["Location"]
+        resp = await login(client, provider, user)
+        assert resp.status == 200, await resp.text()
+        clients.append(client)
+    return clients
+
+
 async def test_a_redis_cluster_serves_sessions_to_two_replicas(http, sidecar_factory, tmp_path):
-    cluster = await asyncio.to_thread(RedisClusterNodes(tmp_path / "cluster").start)
+    cluster = await asyncio.to_thread(RedisCluster(tmp_path / "cluster").start)
     try:
         a = sidecar_factory(redis_config(cluster.url))
         b = replica_of(sidecar_factory, a, redis_config(f"redis://127.0.0.1:{cluster.ports[1]}", redis_cluster=True))
         users = ["alice.smith", "bob.jones", "carol.white", "alice.smith", "bob.jones", "carol.white"]
-        clients = []
-        for i, user in enumerate(users):  # logins start on either replica; every callback goes to a (public_url)
-            client = http()
-            first = a if i % 2 else b
-            async with client.get(first.url_for("/api/whoami"), headers={"Accept": "text/html"}) as resp:
-                assert resp.status == 302
-                provider = resp.headers["Location"]
-            resp = await login(client, provider, user)
-            assert resp.status == 200, await resp.text()
-            clients.append(client)
+        clients = await login_across(a, b, http, users)
         for client, user in zip(clients, users, strict=True):
             assert await user_at(client, a.url_for("/api/whoami")) == user
             assert await user_at(client, b.url_for("/api/whoami")) == user
@@ -367,10 +435,42 @@ async def test_a_redis_cluster_serves_sessions_to_two_replicas(http, sidecar_fac
         await logout(clients[0], b.url_for("/oauth2/sign_out"))
         assert await user_at(clients[0], a.url_for("/api/whoami")) is None
 
-        keys = await asyncio.to_thread(session_keys, cluster.ports)
+        keys = await asyncio.to_thread(session_keys, cluster.master_ports())
         assert len({port for port, _ in keys.values()}) >= 2, keys  # spread over the slots of several masters
         assert all(ttl > 0 for _, ttl in keys.values()), keys
         assert (await timed_get(http(), b.url_for("/readyz")))[0] == 200
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def test_a_redis_cluster_with_replicas_survives_the_loss_of_a_master(http, sidecar_factory, tmp_path):
+    """Three masters with a replica each; the master holding the most sessions dies under traffic. Its
+    replica takes over its slots, and every session (replicated first) is still there."""
+    cluster = await asyncio.to_thread(RedisCluster(tmp_path / "cluster").start)
+    try:
+        sc = sidecar_factory(redis_config(cluster.url))
+        users = ["alice.smith", "bob.jones", "carol.white"] * 2
+        clients = [await signed_in(http, sc, user) for user in users]
+        await asyncio.to_thread(cluster.replicate)
+        sessions = Counter(port for port, _ in session_keys(cluster.master_ports(), "sso:s:*").values())
+        assert sum(sessions.values()) == len(clients), sessions
+        victim = sessions.most_common(1)[0][0]
+        (heir,) = cluster.replica_ports_of(victim)
+
+        traffic = Traffic(sc, clients)
+        await traffic.flowing("before the master dies")
+        cluster.node(victim).kill()
+        await asyncio.to_thread(cluster.wait_for_failover, victim, heir)
+        await traffic.flowing("after the failover")
+        statuses = await traffic.stop()
+
+        for client, user in zip(clients, users, strict=True):
+            assert await user_at(client, sc.url_for("/api/whoami")) == user
+        moved = session_keys([heir], "sso:s:*")
+        assert len(moved) == sessions[victim], "the heir serves every session the dead master held"
+        assert await user_at(await signed_in(http, sc, "dave"), sc.url_for("/api/whoami")) == "dave"
+        assert (await timed_get(http(), sc.url_for("/readyz")))[0] == 200
+        print("cluster failover", statuses, max(elapsed for _, elapsed in traffic.results))
     finally:
         await asyncio.to_thread(cluster.stop)
 

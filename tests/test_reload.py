@@ -25,8 +25,9 @@ from support.configmap import ConfigMapDir, ConfigMapSidecar
 from support.http import HttpClient
 from support.idp import login
 from support.procs import LOOPBACK, free_port
-from support.reloading import check_output, metric, metrics, status_of, until
+from support.reloading import check_output, metric, metrics, status_of
 from support.sidecar import merge
+from support.waiting import eventually, holds
 
 TOKEN = "break-glass-" + secrets.token_urlsafe(24)
 DOWNLOAD = 512 * 1024  # 8 chunks of 64 KiB with a delay after each: a download spans several reloads
@@ -45,7 +46,7 @@ async def applied(sidecar: Any, before: dict[str, Any]) -> dict[str, Any]:
         assert st["reload"]["failed"] == before["reload"]["failed"], st["reload"]["last_error"]
         return st if st["config"]["version"] != before["config"]["version"] else None
 
-    return await until(check, "the new config to apply")
+    return await eventually(check, what="the new config to apply")
 
 
 async def refused(sidecar: Any, before: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +56,7 @@ async def refused(sidecar: Any, before: dict[str, Any]) -> dict[str, Any]:
         st = await status_of(sidecar, TOKEN)
         return st if st["reload"]["failed"] > before["reload"]["failed"] else None
 
-    st = await until(check, "the reload to be refused")
+    st = await eventually(check, what="the reload to be refused")
     assert st["config"]["version"] == before["config"]["version"]
     assert st["reload"]["last_error"]
     return st
@@ -118,7 +119,7 @@ class Traffic:
                         self.failures.append(f"api: HTTP {resp.status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append(f"api: {exc!r}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pacing of the load, not a wait for anything
 
     async def _download(self) -> None:
         url = self.sidecar.url_for(f"/download/{DOWNLOAD}?delay=0.1")
@@ -136,7 +137,7 @@ class Traffic:
                         self.failures.append(f"download: HTTP {resp.status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append(f"download: {exc!r}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pacing
 
     async def _websocket(self) -> None:
         assert self.ws is not None
@@ -144,7 +145,7 @@ class Traffic:
         while not self._stop.is_set():
             i += 1
             await self.echo(f"message {i}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # pacing
 
     async def echo(self, text: str) -> None:
         assert self.ws is not None
@@ -278,7 +279,9 @@ async def test_configmap_updates_apply_live_under_traffic_without_a_failed_reque
 
     # Putting back what runs clears the error without a reload.
     sc.write_config(config)
-    st = await until(lambda: _status_where(sc, lambda s: s["reload"]["last_error"] is None), "the error to clear")
+    st = await eventually(
+        lambda: _status_where(sc, lambda s: s["reload"]["last_error"] is None), what="the error to clear"
+    )
 
     # A wrong client secret in the Secret volume (the config file unchanged): refused before the swap.
     volume: ConfigMapDir = sc.secrets  # type: ignore[attr-defined]
@@ -306,7 +309,7 @@ async def test_configmap_updates_apply_live_under_traffic_without_a_failed_reque
     closed = "upstream pool of a previous config closed"
     assert closed not in sc.logs()
     await traffic.stop()
-    await until(lambda: _logged(sc, closed), "the old upstream pool to close")
+    await eventually(lambda: _logged(sc, closed), what="the old upstream pool to close")
     traffic.assert_nothing_failed()
     assert traffic.statuses["api 401"] > 0 or traffic.statuses["download 401"] > 0
     text = await metrics(sc)
@@ -328,7 +331,9 @@ async def _status_where(sidecar: Any, predicate: Callable[[dict[str, Any]], bool
 async def test_sighup_reloads_under_traffic_and_reports_what_needs_a_restart(http, idp, sidecar_factory, tmp_path):
     token_file = tmp_path / "break-glass"
     token_file.write_text(TOKEN + "\n")
-    sc = sidecar_factory({"reload": {"watch": False}, "break_glass": {"token_file": str(token_file)}})
+    # watch_interval applies only if a watcher (wrongly) ran: it would then see the change within 0.2s.
+    reload = {"watch": False, "watch_interval": "100ms"}
+    sc = sidecar_factory({"reload": reload, "break_glass": {"token_file": str(token_file)}})
     config = sc.config
     user = http()
     await signed_in(user, sc)
@@ -336,11 +341,17 @@ async def test_sighup_reloads_under_traffic_and_reports_what_needs_a_restart(htt
     st = await status_of(sc, TOKEN)
     assert st["config"]["watch"]["enabled"] is False
 
-    # With watching off, a changed file waits for SIGHUP.
+    # With watching off, a changed file waits for SIGHUP: there is no event to wait for, so watch the
+    # running version stay put for several times what a watcher would need.
     config = merge(config, {"sso": {"enabled": False}})
     sc.write_config(config)
-    await asyncio.sleep(0.6)
-    assert (await status_of(sc, TOKEN))["config"]["version"] == st["config"]["version"]
+    unchanged = st["config"]["version"]
+    await holds(
+        lambda: _status_where(sc, lambda s: s["config"]["version"] == unchanged),
+        during=1.0,
+        interval=0.1,
+        what="the running config, with watching off and no SIGHUP",
+    )
     sc.reload()
     st = await applied(sc, st)
     status, seen = await whoami(user, sc)

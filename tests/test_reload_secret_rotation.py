@@ -28,7 +28,8 @@ from support.configmap import ConfigMapDir
 from support.http import HttpClient
 from support.idp import BACKCHANNEL_LOGOUT_PATH, CALLBACK_PATH, SIGNED_OUT_PATH, DevIdP, idp_config, login
 from support.procs import LOOPBACK, free_port
-from support.reloading import check_output, metric, metrics, status_of, until
+from support.reloading import check_output, metric, metrics, status_of
+from support.waiting import eventually
 
 CLIENT_ID = "rotating-console"
 TOKEN = "break-glass-" + secrets.token_urlsafe(24)
@@ -97,7 +98,7 @@ class SignedInTraffic:
                         self.failures.append("200 without the user's identity")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append(repr(exc))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pacing of the load, not a wait for anything
 
     async def flowing(self, what: str, more: int = 20) -> None:
         """Wait until ``more`` further requests succeeded (the traffic is not stalled)."""
@@ -106,7 +107,7 @@ class SignedInTraffic:
         async def check() -> bool:
             return self.ok >= target
 
-        await until(check, f"{more} successful requests {what}")
+        await eventually(check, what=f"{more} successful requests {what}")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -220,7 +221,7 @@ async def test_client_secret_rotation_through_a_secret_volume_keeps_sessions_and
             assert now["reload"]["failed"] == 0, now["reload"]["last_error"]
             return now if now["config"]["version"] != st["config"]["version"] else None
 
-        st = await until(rotated, "the rotated secret to apply")
+        st = await eventually(rotated, what="the rotated secret to apply")
         assert st["reload"]["succeeded"] == 1 and st["reload"]["last_error"] is None
         assert st["config"]["sso"]["client_id"] == CLIENT_ID and st["config"]["sso"]["client_secret"] == "********"
         assert st["discovery"]["status"] == "ok" and st["discovery"]["issuer"] == issuer
@@ -248,7 +249,7 @@ async def test_client_secret_rotation_through_a_secret_volume_keeps_sessions_and
             now = await status_of(sc, TOKEN)
             return now if now["reload"]["failed"] > 0 else None
 
-        bad = await until(refused, "the wrong secret to be refused")
+        bad = await eventually(refused, what="the wrong secret to be refused")
         assert bad["config"]["version"] == st["config"]["version"]  # B keeps running
         error = bad["reload"]["last_error"]
         assert error.startswith("sso.client_secret_file: ") and "rejected the client credentials" in error, error

@@ -1,6 +1,6 @@
 """The config file watcher (proxy.watch): ConfigMap symlink swaps, editor renames, half-written files,
 debounce. Polls are driven one at a time (``FileWatcher.poll``), so nothing here waits on a clock except
-the one test of the running loop."""
+the one test of the running loop, which waits for its events."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from proxy.watch import ChangeDetector, FileWatcher, read_state, snapshot
 from support.configmap import ConfigMapDir
+from support.waiting import eventually
 
 
 class Recorder:
@@ -204,9 +205,9 @@ async def test_the_running_loop_reloads_after_a_configmap_swap(tmp_path):
     watcher = FileWatcher(lambda: [str(cm.path("config.yaml"))], on_change, interval=lambda: 0.02)
     task = asyncio.ensure_future(watcher.run())
     try:
-        await asyncio.sleep(0.05)
+        await eventually(lambda: watcher.detector is not None, what="the watcher's first poll (its baseline)")
         cm.write({"config.yaml": "v: 2\n"})
-        await asyncio.wait_for(changed.wait(), 2)
+        await asyncio.wait_for(changed.wait(), 10)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 
@@ -13,7 +12,10 @@ from proxy.cookies import Ticket
 from proxy.errors import StoreUnavailable
 from proxy.sessions import MemoryStore, PendingLogin, SessionManager
 from proxy.sessions.redis import RedisStore
+from proxy.sessions.store import SessionStore
 from proxy.settings import Secret, SessionSettings
+from support.redis_ha import command
+from support.waiting import eventually
 
 SETTINGS = SessionSettings(cookie_secrets=(Secret("n" * 40), Secret("o" * 40)), lifetime=60, idle_timeout=30)
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-access-token-value.sig"
@@ -74,15 +76,39 @@ async def test_a_session_past_its_absolute_lifetime_is_gone(manager):
     assert await manager.load(session.ticket, issuer="https://idp", client_id="c") is None
 
 
+def remaining_ttl(manager: SessionManager, redis_port: int, key: str) -> float:
+    """Seconds until ``key`` expires in the manager's store: Redis's PTTL, or the memory store's deadline."""
+    if isinstance(manager.store, RedisStore):
+        pttl = command(redis_port, "PTTL", "sso:" + key)
+        assert isinstance(pttl, int)
+        return pttl / 1000
+    assert isinstance(manager.store, MemoryStore)
+    return manager.store._data[key][1] - time.monotonic()
+
+
+async def test_reading_a_session_restarts_its_idle_timer(manager, redis_server):
+    """Observed on the store's TTL instead of by waiting: no clock needs to run."""
+    session = await create(manager)
+    key = "s:" + session.id
+    assert SETTINGS.idle_timeout - 5 < remaining_ttl(manager, redis_server.port, key) <= SETTINGS.idle_timeout
+    await manager.store.get(key, touch=2.0)  # as if it had been idle for all but two seconds
+    assert remaining_ttl(manager, redis_server.port, key) <= 2.0
+    assert await manager.load(session.ticket, issuer="https://idp", client_id="c") is not None
+    assert remaining_ttl(manager, redis_server.port, key) > SETTINGS.idle_timeout - 5
+
+
 async def test_idle_timeout_expires_unused_sessions(manager):
     fast = SessionManager(manager.store, dataclasses.replace(SETTINGS, idle_timeout=0.3))
+    started = time.monotonic()
     session = await create(fast)
-    await asyncio.sleep(0.2)
-    assert await fast.load(session.ticket, issuer="https://idp", client_id="c") is not None  # restarts the timer
-    await asyncio.sleep(0.2)
-    assert await fast.load(session.ticket, issuer="https://idp", client_id="c") is not None
-    await asyncio.sleep(0.45)
+    # Polled without touching it (a load would restart the timer): gone once the idle timeout has passed.
+    await eventually(lambda: _absent(fast.store, "s:" + session.id), what="the unused session to expire", timeout=10)
+    assert time.monotonic() - started >= 0.3, "expired before its idle timeout"
     assert await fast.load(session.ticket, issuer="https://idp", client_id="c") is None
+
+
+async def _absent(store: SessionStore, key: str) -> bool:
+    return await store.get(key) is None
 
 
 async def test_pending_logins_can_be_taken_once(manager):
@@ -147,10 +173,7 @@ async def twin_managers(request, redis_server):
     managers = [SessionManager(store, cached) for store in stores]
     for m in managers:
         await m.start()
-    for _ in range(100):  # until both subscriptions are live
-        if all(m._cache_live for m in managers):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: all(m._cache_live for m in managers), what="both invalidation subscriptions to be live")
     yield managers
     for m in managers:
         await m.stop()
@@ -166,15 +189,20 @@ async def test_a_cached_session_is_served_without_the_store(twin_managers):
     assert await a.load(session.ticket, issuer="https://idp", client_id="c") is not None
 
 
-async def test_ending_a_session_on_one_worker_reaches_the_other_within_100ms(twin_managers):
+async def test_ending_a_session_on_one_worker_reaches_the_other_long_before_its_cache_expires(twin_managers):
+    """The invalidation travels by pub/sub: b drops its cached copy well within cache_ttl (30s). How fast
+    it is on an idle machine (the README's 100 ms) is the benchmark's to measure, not a unit test's."""
     a, b = twin_managers
     session = await create(a)
     assert await b.load(session.ticket, issuer="https://idp", client_id="c") is not None  # now cached in b
-    started = time.monotonic()
+    await a.store.delete("s:" + session.id)  # behind both managers' backs: only the message can tell b
+    assert await b.load(session.ticket, issuer="https://idp", client_id="c") is not None  # served from b's cache
     await a.end(session)
-    while await b.load(session.ticket, issuer="https://idp", client_id="c") is not None:
-        assert time.monotonic() - started < 0.1, "invalidation took longer than 100 ms"
-        await asyncio.sleep(0.002)
+
+    async def dropped_by_b() -> bool:
+        return await b.load(session.ticket, issuer="https://idp", client_id="c") is None
+
+    await eventually(dropped_by_b, what="b to drop the session a ended", timeout=5)
 
 
 async def test_the_cache_never_serves_a_session_to_a_ticket_with_another_key(twin_managers):

@@ -1,19 +1,28 @@
 """Several worker processes on one port: shared sessions, sign-out reaching every worker at once,
-SIGHUP passed on to every worker, SIGTERM stopping them all."""
+SIGHUP passed on to every worker, SIGTERM stopping them all.
+
+Which worker answered a request is read from the access log, which both workers write to the same
+stderr: each line ends with the request id, whose first six hex digits are drawn once per process
+(``proxy/app.py``, ``_RequestIds``). Each probe request goes to a path of its own, so its line is found.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
+import secrets
 import signal
-import time
+from collections import Counter
 
+import aiohttp
 import pytest
 from yarl import URL
 
 from support.idp import login
+from support.waiting import eventually
 
 SESSION_COOKIE = "sso_sidecar"
+WORKER_ID_DIGITS = 6  # the per-process part of a request id; a 10-digit counter follows
 
 
 def worker_pids(parent: int) -> set[int]:
@@ -36,6 +45,50 @@ async def status(client, url: str, **kwargs) -> int:
         return resp.status
 
 
+class Probes:
+    """Requests each on a new connection (the kernel spreads connections over the workers' listening
+    sockets, SO_REUSEPORT), each to a path of its own; ``served()`` says who answered what."""
+
+    def __init__(self, sidecar, http, headers: dict[str, str] | None = None) -> None:
+        self.sidecar = sidecar
+        self.client = http(cookies=False, connector=aiohttp.TCPConnector(force_close=True))
+        self.headers = headers or {}
+        self.tag = secrets.token_hex(4)
+        self.sent: list[tuple[str, int]] = []  # (path, status) in the order sent
+        self._line = re.compile(rf'"GET (/probe-{self.tag}/\d+)" (\d{{3}}) [\d.]+ms \[([0-9a-f]+)\]')
+
+    async def send(self, n: int = 1) -> list[int]:
+        """``n`` probes one after another: their order in ``sent`` is the order they were answered."""
+        statuses = []
+        for _ in range(n):
+            path = f"/probe-{self.tag}/{len(self.sent)}"
+            statuses.append(await status(self.client, self.sidecar.url_for(path), headers=self.headers))
+            self.sent.append((path, statuses[-1]))
+        return statuses
+
+    def served(self) -> list[tuple[int, str]]:
+        """(status, worker) of every probe whose access-log line is written, in the order sent."""
+        logged = {m[1]: (int(m[2]), m[3][:WORKER_ID_DIGITS]) for m in self._line.finditer(self.sidecar.logs())}
+        answers = []
+        for path, sent_status in self.sent:
+            if path in logged:
+                assert logged[path][0] == sent_status, (path, logged[path], sent_status)
+                answers.append(logged[path])
+        return answers
+
+    async def all_logged(self) -> list[tuple[int, str]]:
+        """``served()`` once every probe's line is written (the access log is flushed every 100 ms)."""
+
+        def complete() -> list[tuple[int, str]] | None:
+            answers = self.served()
+            return answers if len(answers) == len(self.sent) else None
+
+        return await eventually(complete, what="an access-log line for every probe")
+
+    def workers_with(self, wanted: int) -> set[str]:
+        return {worker for status_, worker in self.served() if status_ == wanted}
+
+
 @pytest.fixture
 def two_workers(sidecar_factory, redis_clean):
     return sidecar_factory(
@@ -43,52 +96,67 @@ def two_workers(sidecar_factory, redis_clean):
     )
 
 
+async def until_both_workers(probes: Probes, wanted: int, what: str) -> None:
+    """Probes until both workers have answered ``wanted``; the caller checks every answer on the way."""
+
+    async def both() -> bool:
+        await probes.send()
+        return len(probes.workers_with(wanted)) == 2
+
+    await eventually(both, what=what, timeout=20)
+
+
 async def test_two_workers_serve_one_port_and_share_sessions(http, two_workers):
     assert len(worker_pids(two_workers.proc.pid)) == 2
     client = http()
     await login(client, two_workers.url_for("/api/whoami"), "alice.smith")
-    # Fresh connections land on either worker; every one of them knows the session.
-    statuses = [await status(http(cookies=False), two_workers.url_for("/api/whoami"),
-                             headers={"Cookie": f"{SESSION_COOKIE}={client.cookie(SESSION_COOKIE)}"})
-                for _ in range(20)]  # fmt: skip
-    assert set(statuses) == {200}
+    probes = Probes(two_workers, http, {"Cookie": f"{SESSION_COOKIE}={client.cookie(SESSION_COOKIE)}"})
+    await until_both_workers(probes, 200, "both workers to serve the signed-in user")
+    answers = await probes.all_logged()
+    assert {s for s, _ in answers} == {200}, answers  # no worker ever sent the user to the provider
+    per_worker = Counter(worker for _, worker in answers)
+    assert len(per_worker) == 2, per_worker  # two processes answered, each with the shared session
 
 
-async def test_sign_out_is_rejected_by_every_worker_within_100ms(http, two_workers):
+async def test_sign_out_is_rejected_by_every_worker_long_before_the_cache_expires(http, two_workers):
+    """Both workers hold the session in their cache (30s) when it ends on one of them; both refuse it
+    within seconds, so the news travelled (Redis pub/sub). The README's ≤ 100 ms is the benchmark's."""
     client = http()
     await login(client, two_workers.url_for("/api/whoami"), "alice.smith")
-    cookie = {"Cookie": f"{SESSION_COOKIE}={client.cookie(SESSION_COOKIE)}"}
-    clients = [http(cookies=False) for _ in range(8)]
-    for _ in range(3):  # warm both workers' caches over several connections
-        assert set(
-            await asyncio.gather(*(status(c, two_workers.url_for("/api/whoami"), headers=cookie) for c in clients))
-        ) == {200}
+    probes = Probes(two_workers, http, {"Cookie": f"{SESSION_COOKIE}={client.cookie(SESSION_COOKIE)}"})
+    await until_both_workers(probes, 200, "both workers to cache the session")
+    assert {s for _, s in probes.sent} == {200}
     async with client.get(two_workers.url_for("/oauth2/sign_out"), headers={"Sec-Fetch-Site": "same-origin"}) as resp:
         assert resp.status == 302
         # The cached copy has no tokens; the ID token for the provider comes from Redis.
         assert URL(resp.headers["Location"]).query.get("id_token_hint", "").startswith("eyJ")
-    signed_out_at = time.monotonic()
-    await asyncio.sleep(0.1)
-    results = await asyncio.gather(
-        *(status(c, two_workers.url_for("/api/whoami"), headers=cookie) for c in clients * 3)
-    )
-    assert set(results) == {302}, f"still accepted {time.monotonic() - signed_out_at:.3f}s after sign-out"
+    signed_out_at = len(probes.sent)
+    await until_both_workers(probes, 302, "both workers to refuse the ended session")
+    await probes.send(8)
+    after = (await probes.all_logged())[signed_out_at:]
+    for worker in {w for _, w in after}:
+        mine = [s for s, w in after if w == worker]
+        # Once a worker has heard of the sign-out, it never serves the session again.
+        assert 302 in mine and 200 not in mine[mine.index(302) :], (worker, mine)
+    assert all(s == 302 for s, _ in after[-8:]), after
 
 
 async def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(http, two_workers):
     pids = worker_pids(two_workers.proc.pid)
     config = dict(two_workers.config)
     config["sso"] = {**config["sso"], "enabled": False}
+    probes = Probes(two_workers, http)
+    # /healthz answers once one worker listens. A worker still starting ignores SIGHUP, and its watcher
+    # then takes the changed file for its baseline (a startup race, reported): wait for both to serve.
+    await until_both_workers(probes, 302, "both workers to be up (SSO on: no session, off to the provider)")
+    assert {s for _, s in probes.sent} == {302}
     two_workers.reload(config)
-    deadline = time.monotonic() + 10
-    clients = [http(cookies=False) for _ in range(8)]
-    while time.monotonic() < deadline:
-        results = await asyncio.gather(*(status(c, two_workers.url_for("/api/whoami")) for c in clients))
-        if set(results) == {200}:
-            break
-        await asyncio.sleep(0.2)
-    else:
-        raise AssertionError("not every worker applied the reload")
+    await until_both_workers(probes, 200, "both workers to apply the reload (SSO off: 200 without a session)")
+    answers = await probes.all_logged()
+    for worker in {w for _, w in answers}:
+        mine = [s for s, w in answers if w == worker]
+        # Once a worker has reloaded, it stays reloaded.
+        assert 302 not in mine[mine.index(200) :] if 200 in mine else True, (worker, mine)
     assert worker_pids(two_workers.proc.pid) == pids, "a reload must not restart workers"
     two_workers.proc.send_signal(signal.SIGTERM)
     assert await two_workers.proc.await_exit(15) == 0

@@ -6,7 +6,6 @@ during a failing test to the report.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -14,11 +13,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from support.waiting import WaitTimeout, eventually, eventually_sync
 
 LOOPBACK = "127.0.0.1"
 LOG_TAIL = 6000
@@ -27,11 +27,24 @@ LOG_TAIL = 6000
 REGISTRY: list[Process] = []
 
 
+# Every port free_port() handed out in this test session.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the kernel's pick, so races are unlikely)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port nobody listens on right now, and that this session never handed out before.
+
+    The kernel may offer a port again as soon as the probe socket that found it is closed: a group of
+    servers whose ports are all chosen before the first one binds (a Sentinel group, a Cluster) would
+    otherwise now and then get the same port twice.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
@@ -133,13 +146,13 @@ class Process:
         return self.proc.returncode
 
     async def await_exit(self, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise ProcessError(f"{self.name} still running after {timeout}s\n{self.tail()}")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
+        proc = self.proc
+        assert proc is not None
+        try:
+            await eventually(lambda: proc.poll() is not None, what=f"{self.name} to exit", timeout=timeout)
+        except WaitTimeout:
+            raise ProcessError(f"{self.name} still running after {timeout}s\n{self.tail()}") from None
+        return proc.returncode
 
     def kill(self) -> None:
         """SIGKILL: a crash, not a shutdown."""
@@ -156,16 +169,19 @@ class Process:
 
     def wait_for(self, ready: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
         """Poll ``ready`` until true; fail early, with the log, if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def check() -> bool:
             if ready():
-                return
+                return True
             if not self.alive:
                 raise ProcessError(f"{self.name} exited with {self.returncode} before {what}\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop(timeout=2)
-                raise ProcessError(f"{self.name}: no {what} within {timeout}s\n{self.tail()}")
-            time.sleep(0.05)
+            return False
+
+        try:
+            eventually_sync(check, what=what, timeout=timeout)
+        except WaitTimeout:
+            self.stop(timeout=2)
+            raise ProcessError(f"{self.name}: no {what} within {timeout}s\n{self.tail()}") from None
 
     def wait_for_line(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         regex = re.compile(pattern, re.MULTILINE)

@@ -1,5 +1,6 @@
 """Redis set-ups for high availability, as local processes on free loopback ports: a server with AOF
-persistence, a master + replica + Sentinel group, a three-master Redis Cluster, and a TLS server.
+persistence, a master + replica watched by three Sentinels (quorum 2), a Redis Cluster of three masters
+with a replica each, and a TLS server.
 
 Test code talks to them with ``command()``, a raw RESP client, so that what the tests observe does not
 depend on the client library the sidecar uses.
@@ -11,13 +12,13 @@ import datetime
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from support.procs import LOOPBACK, Process, ProcessError, free_port
 from support.redis_server import ping, redis_server_binary
+from support.waiting import eventually_sync
 
 Reply = bytes | int | list["Reply"] | None
 
@@ -80,17 +81,23 @@ def info(port: int, section: str) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (OSError, RedisReplyError):
-            pass
-        if time.monotonic() > deadline:
-            raise ProcessError(f"no {what} within {timeout}s")
-        time.sleep(interval)
+def wait_until(check: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    """``eventually_sync``, with a server that is not answering (yet, or any more) counting as "not yet"."""
+    eventually_sync(check, what=what, timeout=timeout, ignoring=(OSError, RedisReplyError))
+
+
+def caught_up(master_port: int, replica_ports: Sequence[int], timeout: float = 15.0) -> int:
+    """Until each replica has applied every write its master had taken when called; how many there are.
+
+    Not ``WAIT``: it waits for the writes of the connection that sends it, and a test's connection has
+    written nothing (it returns at once, whatever the replicas have). After a diskless full sync a
+    master streams to a replica only once that replica's first acknowledgement arrives, up to a second.
+    """
+    target = int(info(master_port, "replication")["master_repl_offset"])
+    for port in replica_ports:
+        wait_until(lambda p=port: int(info(p, "replication").get("slave_repl_offset", "-1")) >= target,
+                   f"replica {port} to reach offset {target} of master {master_port}", timeout)  # fmt: skip
+    return len(replica_ports)
 
 
 def session_keys(ports: Iterable[int], pattern: str = "sso:*") -> dict[str, tuple[int, int]]:
@@ -182,7 +189,7 @@ def aof_server(work_dir: Path) -> RedisNode:
 class SentinelNode(RedisNode):
     """``redis-server sentinel.conf --sentinel``; the config file must stay writable (Sentinel rewrites it)."""
 
-    def __init__(self, work_dir: Path, master_name: str, master_port: int, *, down_after_ms: int = 1000):
+    def __init__(self, work_dir: Path, master_name: str, master_port: int, *, quorum: int, down_after_ms: int = 1000):
         super().__init__(work_dir, name="sentinel")
         self.master_name = master_name
         self.conf = self.dir / "sentinel.conf"
@@ -190,7 +197,7 @@ class SentinelNode(RedisNode):
             f"port {self.port}\n"
             f"bind {LOOPBACK}\n"
             f"dir {self.dir}\n"
-            f"sentinel monitor {master_name} {LOOPBACK} {master_port} 1\n"
+            f"sentinel monitor {master_name} {LOOPBACK} {master_port} {quorum}\n"
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
             f"sentinel failover-timeout {master_name} 5000\n",
             encoding="utf-8",
@@ -204,8 +211,8 @@ class SentinelNode(RedisNode):
         assert isinstance(reply, list) and isinstance(reply[1], bytes)
         return int(reply[1])
 
-    def replicas(self) -> list[dict[str, str]]:
-        reply = self.command("SENTINEL", "REPLICAS", self.master_name)
+    def _table(self, *args: object) -> list[dict[str, str]]:
+        reply = self.command("SENTINEL", *args)
         assert isinstance(reply, list)
         out = []
         for flat in reply:
@@ -213,13 +220,25 @@ class SentinelNode(RedisNode):
             out.append({text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)})
         return out
 
+    def replicas(self) -> list[dict[str, str]]:
+        return self._table("REPLICAS", self.master_name)
+
+    def other_sentinels(self) -> list[dict[str, str]]:
+        return self._table("SENTINELS", self.master_name)
+
 
 class SentinelGroup:
-    """One master, one replica (``--replicaof``) and one Sentinel (quorum 1) watching them as ``m``."""
+    """One master and one replica (``--replicaof``), watched as ``m`` by three Sentinels with quorum 2.
+
+    Two Sentinels must agree that the master is down, and a majority of the three must elect the one
+    that promotes the replica: a failover works with any one Sentinel lost, and no lone Sentinel that
+    lost sight of the master can cause one.
+    """
 
     MASTER_NAME = "m"
+    QUORUM = 2
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, sentinels: int = 3) -> None:
         fast_sync = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
         self.master = RedisNode(work_dir / "master", args=fast_sync, name="redis-master")
         self.replica = RedisNode(
@@ -227,66 +246,88 @@ class SentinelGroup:
             args=[*fast_sync, "--replicaof", LOOPBACK, str(self.master.port)],
             name="redis-replica",
         )
-        self.sentinel = SentinelNode(work_dir / "sentinel", self.MASTER_NAME, self.master.port)
+        self.sentinels = [
+            SentinelNode(work_dir / f"sentinel{i}", self.MASTER_NAME, self.master.port, quorum=self.QUORUM)
+            for i in range(sentinels)
+        ]
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://{LOOPBACK}:{self.sentinel.port}/{self.MASTER_NAME}/0"
+        hosts = ",".join(f"{LOOPBACK}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.MASTER_NAME}/0"
 
     @property
     def nodes(self) -> list[RedisNode]:
         return [self.master, self.replica]
 
-    def start(self, timeout: float = 20.0) -> SentinelGroup:
+    @property
+    def sentinel(self) -> SentinelNode:
+        """A Sentinel that is running."""
+        return next(s for s in self.sentinels if s.alive)
+
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
         self.master.start()
         self.replica.start()
         wait_until(lambda: info(self.replica.port, "replication").get("master_link_status") == "up",
                    "replica in sync", timeout)  # fmt: skip
-        self.sentinel.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        others = len(self.sentinels) - 1
 
-        def replica_known() -> bool:
-            replicas = self.sentinel.replicas()
-            return any(r["port"] == str(self.replica.port) and "s_down" not in r["flags"]
-                       and r.get("master-link-status") == "ok" for r in replicas)  # fmt: skip
+        def ready(sentinel: SentinelNode) -> bool:
+            # SENTINEL FAILOVER answers NOGOODSLAVE until a Sentinel has seen the replica healthy, and a
+            # failover needs the Sentinels to know each other (they meet on the master's hello channel).
+            replica_ok = any(r["port"] == str(self.replica.port) and "s_down" not in r["flags"]
+                             and r.get("master-link-status") == "ok" for r in sentinel.replicas())  # fmt: skip
+            quorum = text(sentinel.command("SENTINEL", "CKQUORUM", self.MASTER_NAME))
+            return replica_ok and len(sentinel.other_sentinels()) == others and quorum.startswith("OK")
 
-        # SENTINEL FAILOVER answers NOGOODSLAVE until Sentinel has seen the replica healthy.
-        wait_until(replica_known, "replica known to Sentinel", timeout)
+        for sentinel in self.sentinels:
+            wait_until(lambda s=sentinel: ready(s), f"Sentinel {sentinel.port} to know the replica and its peers",
+                       timeout)  # fmt: skip
         return self
 
-    def replicate(self, timeout_ms: int = 2000) -> int:
-        """``WAIT 1``: block until the replica acknowledged every write so far; how many replicas did."""
-        acked = self.master.command("WAIT", 1, timeout_ms, timeout=timeout_ms / 1000 + 5)
-        assert isinstance(acked, int)
-        return acked
+    def replicate(self, timeout: float = 15.0) -> int:
+        """Until the replica has applied every write the master has taken so far; how many replicas did."""
+        return caught_up(self.master.port, [self.replica.port], timeout)
 
-    def wait_for_new_master(self, old_port: int, timeout: float = 20.0) -> int:
-        """Until Sentinel names another master and that server says it is one; its port."""
+    def wait_for_new_master(self, old_port: int, timeout: float = 30.0) -> int:
+        """Until every running Sentinel names another master and that server says it is one; its port."""
 
-        def moved() -> bool:
-            port = self.sentinel.master_port()
-            return port != old_port and info(port, "replication").get("role") == "master"
+        def moved() -> int | None:
+            ports = {s.master_port() for s in self.sentinels if s.alive}
+            if len(ports) != 1:
+                return None
+            (port,) = ports
+            return port if port != old_port and info(port, "replication").get("role") == "master" else None
 
         wait_until(moved, "failover to a new master", timeout)
         return self.sentinel.master_port()
 
     def stop(self) -> None:
-        for node in (self.sentinel, self.replica, self.master):
+        for node in (*self.sentinels, self.replica, self.master):
             node.stop(5)
 
 
-class RedisClusterNodes:
-    """``n`` masters with ``--cluster-enabled yes``, joined by ``redis-cli --cluster create``; no replicas."""
+class RedisCluster:
+    """A Redis Cluster: ``masters`` masters with ``replicas`` replicas each, joined by
+    ``redis-cli --cluster create --cluster-replicas``. With a replica per master it survives the loss of
+    any one master: the other masters (a majority) vote for its replica, which takes over its slots."""
 
-    def __init__(self, work_dir: Path, n: int = 3) -> None:
+    NODE_TIMEOUT_MS = 2000
+
+    def __init__(self, work_dir: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.masters, self.replicas = masters, replicas
         self.nodes = []
-        for i in range(n):
+        for i in range(masters * (1 + replicas)):
             bus = free_port()
             args = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(work_dir / f"node{i}" / "nodes.conf"),
                 "--cluster-port", str(bus),  # the default, port + 10000, may be taken or out of range
-                "--cluster-node-timeout", "2000",
+                "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
                 "--appendonly", "no",
+                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
             ]  # fmt: skip
             self.nodes.append(RedisNode(work_dir / f"node{i}", args=args, name=f"cluster{i}"))
 
@@ -298,25 +339,68 @@ class RedisClusterNodes:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"{LOOPBACK}:{port}" for port in self.ports)
 
-    def start(self, timeout: float = 30.0) -> RedisClusterNodes:
+    def node(self, port: int) -> RedisNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def role(self, port: int) -> str:
+        return info(port, "replication")["role"]
+
+    def master_ports(self) -> list[int]:
+        """The running nodes that are masters now."""
+        return [n.port for n in self.nodes if n.alive and self.role(n.port) == "master"]
+
+    def replica_ports_of(self, master_port: int) -> list[int]:
+        return [n.port for n in self.nodes if n.alive and n.port != master_port
+                and info(n.port, "replication").get("master_port") == str(master_port)]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
         for node in self.nodes:
             node.start()
         create = subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"{LOOPBACK}:{p}" for p in self.ports), "--cluster-yes"],
+            ["redis-cli", "--cluster", "create", *(f"{LOOPBACK}:{p}" for p in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
-        )
+        )  # fmt: skip
         if create.returncode != 0:
             raise ProcessError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
-        for port in self.ports:
-
-            def cluster_ok(p: int = port) -> bool:
-                return info(p, "cluster").get("cluster_state") == "ok"
-
-            wait_until(cluster_ok, f"cluster_state:ok on {port}", timeout)
+        self.wait_healthy(timeout)
         return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Every running node says cluster_state:ok and knows every other one; every replica is in sync."""
+        live = [n.port for n in self.nodes if n.alive]
+
+        def healthy(port: int) -> bool:
+            if info(port, "cluster").get("cluster_state") != "ok":
+                return False
+            known = text(command(port, "CLUSTER", "NODES")).splitlines()
+            connected = [line for line in known if " connected" in line and "fail" not in line.split()[2]]
+            if len(connected) != len(live):
+                return False
+            replication = info(port, "replication")
+            return replication["role"] == "master" or replication.get("master_link_status") == "up"
+
+        for port in live:
+            wait_until(lambda p=port: healthy(p), f"cluster node {port} healthy", timeout)
+        assert len(self.master_ports()) == self.masters
+
+    def replicate(self, timeout: float = 15.0) -> None:
+        """Until every master's replicas have applied every write it has taken so far."""
+        for port in self.master_ports():
+            replicas = self.replica_ports_of(port)
+            assert caught_up(port, replicas, timeout) == self.replicas, f"master {port}: replicas {replicas}"
+
+    def wait_for_failover(self, dead_port: int, replica_port: int, timeout: float = 30.0) -> None:
+        """Until the dead master's replica is a master and the cluster is whole again (without it)."""
+        wait_until(lambda: self.role(replica_port) == "master", f"replica {replica_port} promoted", timeout)
+        live = [n.port for n in self.nodes if n.alive]
+        for port in live:
+            wait_until(lambda p=port: info(p, "cluster").get("cluster_state") == "ok",
+                       f"cluster_state:ok on {port} after the failover", timeout)  # fmt: skip
+        assert dead_port not in live
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -1,28 +1,14 @@
-"""Helpers shared by the reload tests: waiting for an effect, the status page, metrics, ``check``."""
+"""Helpers shared by the reload tests: the status page, metrics, ``check``."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from support.sidecar import sidecar_command
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def status_of(sidecar: Any, break_glass_token: str) -> dict[str, Any]:

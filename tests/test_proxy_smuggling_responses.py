@@ -29,6 +29,7 @@ from support.proxyrig import (
 )
 from support.rawclient import RawClient, RawResponse
 from support.rawconsole import Conn, Reply, Request, echo_reply, response
+from support.waiting import eventually
 
 MiB = 1024 * 1024
 
@@ -249,9 +250,11 @@ async def test_header_bytes_beyond_ascii_reach_the_client_byte_exact(
 
 async def until_request(rig: Rig, mark: Any, target_part: str, timeout: float = 5.0) -> Conn:
     """The console connection of the request whose target holds ``target_part``, once it arrived."""
-    async with asyncio.timeout(timeout):
-        while not [r for r in rig.console.requests_since(mark) if target_part in r.target]:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: [r for r in rig.console.requests_since(mark) if target_part in r.target],
+        what=f"the console receiving {target_part}",
+        timeout=timeout,
+    )
     return await console_conn_of(rig, mark, target_part)
 
 

@@ -34,6 +34,7 @@ from proxy.runtime import RUNTIME
 from proxy.settings import DEFAULT_HEADERS
 from proxy.upstream import HOP_BY_HOP, UPSTREAM_CLIENTS, Upstream
 from support.sidecar import Sidecar
+from support.waiting import eventually
 
 MiB = 1024 * 1024
 COOKIE_NAME = "sso_sidecar"
@@ -780,9 +781,11 @@ async def test_a_reload_switches_the_upstream_client(echo_console: Echo, tmp_pat
         assert await latin_1_header_status(sidecar.port) == 200
         for client, expected in (("aiohttp", 400), ("h1", 200)):
             sidecar.reload({**sidecar.config, "upstream_client": client})
-            async with asyncio.timeout(10):
-                while await latin_1_header_status(sidecar.port) != expected:
-                    await asyncio.sleep(0.05)
+
+            async def switched(want: int = expected) -> bool:
+                return await latin_1_header_status(sidecar.port) == want
+
+            await eventually(switched, what=f"upstream_client {client} in use", timeout=10)
     finally:
         await sidecar.astop()
 
@@ -802,13 +805,7 @@ async def test_client_disconnect_mid_download_releases_the_upstream(
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll for ``condition`` with a deadline."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await eventually(condition, what=what, timeout=timeout)
 
 
 async def status_and_body(client: aiohttp.ClientSession, url: URL) -> tuple[int, bytes]:

@@ -27,6 +27,7 @@ from support.procs import LOOPBACK, free_port
 from support.rawclient import RawClient, RawResponse
 from support.rawconsole import RawConsole, Request
 from support.sidecar import Sidecar, merge
+from support.waiting import eventually
 
 SKIP_RULE = "^/api/health$"
 SKIP_PATH = "/api/health"  # proxied without a session
@@ -158,10 +159,12 @@ class Rig:
             await client.send(self.request("GET", barrier, "Accept: application/json", close=True))
             await client.response(timeout=timeout)
         needle = f'"GET {barrier}"'
-        async with asyncio.timeout(timeout):
-            while needle not in (text := self.log(since)):
-                await asyncio.sleep(0.02)
-        return text
+
+        def logged() -> str:
+            text = self.log(since)
+            return text if needle in text else ""
+
+        return await eventually(logged, what=f"{barrier} in the log", timeout=timeout)
 
 
 async def start_rig(

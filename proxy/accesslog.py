@@ -107,7 +107,7 @@ class AccessLogger(AbstractAccessLogger):
         who = f" user={escape_field(user)}" if user is not None else ""
         BATCH.add(
             f'{BATCH.timestamp()} INFO {self.logger.name}: {request.remote} "{request.method} {escape_field(path)}" '
-            f"{response.status} {time * 1000:.1f}ms [{request.get('request_id', '-')}] {route}{who}\n"
+            f"{response.status} {time * 1000:.1f}ms [{request.get(REQUEST_ID, '-')}] {route}{who}\n"
         )
 
     @property

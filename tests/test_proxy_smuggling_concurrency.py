@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from support.procs import LOOPBACK, free_port
 from support.proxyrig import (
     AUTH_PATH,
     COOKIE,
@@ -32,8 +31,8 @@ from support.proxyrig import (
     chunked,
     identity_of,
     is_console_echo,
+    rig_at_dev_idp,
     smuggled_request,
-    start_rig,
     stop_rig,
 )
 from support.rawclient import RawClient
@@ -47,18 +46,7 @@ ATTACK_ROUNDS = 12
 
 @pytest.fixture(scope="module", params=UPSTREAM_CLIENTS)
 async def rig(request: pytest.FixtureRequest, idp: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
-    port = free_port()
-    client = idp.register_client(f"http://{LOOPBACK}:{port}")
-    rig = await start_rig(
-        tmp_path_factory.mktemp("smuggling-concurrency"),
-        issuer=idp.issuer,
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        upstream_client=request.param,
-        port=port,
-    )
-    for user in USERS:
-        await rig.sign_in(user)
+    rig = await rig_at_dev_idp(tmp_path_factory.mktemp("smuggling-concurrency"), idp, request.param, USERS)
     yield rig
     await stop_rig(rig)
 

@@ -35,6 +35,7 @@ from support.proxyrig import (
     is_console_echo,
     new_sentinel,
     read_answers,
+    rig_at_dev_idp,
     smuggled_request,
     start_rig,
     stop_rig,
@@ -45,17 +46,7 @@ from support.rawconsole import Request
 
 @pytest.fixture(scope="module", params=UPSTREAM_CLIENTS)
 async def rig(request: pytest.FixtureRequest, idp: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
-    port = free_port()
-    client = idp.register_client(f"http://{LOOPBACK}:{port}")
-    rig = await start_rig(
-        tmp_path_factory.mktemp("smuggling-requests"),
-        issuer=idp.issuer,
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        upstream_client=request.param,
-        port=port,
-    )
-    await rig.sign_in("alice")
+    rig = await rig_at_dev_idp(tmp_path_factory.mktemp("smuggling-requests"), idp, request.param)
     yield rig
     await stop_rig(rig)
 

@@ -23,6 +23,7 @@ from support.proxyrig import (
     Rig,
     identity_of,
     is_console_echo,
+    rig_at_dev_idp,
     rss_kib,
     start_rig,
     stop_rig,
@@ -36,17 +37,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module", params=UPSTREAM_CLIENTS)
 async def rig(request: pytest.FixtureRequest, idp: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
-    port = free_port()
-    client = idp.register_client(f"http://{LOOPBACK}:{port}")
-    rig = await start_rig(
-        tmp_path_factory.mktemp("smuggling-responses"),
-        issuer=idp.issuer,
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        upstream_client=request.param,
-        port=port,
-    )
-    await rig.sign_in("alice")
+    rig = await rig_at_dev_idp(tmp_path_factory.mktemp("smuggling-responses"), idp, request.param)
     yield rig
     await stop_rig(rig)
 

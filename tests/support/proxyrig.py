@@ -197,6 +197,23 @@ async def start_rig(
     return Rig(console, sidecar, upstream_client)
 
 
+async def rig_at_dev_idp(work_dir: Path, idp: Any, upstream_client: str, users: Sequence[str] = ("alice",)) -> Rig:
+    """A rig whose sidecar signs in at the dev IdP (a client registered for it), with ``users`` signed in."""
+    port = free_port()
+    client = idp.register_client(f"http://{LOOPBACK}:{port}")
+    rig = await start_rig(
+        work_dir,
+        issuer=idp.issuer,
+        client_id=client.client_id,
+        client_secret=client.client_secret,
+        upstream_client=upstream_client,
+        port=port,
+    )
+    for user in users:
+        await rig.sign_in(user)
+    return rig
+
+
 async def stop_rig(rig: Rig) -> None:
     await rig.sidecar.astop()
     await rig.console.stop()

@@ -41,7 +41,9 @@ _MAX_CONNECTIONS = 512
 _MASTER_CHECK_INTERVAL = 1.0
 # A subscription that has heard nothing for this long pings; with no answer within the timeout it is lost.
 _SUBSCRIPTION_PING = 1.0
-_UNAVAILABLE = (RedisError, RedisClusterException, OSError, TimeoutError)
+# RuntimeError: under uvloop, a write on a connection that just died (a Cluster master killed) raises
+# "unable to perform operation on <TCPTransport ...>; the handler is closed", and redis-py passes it on.
+_UNAVAILABLE = (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError)
 
 # Compare-and-delete: release a lock only while it is still ours.
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"

@@ -105,18 +105,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
 
 
 class _RequestIds:
-    """Request ids for log correlation without a random read per request: a random per-process prefix
-    (drawn again after a fork, so workers differ) and a counter."""
+    """Request ids for log correlation without a random read (or a getpid) per request: a random
+    per-process prefix, drawn again in a forked worker so workers differ, and a counter."""
 
     def __init__(self) -> None:
-        self._pid = 0
-        self._prefix = ""
-        self._count = itertools.count()
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix, self._count = secrets.token_hex(3), itertools.count()
 
     def __call__(self) -> str:
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid, self._prefix, self._count = pid, secrets.token_hex(3), itertools.count()
         return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFF:010x}"
 
 

@@ -157,12 +157,14 @@ def cmd_run(path: str) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
+    # From here until the event loop (or the worker supervisor) installs its SIGHUP handler, a SIGHUP
+    # waits, blocked and pending: it neither kills the process nor is lost (``reload.triggers`` and
+    # ``workers.run_workers`` unblock it). Before the first log line, so one who saw it may reload.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s, %d worker(s)", __version__,
              settings.listen_host, settings.listen_port, settings.upstream,
              "on" if settings.sso.enabled else "off", settings.workers)  # fmt: skip
     if settings.workers == 1:
-        # Until the event loop installs the reload handler, a SIGHUP must not kill the process.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _serve(settings, path, worker=0)
         return 0
     from proxy.workers import run_workers

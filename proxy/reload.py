@@ -210,11 +210,14 @@ def triggers(path: str) -> Callable[[web.Application], AsyncIterator[None]]:
             enabled=lambda: runtime.active.settings.reload.watch,
         )
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        # A SIGHUP that came while the process started was held back (``cli``, ``workers``): handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         watch_task = loop.create_task(watcher.run())
         try:
             yield
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # shutting down: a late SIGHUP must not kill it
             watch_task.cancel()
             for task in (watch_task, *pending):
                 task.cancel()

@@ -27,12 +27,16 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
+        # A SIGHUP for a worker that is still starting waits (blocked, pending) until its event loop
+        # handles it (``reload.triggers`` unblocks it): neither lost nor fatal. Blocked before the fork, so
+        # none can reach the child while it still has the parent's handler.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         if pid == 0:  # the worker
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            # Until the worker's event loop installs its reload handler, a SIGHUP must not kill it.
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             status = 0
             try:
                 serve(index)
@@ -56,6 +60,9 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         signal.signal(sig, forward)
     for index in range(count):
         spawn(index)
+    # ``cli`` held SIGHUP back while the process started; one that came meanwhile is forwarded now (each
+    # worker holds it back in turn until its event loop handles it).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     log.info("started %d workers", count)
     exit_status = 0
     while children:

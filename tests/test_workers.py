@@ -8,6 +8,7 @@ stderr: each line ends with the request id, whose first six hex digits are drawn
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ import pytest
 from yarl import URL
 
 from support.idp import login
+from support.sidecar import merge
 from support.waiting import eventually
 
 SESSION_COOKIE = "sso_sidecar"
@@ -146,8 +148,8 @@ async def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(http, two_
     config = dict(two_workers.config)
     config["sso"] = {**config["sso"], "enabled": False}
     probes = Probes(two_workers, http)
-    # /healthz answers once one worker listens. A worker still starting ignores SIGHUP, and its watcher
-    # then takes the changed file for its baseline (a startup race, reported): wait for both to serve.
+    # /healthz answers once one worker listens; wait for both, so the reload below reaches two running
+    # workers (a SIGHUP while they start is the next test's).
     await until_both_workers(probes, 302, "both workers to be up (SSO on: no session, off to the provider)")
     assert {s for _, s in probes.sent} == {302}
     two_workers.reload(config)
@@ -162,6 +164,32 @@ async def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(http, two_
     assert await two_workers.proc.await_exit(15) == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived its parent"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sighup_while_the_process_starts_is_neither_fatal_nor_lost(http, sidecar_factory, redis_clean, workers):
+    """The config changes and SIGHUP comes as soon as the first log line is out, long before any
+    worker's event loop handles SIGHUP. With the watcher off, only that signal can apply the change."""
+    store = {"store": "redis", "redis_url": redis_clean.url} if workers > 1 else {}
+    sc = sidecar_factory({"workers": workers, "reload": {"watch": False}, "session": store}, wait=False)
+
+    def started() -> bool:
+        return "listening on" in sc.logs()
+
+    await eventually(started, what="the first log line")
+    sc.reload(merge(sc.config, {"sso": {"enabled": False}}))
+    await asyncio.to_thread(sc.wait_healthy)
+    probes = Probes(sc, http)
+
+    async def every_worker_reloaded() -> bool:
+        await probes.send()
+        return len(probes.workers_with(200)) == workers
+
+    await eventually(every_worker_reloaded, what="every worker to apply the SIGHUP (SSO off: 200)", timeout=20)
+    assert sc.proc.returncode is None, sc.logs()
+    for worker in {w for _, w in await probes.all_logged()}:
+        mine = [s for s, w in await probes.all_logged() if w == worker]
+        assert 302 not in mine[mine.index(200) :], (worker, mine)  # once reloaded, stays reloaded
 
 
 def test_more_than_one_worker_needs_redis(tmp_path):

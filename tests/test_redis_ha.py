@@ -439,6 +439,8 @@ async def test_a_redis_cluster_serves_sessions_to_two_replicas(http, sidecar_fac
         assert len({port for port, _ in keys.values()}) >= 2, keys  # spread over the slots of several masters
         assert all(ttl > 0 for _, ttl in keys.values()), keys
         assert (await timed_get(http(), b.url_for("/readyz")))[0] == 200
+        for sidecar in (a, b):  # the invalidation listener subscribed at start, before any other command
+            assert "Traceback" not in sidecar.logs(), sidecar.logs()
     finally:
         await asyncio.to_thread(cluster.stop)
 

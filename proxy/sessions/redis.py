@@ -268,6 +268,9 @@ class RedisStore:
         try:
             try:
                 async with asyncio.timeout(self._timeout):
+                    if isinstance(self._redis, RedisCluster):
+                        # A cluster client learns its slot map on its first command; SUBSCRIBE needs it.
+                        await self._redis.initialize()
                     await pubsub.subscribe(channel)
                     while (await pubsub.get_message(timeout=self._timeout) or {}).get("type") != "subscribe":
                         pass

@@ -8,6 +8,7 @@ same page in Chromium.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -17,6 +18,7 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis import Redis
 from yarl import URL
@@ -171,6 +173,77 @@ async def test_first_setup_through_break_glass_then_enable_on_both_replicas(
         assert client.client_secret not in logs
     assert "settings page: save ok by break-glass from 127.0.0.1" in a.proc.logs()
     assert "settings page: enable ok by break-glass from 127.0.0.1" in a.proc.logs()
+
+
+class PageSwapTraffic:
+    """Anonymous traffic on one replica while the page switches SSO: one API caller, one after another
+    (so its statuses are in the order the replica answered them), and downloads that span the swap."""
+
+    DOWNLOAD = 512 * 1024  # 8 chunks with 0.1 s between them: in flight across a swap
+    # the console's content (deploy/demo/console.py): bytes 0..255 over and over
+
+    def __init__(self, http: Any, url: str) -> None:
+        self.http, self.url = http(), url
+        self.api: list[int] = []
+        self.downloads: list[int] = []
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> PageSwapTraffic:
+        self._tasks = [asyncio.ensure_future(loop()) for loop in (self._calls, self._download, self._download)]
+        return self
+
+    async def _calls(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.http.get(self.url + "/api/whoami", headers={"Accept": "application/json"}) as resp:
+                    await resp.read()
+                    self.api.append(resp.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failures.append(f"api: {exc!r}")
+            await asyncio.sleep(0.01)  # pacing of the load, not a wait for anything
+
+    async def _download(self) -> None:
+        url = f"{self.url}/download/{self.DOWNLOAD}?delay=0.1"
+        while not self._stop.is_set():
+            try:
+                async with self.http.get(url, headers={"Accept": "application/octet-stream"}) as resp:
+                    body = await resp.read()
+                    self.downloads.append(resp.status)
+                    if resp.status == 200 and body != bytes(range(256)) * (self.DOWNLOAD // 256):
+                        self.failures.append(f"download: {len(body)} bytes, not the console's")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failures.append(f"download: {exc!r}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.wait_for(asyncio.gather(*self._tasks), 30)
+
+
+async def test_enable_and_disable_through_the_page_fail_no_request_on_either_replica(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    anonymous = http()
+    traffic = {r.name: PageSwapTraffic(http, r.url).start() for r in (replicas.a, replicas.b)}
+    operator = http()
+    await enable_via_page(operator, replicas, admin_idp)
+    for replica in (replicas.a, replicas.b):
+        await eventually(lambda r=replica: enforces_sso(anonymous, r.url, admin_idp), what=replica.name, timeout=5)
+    html = await page_html(operator, replicas.a.url)
+    status, _, location = await post(operator, replicas.a.url, "disable", html, confirm="yes")
+    assert (status, location) == (303, "/oauth2/admin?done=disabled")
+    for replica in (replicas.a, replicas.b):
+        await eventually(lambda r=replica: is_open(anonymous, r.url), what=f"{replica.name} open", timeout=5)
+    await traffic[replicas.a.name].stop()  # stopping each waits for the downloads under way
+    await traffic[replicas.b.name].stop()
+    for name, load in traffic.items():
+        assert load.failures == [], (name, load.failures[:5])
+        # Open, then enforcing (401 for an API call), then open again: each replica switched once each
+        # way, with nothing else in between (no 5xx, no flapping back).
+        runs = [code for i, code in enumerate(load.api) if i == 0 or load.api[i - 1] != code]
+        assert runs == [200, 401, 200], (name, runs)
+        assert set(load.downloads) <= {200, 401} and 200 in load.downloads, (name, load.downloads)
 
 
 async def test_a_save_after_the_test_voids_it(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:

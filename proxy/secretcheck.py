@@ -16,11 +16,17 @@ import re
 import string
 from collections import Counter
 
-# Words found anywhere, in any case (long enough that random values never hold them by chance)...
-_PLACEHOLDER_WORDS = ("replace", "change", "placeholder", "example")
-# ...and short ones only as a word of their own ("YOUR-SECRET", "secret-xxxx", "TODO"), so that random
-# base64 that happens to hold "ToDo" is not refused.
-_PLACEHOLDER_TOKENS = re.compile(r"(?<![A-Za-z0-9])(?:todo|xxxx+|your[-_])(?![A-Za-z0-9])|^your[-_]", re.IGNORECASE)
+# A placeholder is written by a person: its words are in one case ("replace", "REPLACE", "Replace"), which
+# random base64 rarely produces (a mixed-case "tOdO" is 8 times likelier than "todo" and "TODO" together).
+# Long words are found anywhere...
+_PLACEHOLDER_WORDS = tuple(
+    form for word in ("replace", "change", "placeholder", "example") for form in (word, word.upper(), word.title())
+)
+# ...short ones only as a word of their own ("YOUR-SECRET", "secret-xxxx", "TODO"). A random 43-character
+# base64url token then holds one by chance about once in 20 million (mostly a "todo" or "xxxx" between
+# '-', '_' or an end); case-insensitive, it was once in 4 million (tests/test_secretcheck.py).
+_SHORT = "|".join(form for word in ("todo", "xxxx+", "your[-_]") for form in (word, word.upper(), word.capitalize()))
+_PLACEHOLDER_TOKENS = re.compile(rf"(?<![A-Za-z0-9])(?:{_SHORT})(?![A-Za-z0-9])|^(?:your|YOUR|Your)[-_]")
 MIN_ALPHABET_BITS = 96  # "well under 128 bits": random hex of 24 characters is the floor
 MIN_SPREAD_BITS = 48  # the characters' spread: catches "aaaa...", "abab..." and their kin
 _HEX = frozenset(string.hexdigits)
@@ -29,8 +35,7 @@ _BASE64 = frozenset(string.ascii_letters + string.digits + "+/=-_")
 
 def weakness(secret: str) -> str | None:
     """Why ``secret`` is not a secret worth the name, or None."""
-    lower = secret.lower()
-    found = next((w for w in _PLACEHOLDER_WORDS if w in lower), None)
+    found = next((w for w in _PLACEHOLDER_WORDS if w in secret), None)
     match = _PLACEHOLDER_TOKENS.search(secret)
     if found is not None or match is not None:
         word = found or (match.group() if match else "")

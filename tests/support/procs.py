@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -31,20 +32,40 @@ REGISTRY: list[Process] = []
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now, and that this session never handed out before.
+def _outside_the_ephemeral_range() -> range:
+    """Ports the kernel never picks by itself: below ``ip_local_port_range``, where it finds a port for
+    a server bound to port 0 and for every outgoing connection."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low, 12000))
 
-    The kernel may offer a port again as soon as the probe socket that found it is closed: a group of
-    servers whose ports are all chosen before the first one binds (a Sentinel group, a Cluster) would
-    otherwise now and then get the same port twice.
+
+_PORTS = _outside_the_ephemeral_range()
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now, that this session never handed out before, and
+    that the kernel will not hand out either.
+
+    A port the kernel found (a probe bound to port 0) could be offered again as soon as the probe is
+    closed: to a server the test starts on port 0 before the sidecar binds the one it was given (the
+    sidecar then failed to start while the other server answered its health check), or to a client's
+    outgoing connection. So ports come from below the kernel's ephemeral range, at random, and are
+    checked free by binding them.
     """
     while True:
+        port = random.choice(_PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOOPBACK, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:

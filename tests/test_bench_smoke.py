@@ -113,8 +113,7 @@ def test_baseline_that_would_import_the_working_tree_is_refused(tmp_path: Path) 
     """A baseline whose venv runs another checkout's code (here: this checkout's editable install) fails
     before anything starts, naming the file it would have imported."""
     venv = REPO / ".venv" / "bin"
-    if not (venv / "python").exists():
-        pytest.skip("needs this checkout's .venv")
+    assert (venv / "python").exists(), "this checkout's .venv is missing (make install creates it)"
     tree = tmp_path / "stale"
     shutil.copytree(REPO / "proxy", tree / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     (tree / ".venv" / "bin").mkdir(parents=True)

@@ -147,9 +147,10 @@ def cmd_run(path: str) -> int:
         # Before logging is set up: still in the format the file asks for, so a JSON pipeline sees it.
         lines = [f"sso-sidecar: {path}: the config has {len(exc.problems)} problem(s):"]
         lines += [f"  - {problem}" for problem in exc.problems]
-        if peek_log_format(path) == "json":
+        log_format = peek_log_format(path)
+        if log_format == "json":
             lines = [f"{path}: {problem}" for problem in exc.problems]
-        logs.print_problems(lines, peek_log_format(path))
+        logs.print_problems(lines, log_format)
         return 2
     logs.setup(settings.log_level, settings.log_format)
     try:

@@ -383,8 +383,9 @@ async def test_a_sentinel_failover_under_traffic_keeps_every_session(http, sidec
         assert new == group.replica.port
         with pytest.raises(StoreUnavailable):  # it might have missed messages published on the new master
             await asyncio.wait_for(ended, BOUND)
-        await subscription.aclose()
-        await listener.close()
+        async with asyncio.timeout(3 * BOUND):  # closing is bounded too, even mid-failover
+            await subscription.aclose()
+            await listener.close()
         await traffic.flowing("after the switch")
         statuses = await traffic.stop()
 

@@ -102,6 +102,7 @@ class RedisStore:
         self._sentinel: Sentinel | None = None
         self._master_pool: _MasterPool | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._closed = False
         self._down = False
         self._redis: Redis | RedisCluster = self._connect(target)
         # The per-request GETEX, pipelined on a connection of its own (``fastget``), where it can be.
@@ -164,11 +165,11 @@ class RedisStore:
         )
 
     def _watch(self) -> None:
-        if self._master_pool is not None and self._watcher is None:
+        if self._master_pool is not None and self._watcher is None and not self._closed:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_master(self._master_pool))
 
     async def _call(self, op: Callable[[], Awaitable[_T]]) -> _T:
-        if self._master_pool is not None and self._watcher is None:
+        if self._master_pool is not None and self._watcher is None and not self._closed:
             self._watch()
         try:
             # Bounded: a request that needs a session gets a 503 within ``timeout``, never hangs.
@@ -193,7 +194,7 @@ class RedisStore:
     async def _watch_master(self, pool: _MasterPool) -> None:
         """Ask Sentinel for the master every second, so that a failover moves every connection over at
         once instead of when each happens to fail (an old master can stay writable for seconds)."""
-        while True:
+        while not self._closed:
             await asyncio.sleep(_MASTER_CHECK_INTERVAL)
             with contextlib.suppress(*_UNAVAILABLE):
                 async with asyncio.timeout(self._timeout):
@@ -281,7 +282,8 @@ class RedisStore:
                 yield await self._next_message(pubsub)
         finally:
             with contextlib.suppress(*_UNAVAILABLE):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _next_message(self, pubsub: PubSub) -> bytes:
         """The next published message. Raises ``StoreUnavailable`` whenever one may have been missed: the
@@ -319,15 +321,24 @@ class RedisStore:
         await self._call(lambda: self._redis.ping())
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        """Close every connection. Bounded: a reload or a shutdown never waits on a Redis that stopped
+        answering, nor on a Sentinel check that does not end when cancelled."""
+        self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait({watcher}, timeout=self._timeout)
         if self._fast is not None:
             self._fast.close()
-        await self._redis.aclose()
-        if self._sentinel is not None:
-            await self._sentinel.aclose()
+        sentinel = self._sentinel
+        for step in (self._redis.aclose, sentinel.aclose if sentinel is not None else None):
+            if step is None:
+                continue
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await step()
+            except _UNAVAILABLE as exc:
+                log.warning("session store %s: closing its connections: %s: %s", self._where, type(exc).__name__, exc)
 
 
 def _now_ms() -> int:

@@ -124,6 +124,7 @@ def comparison(out: dict[str, Any], config_differs: dict[str, str] | None = None
         pairs = [n["rps"] / o["rps"] for n, o in zip(new["each"], old["each"], strict=False) if o["rps"]]
         invalid = new["non2xx"] or old["non2xx"]
         other = {"new": new.get("other_cpu_pct"), "old": old.get("other_cpu_pct")}
+        cpu_new, cpu_old = new.get("cpu_us_per_request"), old.get("cpu_us_per_request")
         rows.append(
             {
                 "variant": name,
@@ -135,6 +136,9 @@ def comparison(out: dict[str, Any], config_differs: dict[str, str] | None = None
                 "new_p99_ms": new["p99_ms"],
                 "old_p99_ms": old["p99_ms"],
                 "p99_ratio": round(p99, 3) if p99 is not None else None,
+                "new_cpu_us_per_request": cpu_new,
+                "old_cpu_us_per_request": cpu_old,
+                "cpu_ratio": round(cpu_new / cpu_old, 3) if cpu_new and cpu_old else None,
                 "other_cpu_pct": other,
                 "disturbed": any((v or 0) > MAX_OTHER_LOAD_PCT for v in other.values()),
                 "non2xx": {"new": new["non2xx"], "old": old["non2xx"]},
@@ -161,11 +165,13 @@ def _comparison_lines(out: dict[str, Any]) -> list[str]:
         f"### new/old: {what_new} vs {what_old}",
         "",
         f"old ran as {old.get('how')}. Each pair ran back to back in every repetition (order flipped every other "
-        "one); the ratios are of the medians; 'per rep' is each repetition's pair (its spread is the noise).",
+        "one); the ratios are of the medians; 'per rep' is each repetition's pair (its spread is the noise). "
+        "CPU/request is the sidecar's own processes' CPU time per request served (lower is better; less "
+        "sensitive to the machine's noise than req/s).",
         "",
         "| variant | new req/s | old req/s | new/old req/s | per rep | new p99 ms | old p99 ms | new/old p99 "
-        "| other load new / old | >= 0.95 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        "| CPU/request new / old µs | new/old CPU | other load new / old | >= 0.95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     flagged, info, disturbed = [], [], []
     for r in rows:
@@ -190,7 +196,8 @@ def _comparison_lines(out: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['variant']}{note} | {_num(r['new_rps'], 0)} | {_num(r['old_rps'], 0)} | {_num(r['rps_ratio'], 3)} "
             f"| {per} | {_num(r['new_p99_ms'])} | {_num(r['old_p99_ms'])} | {_num(r['p99_ratio'], 2)} "
-            f"| {_num(other['new'], 0)} % / {_num(other['old'], 0)} % | {mark} |"
+            f"| {_num(r.get('new_cpu_us_per_request'), 0)} / {_num(r.get('old_cpu_us_per_request'), 0)} "
+            f"| {_num(r.get('cpu_ratio'), 3)} | {_num(other['new'], 0)} % / {_num(other['old'], 0)} % | {mark} |"
         )
     lines.append("")
     if flagged:

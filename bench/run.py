@@ -467,13 +467,15 @@ class Bench:
         run = self.systems[name]
         cookie_file = cookie_file or self.cookies.get(name)
         redis_port = self.redis.port if self.redis is not None else None
-        ours0, busy0, t0 = self._our_cpu(), stack.busy_seconds(), time.monotonic()
+        ours0, busy0, t0, own0 = self._our_cpu(), stack.busy_seconds(), time.monotonic(), run.cpu()
         if self.use_wrk:
             result = wrkbench.run_wrk(run.url, cookie_file, settings, redis_port=redis_port)
         else:
             cookies = cookie_file.read_text().split() if cookie_file else []
             result = wrkbench.run_python_load(run.url, cookies, settings, redis_port=redis_port)
-        ours1, busy1, t1 = self._our_cpu(), stack.busy_seconds(), time.monotonic()
+        ours1, busy1, t1, own1 = self._our_cpu(), stack.busy_seconds(), time.monotonic(), run.cpu()
+        if result.requests:
+            result.cpu_us_per_request = round(1e6 * (own1 - own0) / result.requests, 1)
         foreign = max(0.0, (busy1 - busy0) - (ours1 - ours0))
         result.other_cpu_pct = round(100 * foreign / ((t1 - t0) * (os.cpu_count() or 1)), 1)
         result.sut_cpu_pct = round(100 * (ours1 - ours0) / ((t1 - t0) * (os.cpu_count() or 1)), 1)
@@ -505,7 +507,8 @@ class Bench:
                 log(
                     f"rep {rep + 1}/{a.reps} {name:26s} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
                     f"p99 {result.p99_ms:6.1f} ms  non-2xx {result.non2xx}  socket errors {result.socket_errors}  "
-                    f"CPU ours {result.sut_cpu_pct}% others {result.other_cpu_pct}%"
+                    f"CPU ours {result.sut_cpu_pct}% others {result.other_cpu_pct}%  "
+                    f"{result.cpu_us_per_request} µs CPU/request"
                 )
         self.out["throughput"] = {
             name: {"workers": self.systems[name].workers, **wrkbench.median_of(r)} for name, r in runs.items()

@@ -43,6 +43,9 @@ class WrkResult:
     redis_cmds_per_s: float | None = None
     sut_cpu_pct: float | None = None  # the benchmark's own processes (all systems, wrk, nginx, Redis, IdP)
     other_cpu_pct: float | None = None  # everything else on the machine: noise
+    # The system under test's own processes (its workers, or Apache's children), CPU time per request
+    # served: less disturbed by the machine's noise than req/s, which shares 2 cores with wrk and nginx.
+    cpu_us_per_request: float | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -224,5 +227,6 @@ def median_of(results: Sequence[WrkResult]) -> dict[str, Any]:
         "requests": sum(r.requests for r in results),
         "redis_cmds_per_s": med("redis_cmds_per_s"),
         "other_cpu_pct": med("other_cpu_pct"),
+        "cpu_us_per_request": med("cpu_us_per_request"),
         "each": [r.as_dict() for r in results],
     }

@@ -20,7 +20,7 @@ import time as _time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy.logs import FORMAT, REQUEST_ID, ROUTE, USER, escape_field, iso_time
+from proxy.logs import FORMAT, LOG, escape_field, iso_time
 
 _PROBES = frozenset({"/healthz", "/readyz"})
 
@@ -84,15 +84,18 @@ class AccessLogger(AbstractAccessLogger):
         query = path.find("?")
         if query >= 0:
             path = path[:query]
-        route = request.get(ROUTE) or _route_of(path)
-        user = request.get(USER)
+        entry = request.get(LOG)
+        if entry is None:  # refused before the middleware (a malformed request)
+            route, user, request_id = _route_of(path), None, "-"
+        else:
+            route, user, request_id = entry.route or _route_of(path), entry.user, entry.id
         if FORMAT.json:
             event = {
                 "time": iso_time(_time.time()),
                 "level": "INFO",
                 "logger": self.logger.name,
                 "message": f"{request.method} {path} {response.status}",
-                "request_id": request.get(REQUEST_ID, "-"),
+                "request_id": request_id,
                 "method": request.method,
                 "path": path,
                 "status": response.status,
@@ -107,7 +110,7 @@ class AccessLogger(AbstractAccessLogger):
         who = f" user={escape_field(user)}" if user is not None else ""
         BATCH.add(
             f'{BATCH.timestamp()} INFO {self.logger.name}: {request.remote} "{request.method} {escape_field(path)}" '
-            f"{response.status} {time * 1000:.1f}ms [{request.get(REQUEST_ID, '-')}] {route}{who}\n"
+            f"{response.status} {time * 1000:.1f}ms [{request_id}] {route}{who}\n"
         )
 
     @property

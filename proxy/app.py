@@ -17,7 +17,7 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from proxy import __version__, admin, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
-from proxy.logs import REQUEST_ID, ROUTE
+from proxy.logs import LOG, RequestLog, request_id
 from proxy.pagesync import PageSync, open_page_store
 from proxy.runtime import RUNTIME, Runtime
 from proxy.sessions import open_store
@@ -32,12 +32,12 @@ def _wants_json(request: web.Request) -> bool:
 
 def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
     """The one place where an error becomes a response: JSON for API callers, a page for browsers."""
-    request_id = request.get(REQUEST_ID, "")
+    the_id = request_id(request, "")
     headers = {"Cache-Control": "no-store"}
     if isinstance(exc, Unauthenticated) and exc.challenge:
         headers["WWW-Authenticate"] = exc.challenge  # RFC 6750 3
     if _wants_json(request):
-        body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": request_id}
+        body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": the_id}
         if isinstance(exc, Unauthenticated):
             body["login_url"] = exc.login_url
         return web.json_response(body, status=exc.status, headers=headers)
@@ -55,7 +55,7 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
         exc.message,
         status=exc.status,
         actions=actions,
-        request_id=request_id,
+        request_id=the_id,
         # Only forward-auth shows browsers this page (the gate redirects them): move on to the login.
         refresh=exc.login_url if isinstance(exc, Unauthenticated) else None,
     )
@@ -77,7 +77,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     offered = request.headers.get("X-Request-Id")
     # A front proxy's request id is kept (and passed to the console), so one id follows the request
     # through every hop's logs; anything that is not a plain token is replaced, never logged.
-    request[REQUEST_ID] = offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
+    request[LOG] = entry = RequestLog(
+        offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
+    )
     runtime = request.app[RUNTIME]
     upstream = runtime.pin()
     try:
@@ -88,14 +90,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         anonymous = type(exc) is Unauthenticated
         level = logging.INFO if anonymous else logging.WARNING if exc.status < 500 else logging.ERROR
         if anonymous:
-            request[ROUTE] = "unauthenticated"
+            entry.route = "unauthenticated"
         log.log(level, "%s %s -> %d %s: %s [%s]", request.method, request.path, exc.status, exc.code,
-                exc.message, request[REQUEST_ID])  # fmt: skip
+                exc.message, entry.id)  # fmt: skip
         return render_error(request, exc)
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s [%s]", request.method, request.path, request[REQUEST_ID])
+        log.exception("unhandled error on %s %s [%s]", request.method, request.path, entry.id)
         return render_error(request, SidecarError("An unexpected error occurred."))
     finally:
         runtime.unpin(upstream)

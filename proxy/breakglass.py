@@ -35,7 +35,7 @@ from proxy import pages
 from proxy.cookies import cookie_value
 from proxy.errors import Forbidden, SidecarError
 from proxy.identity import header_key
-from proxy.logs import REQUEST_ID
+from proxy.logs import request_id
 from proxy.redirects import safe_return_to
 from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.settings import BreakGlassSettings
@@ -203,7 +203,7 @@ def admit(
         return None
     runtime.metrics.break_glass_requests.inc()
     log.warning("break-glass: %s %s from %s [%s]", request.method, request.path, _client(request),
-                request.get(REQUEST_ID, "-"))  # fmt: skip
+                request_id(request))  # fmt: skip
     settings = active.settings.break_glass
     return active.identity.values({"preferred_username": settings.user, "sub": settings.user})
 

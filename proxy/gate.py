@@ -23,7 +23,7 @@ from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
 from proxy.errors import BadRequest, Closed, Forbidden, InvalidToken, Unauthenticated
 from proxy.login import begin_login, login_url
-from proxy.logs import REQUEST_ID, ROUTE, USER
+from proxy.logs import LOG, RequestLog
 from proxy.paths import RequestPath, absolute_authority, normalise
 from proxy.policy import denial_reason
 from proxy.runtime import RUNTIME, Active, Runtime
@@ -85,9 +85,15 @@ def request_host(request: web.BaseRequest, settings: Settings) -> str:
                 raise BadRequest("The request has no Host header.")
             return settings.public_url.raw_authority
         host = values[0]
-    if not _HOST.match(host):
-        raise BadRequest("The request's host is not a valid host name.")
+    if host not in _VALID_HOSTS:
+        if not _HOST.match(host):
+            raise BadRequest("The request's host is not a valid host name.")
+        if len(_VALID_HOSTS) < 256:  # the few names the sidecar is reached by, not whatever clients invent
+            _VALID_HOSTS.add(host)
     return host
+
+
+_VALID_HOSTS: set[str] = set()
 
 
 def forwarded_for(request: web.BaseRequest, settings: Settings, host: str) -> Forwarded:
@@ -179,26 +185,26 @@ def authorize(claims: Mapping[str, Any], settings: Settings) -> None:
 
 
 async def _identity(
-    request: web.Request, runtime: Runtime, active: Active, target: RequestPath
+    request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
 ) -> list[tuple[str, str]] | web.StreamResponse:
     """The identity headers for the console, or the login redirect a browser without a session gets.
 
     Also notes the route kind and the subject for the access log."""
     if active.oidc is None:
-        request[ROUTE] = "passthrough"
+        entry.route = "passthrough"
         return []
     if skips_auth(active.settings.skip_auth, request.method, target):
-        request[ROUTE] = "public"
+        entry.route = "public"
         return []
     claims = await caller(request, runtime, active)
     if claims is None:
         if is_api_request(request):
             raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
-        request[ROUTE] = "login"
+        entry.route = "login"
         return await begin_login(request, runtime, active, target.path_qs)
     subject = claims.get("sub")
     if isinstance(subject, str):
-        request[USER] = subject
+        entry.user = subject
     authorize(claims, active.settings)
     return active.identity.values(claims)
 
@@ -212,13 +218,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     host = request_host(request, active.settings)
     headers = CIMultiDict(request.headers)
     headers["Host"] = host
-    headers["X-Request-Id"] = request[REQUEST_ID]
+    entry = request[LOG]
+    entry.route = "proxy"  # until the decision below says which kind
+    headers["X-Request-Id"] = entry.id
     active.identity.strip(headers)
     # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
     emergency = breakglass.admit(request, runtime, active, headers)
     if emergency is not None:
-        request[ROUTE], request[USER] = "break_glass", active.settings.break_glass.user
-    decided = emergency if emergency is not None else await _identity(request, runtime, active, target)
+        entry.route, entry.user = "break_glass", active.settings.break_glass.user
+    decided = emergency if emergency is not None else await _identity(request, runtime, active, target, entry)
     if isinstance(decided, web.StreamResponse):
         return decided
     return await active.upstream.forward(

@@ -46,7 +46,17 @@ def header_key(name: str) -> str:
     ``X-Forwarded-User`` to the same variable, so a client could smuggle an identity header past a
     comparison that only ignores case.
     """
-    return name.lower().translate(_PUNCTUATION_AS_DASH)
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower().translate(_PUNCTUATION_AS_DASH)
+        if len(_KEYS) < _KEYS_MAX:  # a client inventing names cannot grow it without bound
+            _KEYS[name] = key
+    return key
+
+
+# Header names seen so far and their keys: a few dozen in practice, looked up for every request.
+_KEYS: dict[str, str] = {}
+_KEYS_MAX = 1024
 
 
 def remove_headers(

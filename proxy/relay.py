@@ -24,7 +24,7 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from proxy.answer import Answer, UpstreamFailure
-from proxy.logs import REQUEST_ID
+from proxy.logs import request_id
 
 __all__ = ["drop_own_set_cookies", "exact_response", "relay_streamed", "relay_whole"]
 
@@ -35,12 +35,16 @@ class _ExactHead(web.StreamResponse):
     """A response whose status line and headers go out as latin-1: each character is one byte."""
 
     async def _write_headers(self) -> None:
+        headers = self._headers
+        if self._reason.isascii() and "".join(headers.values()).isascii() and "".join(headers).isascii():
+            # The usual answer: all ASCII, for which aiohttp's own (compiled) writer gives the same bytes.
+            await super()._write_headers()
+            return
         # What StreamResponse._write_headers and StreamWriter.write_headers do (aiohttp >= 3.12 keeps the
         # head to send it with the first body bytes), with latin-1 instead of UTF-8.
         request = self._req
         assert request is not None
         writer = cast(StreamWriter, self._payload_writer)
-        headers = self._headers
         version = request.version
         lines = "\r\n".join(map(": ".join, headers.items()))
         head = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}\r\n{lines}\r\n\r\n"
@@ -116,7 +120,7 @@ def drop_own_set_cookies(headers: CIMultiDict[str], own_cookie: Callable[[str], 
     dropped = sorted({v.split("=", 1)[0].strip() for v in values} - {k.split("=", 1)[0].strip() for k in kept})
     log.warning("the console tried to set the sidecar's own cookie(s) %s on %s %s; dropped [%s]",
                 ", ".join(dropped), request.method, request.raw_path.partition("?")[0],
-                request.get(REQUEST_ID, "-"))  # fmt: skip
+                request_id(request))  # fmt: skip
 
 
 async def _pump_body(answer: Answer, resp: web.StreamResponse, request: web.Request) -> bool:

@@ -268,3 +268,30 @@ async def test_signed_in_users_get_the_normalised_path_too(paths_sidecar, http):
     seen = echoed(body)
     assert seen["raw_path"] == "/api/whoami?q=%2e%2e"
     assert seen["headers"]["X-Forwarded-User"] == "alice.smith"
+
+
+def test_valid_hosts_are_remembered_only_up_to_a_bound_and_bad_ones_never() -> None:
+    """``request_host`` remembers the host names that passed its check, so the usual few skip the regex;
+    thousands of invented names stay correct and bounded, and an invalid one is refused every time."""
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from proxy import gate
+    from proxy.configfile import parse_settings
+
+    settings = parse_settings(
+        "public_url: https://console.example.com\nupstream: http://127.0.0.1:8888\nsso: {enabled: false}\n"
+        'session: {cookie_secret: "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"}\n',
+        {},
+    )
+
+    def host_of(value: str) -> str:
+        return gate.request_host(make_mocked_request("GET", "/", headers=CIMultiDict(Host=value)), settings)
+
+    assert [host_of(f"h{i}.example.com:8443") for i in range(2000)] == [f"h{i}.example.com:8443" for i in range(2000)]
+    assert len(gate._VALID_HOSTS) <= 256
+    for bad in ("evil.example.com/x", "a b", "h1.example.com:8443@evil", ""):
+        for _ in range(2):
+            with pytest.raises(BadRequest):
+                host_of(bad)
+    assert not {"evil.example.com/x", "a b", ""} & gate._VALID_HOSTS

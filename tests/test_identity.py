@@ -19,6 +19,17 @@ def test_header_key_folds_case_and_underscores() -> None:
     assert header_key("x-forwarded-user") == "x-forwarded-user"
 
 
+def test_header_keys_are_remembered_only_up_to_a_bound() -> None:
+    """Keys are memoised for the names clients really send; a client inventing thousands of names gets
+    correct keys, and the memo stays bounded."""
+    from proxy import identity
+
+    invented = [f"X_Made.Up-{i}" for i in range(3 * identity._KEYS_MAX)]
+    assert [header_key(n) for n in invented] == [f"x-made-up-{i}" for i in range(3 * identity._KEYS_MAX)]
+    assert len(identity._KEYS) <= identity._KEYS_MAX
+    assert header_key("X_Forwarded_USER") == "x-forwarded-user"  # still right once the memo is full
+
+
 @pytest.mark.parametrize(
     "name",
     [

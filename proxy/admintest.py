@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -134,7 +134,7 @@ async def _judge(request: web.Request, runtime: Runtime, draft: Draft, pending: 
 def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, claims: Mapping[str, Any]) -> TestResult:
     identity = IdentityHeaders(settings.headers, settings.header_list_separator, settings.access.groups_claim)
     problem = identity.problem(claims)
-    headers: list[tuple[str, str]] = []
+    headers: Sequence[tuple[str, str]] = ()
     if problem is None:
         try:
             headers = identity.values(claims)

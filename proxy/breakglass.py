@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html import escape
 
 from aiohttp import web
@@ -190,7 +190,7 @@ def _take_header(headers: CIMultiDict[str]) -> str | None:
 
 def admit(
     request: web.Request, runtime: Runtime, active: Active, headers: CIMultiDict[str]
-) -> list[tuple[str, str]] | None:
+) -> Sequence[tuple[str, str]] | None:
     """The gate's hook: identity headers for a break-glass request, or None for the usual way.
 
     Always removes the ``X-Break-Glass`` header from ``headers`` (the upstream's copy), so the token never

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -186,7 +186,7 @@ def authorize(claims: Mapping[str, Any], settings: Settings) -> None:
 
 async def _identity(
     request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
-) -> list[tuple[str, str]] | web.StreamResponse:
+) -> Sequence[tuple[str, str]] | web.StreamResponse:
     """The identity headers for the console, or the login redirect a browser without a session gets.
 
     Also notes the route kind and the subject for the access log."""

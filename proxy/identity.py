@@ -54,6 +54,8 @@ def header_key(name: str) -> str:
     return key
 
 
+_REMEMBERED_MAX = 2048  # claim objects whose headers are remembered (the cache's live sessions)
+
 # Header names seen so far and their keys: a few dozen in practice, looked up for every request.
 _KEYS: dict[str, str] = {}
 _KEYS_MAX = 1024
@@ -89,7 +91,7 @@ def remove_headers(
 class IdentityHeaders:
     """The configured header -> claim map, checked once at construction and applied per request."""
 
-    __slots__ = ("_checked", "_first_chars", "_groups_claim", "_mapping", "_separator", "_stripped")
+    __slots__ = ("_checked", "_first_chars", "_groups_claim", "_mapping", "_remembered", "_separator", "_stripped")
 
     def __init__(self, mapping: Sequence[tuple[str, str]], separator: str = ",", groups_claim: str = "groups") -> None:
         self._mapping: tuple[tuple[str, str], ...] = tuple((str(h), str(c)) for h, c in mapping)
@@ -104,6 +106,9 @@ class IdentityHeaders:
         # character without building a lower-cased copy.
         first = {k[0] for k in stripped} | {_STRIPPED_PREFIX[0]}
         self._first_chars = frozenset(first | {c.upper() for c in first})
+        # The headers of long-lived claim objects (the session cache's), by object: a signed-in user's
+        # every request would otherwise rebuild the same headers from the same claims.
+        self._remembered: dict[int, tuple[Mapping[str, Any], tuple[tuple[str, str], ...]]] = {}
 
     def strip(self, headers: CIMultiDict[str]) -> None:
         """Remove, in place, every header that could pass for an identity header (any case, ``_``/``-``)."""
@@ -127,7 +132,7 @@ class IdentityHeaders:
                     return f"a value of the {claim} claim contains the list separator {self._separator!r}"
         return None
 
-    def values(self, claims: Mapping[str, Any]) -> list[tuple[str, str]]:
+    def values(self, claims: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         """The identity headers to send upstream for these claims, in mapping order.
 
         Claim names are looked up literally: ``cognito:groups`` or ``https://example.com/roles`` are
@@ -139,7 +144,24 @@ class IdentityHeaders:
         encoding every console understands; raw UTF-8 is what oauth2-proxy (the common predecessor)
         sends, so consoles written against it keep working. Consoles on stacks that decode header bytes
         as Latin-1 (Node.js, WSGI) re-decode the value as UTF-8.
+
+        Claims that are not a plain dict (the session cache's compact copies, never changed) are
+        remembered by object, up to ``_REMEMBERED_MAX`` of them; plain dicts (a bearer token's, a session
+        read from the store) are short-lived and computed each time.
         """
+        if claims.__class__ is not dict:
+            hit = self._remembered.get(id(claims))
+            if hit is not None and hit[0] is claims:
+                return hit[1]
+        result = self._compute(claims)
+        if claims.__class__ is not dict:
+            remembered = self._remembered
+            if len(remembered) >= _REMEMBERED_MAX:
+                remembered.clear()
+            remembered[id(claims)] = (claims, result)  # holding ``claims`` keeps its id from being reused
+        return result
+
+    def _compute(self, claims: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         result: list[tuple[str, str]] = []
         groups_claim = self._groups_claim
         for header, claim in self._mapping:
@@ -153,7 +175,7 @@ class IdentityHeaders:
             value = _header_value(raw, self._separator, claim, groups_claim)
             if value:
                 result.append((header, value))
-        return result
+        return tuple(result)
 
 
 def _scalar(value: Any) -> str | None:

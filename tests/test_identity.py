@@ -83,7 +83,7 @@ def test_strip_keeps_unrelated_headers() -> None:
 def test_values_follow_mapping_order_and_skip_missing_claims() -> None:
     identity = make_identity()
     claims = {"preferred_username": "alice", "email": "alice@example.com", "groups": ["admins", "ops"]}
-    assert identity.values(claims) == [
+    assert list(identity.values(claims)) == [
         ("X-Forwarded-User", "alice"),
         ("X-Forwarded-Email", "alice@example.com"),
         ("X-Forwarded-Groups", "admins,ops"),
@@ -109,7 +109,7 @@ def test_values_follow_mapping_order_and_skip_missing_claims() -> None:
 )
 def test_value_conversion(claim: object, expected: str | None) -> None:
     identity = make_identity((("X-Value", "v"),), separator=";")
-    result = identity.values({"v": claim})
+    result = list(identity.values({"v": claim}))
     assert result == ([("X-Value", expected)] if expected is not None else [])
 
 
@@ -144,7 +144,7 @@ def test_problem_leaves_other_claims_alone() -> None:
     identity = make_identity()
     claims = {"sub": "1", "address": {"formatted": "1 Main St\nTown"}, "note": "a\nb", "preferred_username": "José"}
     assert identity.problem(claims) is None
-    assert identity.values(claims) == [("X-Forwarded-User", "José")]
+    assert list(identity.values(claims)) == [("X-Forwarded-User", "José")]
 
 
 @pytest.mark.parametrize("groups", [["admins", "ops,admins"], "ops,admins"])
@@ -170,11 +170,11 @@ def test_namespaced_and_url_claims_are_looked_up_literally() -> None:
         "cognito": {"groups": ["wrong"]},
         "realm": {"roles": ["wrong"]},
     }
-    assert identity.values(claims) == [("X-Groups", "g1,g2"), ("X-Roles", "r1")]
+    assert list(identity.values(claims)) == [("X-Groups", "g1,g2"), ("X-Roles", "r1")]
 
 
 def test_no_claims_no_headers() -> None:
-    assert make_identity().values({}) == []
+    assert make_identity().values({}) == ()
 
 
 @pytest.mark.parametrize(
@@ -185,3 +185,27 @@ def test_every_punctuation_spelling_of_an_identity_header_is_stripped(name):
     headers = CIMultiDict({name: "mallory", "Accept": "text/html"})
     IdentityHeaders(DEFAULT_HEADERS).strip(headers)
     assert list(headers.keys()) == ["Accept"]
+
+
+def test_the_headers_of_long_lived_claims_are_remembered_and_of_plain_dicts_not() -> None:
+    """The session cache's compact claims get their headers built once; a plain dict (a bearer token's
+    claims) is read afresh every time, so changing it changes the headers; the memo stays bounded."""
+    from proxy import identity as module
+    from proxy.sessions.model import CompactClaims
+
+    identity = make_identity()
+    compact = CompactClaims.of({"sub": "u1", "preferred_username": "alice", "groups": ["a", "b"]})
+    first = identity.values(compact)
+    assert identity.values(compact) is first
+    assert ("X-Forwarded-Groups", "a,b") in first
+
+    plain = {"sub": "u1", "preferred_username": "alice"}
+    assert identity.values(plain) == (("X-Forwarded-User", "alice"),)
+    plain["preferred_username"] = "bob"
+    assert identity.values(plain) == (("X-Forwarded-User", "bob"),)
+
+    many = [
+        CompactClaims.of({"sub": f"u{i}", "preferred_username": f"user{i}"}) for i in range(3 * module._REMEMBERED_MAX)
+    ]
+    assert [identity.values(c) for c in many] == [(("X-Forwarded-User", f"user{i}"),) for i in range(len(many))]
+    assert len(identity._remembered) <= module._REMEMBERED_MAX

@@ -78,7 +78,8 @@ def request_host(request: web.BaseRequest, settings: Settings) -> str:
     values = request.headers.getall("Host", ())
     if len(values) > 1:
         raise BadRequest("The request has more than one Host header.")
-    host = absolute_authority(request.raw_path)
+    target = request.raw_path
+    host = None if target[:1] == "/" else absolute_authority(target)  # origin form, the usual case: no authority
     if host is None:
         if not values:
             if request.version >= HttpVersion11:

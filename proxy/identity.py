@@ -54,11 +54,11 @@ def header_key(name: str) -> str:
     return key
 
 
-_REMEMBERED_MAX = 2048  # claim objects whose headers are remembered (the cache's live sessions)
-
 # Header names seen so far and their keys: a few dozen in practice, looked up for every request.
 _KEYS: dict[str, str] = {}
 _KEYS_MAX = 1024
+
+_REMEMBERED_MAX = 2048  # claim objects whose headers are remembered (the cache's live sessions)
 
 
 def remove_headers(
@@ -149,16 +149,16 @@ class IdentityHeaders:
         remembered by object, up to ``_REMEMBERED_MAX`` of them; plain dicts (a bearer token's, a session
         read from the store) are short-lived and computed each time.
         """
-        if claims.__class__ is not dict:
-            hit = self._remembered.get(id(claims))
-            if hit is not None and hit[0] is claims:
-                return hit[1]
+        if claims.__class__ is dict:
+            return self._compute(claims)
+        hit = self._remembered.get(id(claims))
+        if hit is not None and hit[0] is claims:
+            return hit[1]
         result = self._compute(claims)
-        if claims.__class__ is not dict:
-            remembered = self._remembered
-            if len(remembered) >= _REMEMBERED_MAX:
-                remembered.clear()
-            remembered[id(claims)] = (claims, result)  # holding ``claims`` keeps its id from being reused
+        remembered = self._remembered
+        if len(remembered) >= _REMEMBERED_MAX:
+            remembered.clear()
+        remembered[id(claims)] = (claims, result)  # holding ``claims`` keeps its id from being reused
         return result
 
     def _compute(self, claims: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

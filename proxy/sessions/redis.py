@@ -330,10 +330,10 @@ class RedisStore:
             await asyncio.wait({watcher}, timeout=self._timeout)
         if self._fast is not None:
             self._fast.close()
-        sentinel = self._sentinel
-        for step in (self._redis.aclose, sentinel.aclose if sentinel is not None else None):
-            if step is None:
-                continue
+        steps = [self._redis.aclose]
+        if self._sentinel is not None:
+            steps.append(self._sentinel.aclose)
+        for step in steps:
             try:
                 async with asyncio.timeout(self._timeout):
                     await step()

@@ -138,7 +138,7 @@ class RedisStore:
             )
         if target.mode == "sentinel":
             sentinel_auth = target.sentinel_password.reveal() if target.sentinel_password else None
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(
                 list(target.addresses),
                 sentinel_kwargs={**common, **tls, "password": sentinel_auth, "health_check_interval": 0},
             )
@@ -283,7 +283,7 @@ class RedisStore:
         finally:
             with contextlib.suppress(*_UNAVAILABLE):
                 async with asyncio.timeout(self._timeout):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _next_message(self, pubsub: PubSub) -> bytes:
         """The next published message. Raises ``StoreUnavailable`` whenever one may have been missed: the

@@ -15,12 +15,18 @@ RUN apt-get update \
  && apt-get install --yes --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
+# The runtime part of the lock (requirements/image.txt: the same versions and hashes as the venv that ran the
+# tests), every file hash-checked; only wheels (every dependency has one for CPython 3.11 on glibc), so no compiler
+# is needed. Its own layer, so an edit of the code alone does not install the dependencies again.
+COPY requirements/image.txt ./requirements/
+RUN /opt/venv/bin/pip install --no-compile --require-hashes --only-binary=:all: -r requirements/image.txt
 COPY pyproject.toml README.md LICENSE ./
 COPY proxy ./proxy
-# Only wheels are installed (every dependency has one for CPython 3.11 on glibc), so no compiler is needed.
-# pip and setuptools leave the venv once it is built; bytecode is compiled here because the root filesystem
-# is read-only at run time ("unchecked-hash": the image never changes, so sources are not re-checked).
-RUN /opt/venv/bin/pip install --no-compile --only-binary=:all: --no-binary=sso-sidecar . \
+# The sidecar itself, with the locked setuptools (no build isolation, which would fetch an unpinned one) and no
+# dependency resolution (everything came from the lock). pip and setuptools leave the venv once it is built;
+# bytecode is compiled here because the root filesystem is read-only at run time ("unchecked-hash": the image
+# never changes, so sources are not re-checked).
+RUN /opt/venv/bin/pip install --no-compile --no-deps --no-build-isolation --no-index . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && find /opt/venv -name '*.so' -exec strip --strip-unneeded {} + \
  && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib

@@ -1,4 +1,4 @@
-# sso-sidecar — see README.md.  make install | demo | test | test-image | lint | bench | bench-compare
+# sso-sidecar — see README.md.  make install | demo | test | test-image | lint | bench | bench-compare | lock
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,16 +6,23 @@ BIN := $(VENV)/bin
 IDP := deploy/dev-idp
 CHECKOV := .venv-checkov
 IMAGE ?= localhost/sso-sidecar:dev
+# The lock: every package the venv holds, with its hashes (requirements/README.md). image.txt is its runtime
+# part for the Dockerfile, checkov.txt checkov's own venv.
+LOCK := requirements/dev.txt
 
-.PHONY: install node system-deps image-deps checkov demo test test-image lint format bench bench-compare clean
+.PHONY: install node system-deps image-deps checkov demo test test-image lint format bench bench-compare lock clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The venv holds exactly the lock: it is made anew whenever the lock changes, since installing over an old
+# venv would keep what a new lock dropped. pip checks every file's hash and refuses anything not in the lock.
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	@scripts/require.sh python
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	@# PYTHONWARNINGS: setuptools' notice that an editable install imports from the checkout (it does, on purpose).
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 node: $(IDP)/node_modules/.installed
@@ -36,10 +43,11 @@ image-deps:
 # checkov in a virtualenv of its own: it is slow to install and pins dependencies the project also uses.
 checkov: $(CHECKOV)/.installed
 
-$(CHECKOV)/.installed:
+$(CHECKOV)/.installed: requirements/checkov.txt
 	@scripts/require.sh python
+	rm -rf $(CHECKOV)
 	$(PYTHON) -m venv $(CHECKOV)
-	$(CHECKOV)/bin/pip install --quiet 'checkov==3.3.30'
+	$(CHECKOV)/bin/pip install --quiet --require-hashes -r requirements/checkov.txt
 	@touch $@
 
 demo: install node
@@ -71,6 +79,19 @@ bench: install node system-deps
 BASELINE ?= HEAD
 bench-compare: install node system-deps
 	$(BIN)/python bench/run.py --baseline $(BASELINE) --only sidecars
+
+# Upgrade the locks on purpose (requirements/README.md): every package to the newest release pyproject.toml and
+# requirements/*.in allow. UPGRADE=redis (or "redis aiohttp") upgrades only those; UPGRADE=none re-resolves
+# after an edit of pyproject.toml, keeping every pin it can. Then: make test, make test-image, commit requirements/.
+UPGRADE ?= all
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock'
+UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(if $(filter none,$(UPGRADE)),,$(addprefix --upgrade-package ,$(UPGRADE))))
+lock: install
+	$(UV_COMPILE) $(UPGRADE_FLAGS) --extra dev -o $(LOCK) pyproject.toml requirements/tools.in
+	$(UV_COMPILE) --constraint $(LOCK) -o requirements/image.txt pyproject.toml requirements/tools.in
+	$(UV_COMPILE) $(UPGRADE_FLAGS) -o requirements/checkov.txt requirements/checkov.in
+	@git diff --stat -- requirements/ 2>/dev/null || true
 
 clean:
 	rm -rf $(VENV) $(CHECKOV) $(IDP)/node_modules .mypy_cache .ruff_cache .pytest_cache

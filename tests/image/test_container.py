@@ -11,9 +11,11 @@ import secrets
 import time
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from support.containers import CONFIG_DIR, SECRETS_DIR, Container, ContainerFactory, podman, wait_until
 from support.idp import DevIdP, login
+from support.locks import LOCKS, pins_for
 from support.procs import LOOPBACK, free_port, http_status
 
 COOKIE_NAME = "sso_sidecar"
@@ -68,6 +70,33 @@ def test_the_image_is_small_non_root_and_carries_no_build_tools(image):
     tools = "for t in gcc cc make strip apt-get; do command -v $t >/dev/null && echo $t; done; true"
     found = podman("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c", tools).stdout.split()
     assert set(found) <= {"apt-get"}, f"build tools in the image: {found}"  # apt-get is the base image's own
+
+
+def test_the_image_holds_exactly_the_locked_runtime_packages(image):
+    """What the Dockerfile installs is requirements/image.txt, the runtime part of the lock the tests ran on:
+    every package at its locked version (markers judged by the image's own Python), nothing else but the
+    sidecar, and pip and setuptools (build tools, also locked) removed."""
+    script = (
+        "import json, os, platform, sys, importlib.metadata as m; "
+        "env = dict(python_full_version=platform.python_version(), "
+        "python_version='.'.join(platform.python_version_tuple()[:2]), sys_platform=sys.platform, "
+        "platform_python_implementation=platform.python_implementation(), "
+        "implementation_name=sys.implementation.name, platform_machine=platform.machine(), os_name=os.name, "
+        "platform_system=platform.system()); "
+        "print(json.dumps([env, sorted((d.metadata['Name'], d.version) for d in m.distributions())]))"
+    )
+    done = podman("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", script)
+    environment, found = json.loads(done.stdout)
+    have = {canonicalize_name(name): version for name, version in found}
+    locked = {
+        name: pin.version
+        for name, pin in pins_for(LOCKS / "image.txt", environment).items()
+        if name not in ("pip", "setuptools")
+    }
+    assert have.pop("sso-sidecar", None) is not None, "the sidecar itself is not installed"
+    assert have == locked, f"only in the image: {set(have.items()) - set(locked.items())}; only in the lock: " + str(
+        set(locked.items()) - set(have.items())
+    )
 
 
 def test_bytecode_is_compiled_at_build_time(image):

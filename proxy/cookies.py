@@ -28,6 +28,9 @@ _ADMIN_FORM_SALT = "sso-sidecar/admin-form/v1"
 _ADMIN_FORM_MAX_AGE = 12 * 3600  # a settings page left open over a working day still submits
 _TICKET_VERSION = "1"
 _VERIFIED_MAX = 20_000  # cookie values whose signature is known good (about 4 MB at most)
+# Set-Cookie headers in one answer: about 1.5 KB with the rest of a redirect's head, well inside the 4 KB that
+# nginx buffers for an upstream's head by default (proxy_buffer_size), and far from any client's header cap.
+SET_COOKIE_CEILING = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,11 @@ class CookieCodec:
         return self.login_prefix + state[:16]
 
     def set_login(self, response: web.StreamResponse, state: str, existing: Mapping[str, str]) -> None:
-        """Bind a new pending login to this browser, expiring the oldest ones beyond the bound."""
+        """Bind a new pending login to this browser, expiring the oldest ones beyond the bound.
+
+        Only cookies this sidecar signed are expired, at most ``SET_COOKIE_CEILING`` - 1 per answer (the
+        rest on later ones): a browser carrying a flood of look-alike cookies (planted from a sibling host on
+        http, or junk) would otherwise get an answer head no proxy or client accepts, and never sign in."""
         self._set(
             response,
             self.login_cookie_name(state),
@@ -153,20 +160,24 @@ class CookieCodec:
             max_age=int(self.login_timeout),
         )
         pending = self.pending_logins(existing)
-        excess = len(pending) + 1 - self.max_pending_logins
-        for name, _ in sorted(pending, key=lambda item: item[1])[: max(excess, 0)]:
+        excess = min(len(pending) + 1 - self.max_pending_logins, SET_COOKIE_CEILING - 1)
+        for name, _ in pending[: max(excess, 0)]:
             self._clear(response, name)
 
     def pending_logins(self, cookies: Mapping[str, str]) -> list[tuple[str, float]]:
-        """(cookie name, signed-at time) of the browser's pending-login cookies, oldest first."""
+        """(cookie name, signed-at time) of the browser's pending-login cookies that this sidecar signed (for
+        the name they carry), oldest first. Others are not ours to expire, and not counted."""
         found = []
         for name, value in cookies.items():
-            if name.startswith(self.login_prefix):
-                try:
-                    _, signed_at = self._login.unsign(value, return_timestamp=True)
-                    found.append((name, signed_at.timestamp()))
-                except (BadData, ValueError):
-                    found.append((name, 0.0))
+            # The name carries the first 16 characters of the signed state: a cheap test before the HMAC.
+            if not name.startswith(self.login_prefix) or value[:16] != name[len(self.login_prefix) :]:
+                continue
+            try:
+                state, signed_at = self._login.unsign(value, return_timestamp=True)
+            except (BadData, ValueError):
+                continue
+            if self.login_cookie_name(state.decode("ascii", "replace")) == name:
+                found.append((name, signed_at.timestamp()))
         return sorted(found, key=lambda item: item[1])
 
     def login_belongs_to_browser(self, state: str, cookies: Mapping[str, str]) -> bool:

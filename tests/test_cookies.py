@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from itsdangerous import TimestampSigner
 from multidict import CIMultiDict
 
-from proxy.cookies import CookieCodec, Ticket, cookie_value
+from proxy.cookies import SET_COOKIE_CEILING, CookieCodec, Ticket, cookie_value
 from proxy.settings import Secret, SessionSettings
 
 SETTINGS = SessionSettings(cookie_secrets=(Secret("n" * 40), Secret("o" * 40)), lifetime=60, idle_timeout=30)
@@ -120,3 +120,55 @@ def test_break_glass_cookies_follow_the_cookie_secret_rotation():
 def test_cookie_value_agrees_with_aiohttps_parser(headers):
     request = make_mocked_request("GET", "/", headers=CIMultiDict([("Cookie", h) for h in headers]))
     assert cookie_value(request, "sso") == request.cookies.get("sso")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pending-login cookies: expire only what was signed here, a few per answer
+
+
+def started(codec: CookieCodec, count: int, existing: dict[str, str] | None = None) -> dict[str, str]:
+    """The cookies a browser holds after ``count`` more sign-ins started (the codec's answers applied)."""
+    jar = dict(existing or {})
+    for i in range(count):
+        response = web.Response()
+        codec.set_login(response, f"{i:04d}-state-" + "s" * 34, jar)
+        for morsel in response.cookies.values():
+            if morsel["max-age"] == "0":
+                jar.pop(morsel.key, None)
+            else:
+                jar[morsel.key] = morsel.value
+    return jar
+
+
+def test_a_flood_of_look_alike_pending_login_cookies_gets_no_set_cookie_of_its_own():
+    codec = CookieCodec(SETTINGS, secure=True)
+    junk = {f"{codec.login_prefix}{i:023d}": "x" for i in range(150)}
+    # Look-alikes that pass the cheap test (the name matches the value) but were never signed here.
+    junk |= {f"{codec.login_prefix}{'a' * 16}{i}": "a" * 16 + f"{i}.AAAAAA.forged" for i in range(20)}
+    response = web.Response()
+    codec.set_login(response, "new-state-" + "n" * 33, junk)
+    (morsel,) = response.cookies.values()  # the new login's cookie, nothing else
+    assert morsel.key == codec.login_cookie_name("new-state-" + "n" * 33) and morsel["max-age"] != "0"
+
+
+def test_own_pending_login_cookies_beyond_the_bound_are_expired_oldest_first_a_few_per_answer():
+    codec = CookieCodec(dataclasses.replace(SETTINGS, max_pending_logins=2), secure=False)
+    jar = started(CookieCodec(dataclasses.replace(SETTINGS, max_pending_logins=100), secure=False), 20)
+    assert len(jar) == 20
+    response = web.Response()
+    codec.set_login(response, "next-state-" + "n" * 32, jar)
+    assert len(response.cookies) == SET_COOKIE_CEILING
+    cleared = {m.key for m in response.cookies.values() if m["max-age"] == "0"}
+    assert len(cleared) == SET_COOKIE_CEILING - 1
+    oldest_first = [name for name, _ in codec.pending_logins(jar)]
+    assert cleared == set(oldest_first[: SET_COOKIE_CEILING - 1])
+    jar = started(codec, 3, jar)  # later answers clear the rest
+    assert len(codec.pending_logins(jar)) == 2
+
+
+def test_pending_login_cookies_signed_under_a_retired_secret_are_left_alone():
+    old = CookieCodec(dataclasses.replace(SETTINGS, cookie_secrets=(Secret("o" * 40),)), secure=False)
+    jar = started(old, 3)
+    retired = CookieCodec(dataclasses.replace(SETTINGS, cookie_secrets=(Secret("n" * 40),)), secure=False)
+    assert retired.pending_logins(jar) == []
+    assert len(CookieCodec(SETTINGS, secure=False).pending_logins(jar)) == 3

@@ -16,7 +16,7 @@ from yarl import URL
 
 from proxy import admintest, pages
 from proxy.errors import Closed, LoginError, SidecarError, Unauthenticated
-from proxy.oidc import new_pkce, random_token
+from proxy.oidc import LoginResult, OIDCClient, TokenEndpointError, new_pkce, random_token
 from proxy.redirects import return_to_for
 from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.sessions import PendingLogin, Session, session_for
@@ -100,7 +100,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         code = query.get("code")
         if not code:
             raise LoginError("The sign-in response has no authorization code.")
-        result = await active.oidc.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+        result = await _redeem(active.oidc, code, pending)
         problem = active.identity.problem(result.claims)
         if problem is not None:
             log.warning("login refused: %s (sub=%s)", problem, _short(str(result.claims.get("sub", ""))))
@@ -131,6 +131,21 @@ async def callback(request: web.Request) -> web.StreamResponse:
     active.cookies.set_session(response, session.ticket)
     active.cookies.clear_login(response, state)
     return response
+
+
+async def _redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:
+    try:
+        return await oidc.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+    except TokenEndpointError as exc:
+        if exc.error != "invalid_grant":
+            raise
+        # RFC 6749 5.2: the code is used, expired, or was issued for another PKCE verifier or redirect URI,
+        # e.g. a code swapped in from another sign-in. The request's fault, not a provider outage: 400.
+        raise LoginError(
+            "The identity provider did not accept this sign-in's authorization code: it was used already, "
+            "has expired, or belongs to another sign-in. Please start again.",
+            code="invalid_grant",
+        ) from None
 
 
 def _same_site_request(request: web.Request, public_origin: str) -> bool:

@@ -447,16 +447,31 @@ async def test_a_replayed_state_is_refused(browser, sidecar, op):
     exchanged(op, tokens=1, userinfo=1)
 
 
-async def test_a_replayed_code_fails_at_the_token_endpoint(browser, sidecar, op):
-    """A used code injected into a fresh login of another browser: badop refuses it (single use)."""
+async def test_a_replayed_code_fails_at_the_token_endpoint_with_400(browser, sidecar, op):
+    """A used code injected into a fresh login of another browser: badop refuses it (single use). The
+    request's fault, not a provider outage: 400 and "start again", never 502 "Identity provider problem"."""
     victim = browser()
     callback = URL(await to_callback(victim, sidecar, op))
     await assert_signed_in(victim, sidecar, await fetch(victim, callback))
     attacker = browser()
     fresh_state = URL(await to_provider(attacker, sidecar, op)).query["state"]
     injected = callback.update_query(state=fresh_state)
-    await assert_refused(attacker, sidecar, op, await fetch(attacker, injected), statuses=PROVIDER_FAILED)
+    answer = await fetch(attacker, injected)
+    await assert_refused(attacker, sidecar, op, answer, statuses=range(400, 401))
+    assert "start again" in answer.body and "Identity provider problem" not in answer.body
     exchanged(op, tokens=2, userinfo=1)
+
+
+async def test_a_code_swapped_between_two_pending_logins_is_400(browser, sidecar, op):
+    """Two sign-ins open in one browser; each callback carries the other's code. The PKCE verifier of the
+    pending login does not fit the code (RFC 7636 4.6): refused as the client's fault, no session."""
+    client = browser()
+    first, second = URL(await to_callback(client, sidecar, op)), URL(await to_callback(client, sidecar, op))
+    swapped = first.update_query(code=second.query["code"])
+    answer = await fetch(client, swapped)
+    await assert_refused(client, sidecar, op, answer, statuses=range(400, 401))
+    assert "start again" in answer.body
+    exchanged(op, tokens=1, userinfo=0)
 
 
 async def test_a_callback_whose_state_belongs_to_another_browser_is_refused(browser, sidecar, op):

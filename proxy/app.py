@@ -36,6 +36,8 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
     headers = {"Cache-Control": "no-store"}
     if isinstance(exc, Unauthenticated) and exc.challenge:
         headers["WWW-Authenticate"] = exc.challenge  # RFC 6750 3
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     if _wants_json(request):
         body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": the_id}
         if isinstance(exc, Unauthenticated):

@@ -18,6 +18,8 @@ class SidecarError(Exception):
     title: str = "Something went wrong"
     # Where a "try again" link should lead (the page the user wanted), when known.
     return_to: str | None = None
+    # Seconds for a Retry-After header (RFC 9110 10.2.3), when waiting is the remedy.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -109,6 +111,21 @@ class TokenValidationError(LoginError):
     """A token from the provider failed validation (signature, iss, aud, exp, nonce, ...)."""
 
     code = "invalid_token"
+
+
+class TooManySignIns(SidecarError):
+    """The client's address has as many sign-ins open as it may (``session.max_pending_logins_per_address``)."""
+
+    status = 429
+    code = "too_many_sign_ins"
+    title = "Too many sign-ins"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "Too many sign-ins were started from your network and not finished. "
+            "Finish one that is open, or wait a few minutes, then try again."
+        )
+        self.retry_after = retry_after
 
 
 class UpstreamError(SidecarError):

@@ -23,8 +23,9 @@ import re
 
 from aiohttp import web
 
+from proxy.clientaddress import is_trusted_proxy
 from proxy.errors import BadRequest, Closed, Unauthenticated
-from proxy.gate import BEARER_CHALLENGE, authorize, caller, is_trusted_proxy, skips_auth
+from proxy.gate import BEARER_CHALLENGE, authorize, caller, skips_auth
 from proxy.login import login_url
 from proxy.paths import RequestPath, normalise
 from proxy.redirects import safe_return_to

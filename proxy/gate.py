@@ -5,13 +5,12 @@ through -> skip-auth rule? pass without identity -> who is calling (session cook
 -> (login redirect | 401 JSON | 403 page | proxy with identity headers). The path that rules were
 matched against is the path forwarded, with the raw query.
 
-The pieces (``caller``, ``authorize``, ``skips_auth``, ``is_trusted_proxy``) are shared with the
+The pieces (``caller``, ``authorize``, ``skips_auth``) are shared with the
 forward-auth endpoint (``forward_auth``), which answers the same questions for nginx and Traefik.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from multidict import CIMultiDict
 
 from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
+from proxy.clientaddress import is_trusted_proxy, proxied_chain
 from proxy.errors import BadRequest, Closed, Forbidden, InvalidToken, Unauthenticated
 from proxy.login import begin_login, login_url
 from proxy.logs import LOG, RequestLog
@@ -52,20 +52,7 @@ def is_api_request(request: web.BaseRequest) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Trusted proxies
-
-
-def is_trusted_proxy(address: str | None, settings: Settings) -> bool:
-    """True when ``address`` is in ``trusted_proxies``: only then are its X-Forwarded-* believed."""
-    if not address or not settings.trusted_proxies:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in settings.trusted_proxies)
+# Host and forwarded headers
 
 
 def request_host(request: web.BaseRequest, settings: Settings) -> str:
@@ -101,15 +88,14 @@ def forwarded_for(request: web.BaseRequest, settings: Settings, host: str) -> Fo
     """What the console is told about the client.
 
     From a trusted proxy, its X-Forwarded-For chain is extended with the proxy's own address and the
-    client is the right-most address that is not a trusted proxy (the left-most entries are whatever the
-    client sent); X-Forwarded-Proto and X-Forwarded-Host are taken when well-formed. From anyone else,
-    all of them are replaced: the client is the connected address, the scheme is ``public_url``'s.
+    client is the right-most address that is not a trusted proxy (``clientaddress.proxied_chain``);
+    X-Forwarded-Proto and X-Forwarded-Host are taken when well-formed. From anyone else, all of them are
+    replaced: the client is the connected address, the scheme is ``public_url``'s.
     """
     remote = request.remote or ""
     if not is_trusted_proxy(remote, settings):
         return Forwarded(for_=remote, proto=settings.public_url.scheme, host=host, client=remote)
-    chain = [*_addresses(request.headers.getall("X-Forwarded-For", ())), remote]
-    client = next((a for a in reversed(chain) if not is_trusted_proxy(a, settings)), chain[0])
+    chain, client = proxied_chain(request, settings, remote)
     proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
     forwarded_host = _first(request.headers.get("X-Forwarded-Host"))
     return Forwarded(
@@ -118,18 +104,6 @@ def forwarded_for(request: web.BaseRequest, settings: Settings, host: str) -> Fo
         host=forwarded_host if _HOST.match(forwarded_host) else host,
         client=client,
     )
-
-
-def _addresses(values: Iterable[str]) -> list[str]:
-    result = []
-    for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            try:
-                result.append(str(ipaddress.ip_address(item.strip("[]"))))
-            except ValueError:
-                continue  # "unknown", obfuscated identifiers (RFC 7239 6.3) or junk: not an address
-    return result
 
 
 def _first(value: str | None) -> str:

@@ -15,7 +15,8 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import admintest, pages
-from proxy.errors import Closed, LoginError, SidecarError, Unauthenticated
+from proxy.clientaddress import address_group, client_address
+from proxy.errors import Closed, LoginError, SidecarError, TooManySignIns, Unauthenticated
 from proxy.oidc import LoginResult, OIDCClient, TokenEndpointError, new_pkce, random_token
 from proxy.redirects import return_to_for
 from proxy.runtime import RUNTIME, Active, Runtime
@@ -47,10 +48,13 @@ async def begin_login(request: web.Request, runtime: Runtime, active: Active, re
     state, nonce = random_token(), random_token()
     verifier, challenge = new_pkce()
     sso = active.settings.sso
-    await runtime.sessions.save_login(
-        state,
-        PendingLogin(nonce, verifier, return_to, metadata.issuer, sso.client_id, time.time()),
-    )
+    address = address_group(client_address(request, active.settings))
+    pending = PendingLogin(nonce, verifier, return_to, metadata.issuer, sso.client_id, time.time())
+    if not await runtime.sessions.save_login(state, pending, address=address):
+        # Every start is stored until it finishes or login_timeout passes: bounded per address, so that
+        # anonymous requests cannot fill the store. Several tabs of one user are far below the bound.
+        log.warning("sign-in refused: too many open sign-ins from %s", address)
+        raise TooManySignIns(retry_after=int(min(60.0, active.settings.session.login_timeout)))
     url = await active.oidc.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
     response = web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
     active.cookies.set_login(response, state, request.cookies)

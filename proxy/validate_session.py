@@ -21,6 +21,7 @@ def parse_session(r: ConfigReader, raw: Mapping[str, Any]) -> SessionSettings:
         "store", "redis_url", "cookie_secret", "cookie_secret_file", "cookie_name", "lifetime",
         "idle_timeout", "login_timeout", "max_pending_logins", "redis_password", "redis_password_file",
         "redis_sentinel", "redis_cluster", "redis_timeout", "redis_ca_file", "cache_ttl",
+        "max_pending_logins_per_address",
     }  # fmt: skip
     s = r.section(raw, "session", allowed, "session")
     store = r.string(s, "store", "session.store") or "memory"
@@ -49,6 +50,9 @@ def parse_session(r: ConfigReader, raw: Mapping[str, Any]) -> SessionSettings:
         idle_timeout=idle,
         login_timeout=r.duration(s, "login_timeout", "session.login_timeout", 600.0),
         max_pending_logins=r.get(s, "max_pending_logins", "session.max_pending_logins", positive_int, 5),
+        max_pending_logins_per_address=r.get(
+            s, "max_pending_logins_per_address", "session.max_pending_logins_per_address", positive_int, 100
+        ),
         cache_ttl=r.duration(s, "cache_ttl", "session.cache_ttl", 5.0),
     )
 

@@ -13,6 +13,7 @@ import pytest
 from yarl import URL
 
 from support.idp import login, parse_forms
+from support.redis_ha import command
 from support.sidecar import replica_of
 from support.waiting import eventually
 
@@ -39,11 +40,11 @@ async def signed_in(http, sidecar, username: str = "alice.smith", path: str = "/
     return client, json.loads(await resp.text())
 
 
-async def walk_to_callback(client, start_url: str, username: str = "alice.smith") -> str:
+async def walk_to_callback(client, start_url: str, username: str = "alice.smith", headers=None) -> str:
     """Drive the provider's forms until it redirects to the sidecar's callback; return that URL."""
     url, method, data = URL(start_url), "GET", None
     for _ in range(20):
-        async with client.request(method, url, data=data) as resp:
+        async with client.request(method, url, data=data, headers=headers) as resp:
             body = await resp.text()
             if resp.status in (302, 303):
                 nxt = url.join(URL(resp.headers["Location"]))
@@ -427,6 +428,43 @@ async def test_userinfo_returns_the_identity_as_json(http, sidecar):
     info = await whoami(client, sidecar.url_for("/oauth2/userinfo"))
     assert info["preferred_username"] == "alice.smith" and info["email"] == "alice.smith@example.com"
     assert "nonce" not in info and not any(isinstance(v, str) and v.startswith("eyJ") for v in info.values())
+
+
+async def test_pending_logins_are_bounded_per_address_while_five_tabs_of_a_user_are_fine(
+    http, sidecar_factory, redis_clean
+):
+    """Every sign-in started is stored until it finishes or times out: one address (an IPv6 /64) cannot keep
+    more than session.max_pending_logins_per_address open, so anonymous requests cannot fill Redis."""
+    session = {"store": "redis", "redis_url": redis_clean.url, "max_pending_logins_per_address": 10}
+    sc = sidecar_factory({"trusted_proxies": ["127.0.0.1/32"], "session": session})
+    statuses = []
+    for i in range(30):  # one attacker: an IPv4 address, then addresses of one IPv6 /64
+        sender = "203.0.113.66" if i < 15 else f"2001:db8:0:1::{i:x}"
+        async with http(cookies=False).get(
+            sc.url_for(f"/oauth2/start?rd=/a{i}"), headers={"X-Forwarded-For": sender}
+        ) as resp:
+            statuses.append(resp.status)
+            if resp.status == 429:
+                page, retry_after = await resp.text(), resp.headers.get("Retry-After")
+    assert statuses == [302] * 10 + [429] * 5 + [302] * 10 + [429] * 5
+    assert "Too many sign-ins" in page and "Traceback" not in page and retry_after == "60"
+    async with http(cookies=False).get(
+        sc.url_for("/api/data"), headers={"X-Forwarded-For": "203.0.113.66", "Accept": "application/json"}
+    ) as resp:
+        assert resp.status == 401  # an API call starts no sign-in, and is told to sign in as ever
+    assert len(command(redis_clean.port, "KEYS", "sso:l:*")) == 20  # type: ignore[arg-type]
+    # A user elsewhere, with five tabs open at once: each sign-in starts and completes.
+    client = http()
+    user = {"X-Forwarded-For": "198.51.100.7"}
+    callbacks = [await walk_to_callback(client, sc.url_for(f"/tab{i}"), headers=user) for i in range(5)]
+    for i, url in enumerate(callbacks):
+        async with client.get(url, headers=user) as resp:
+            assert resp.status == 302, await resp.text()
+            assert resp.headers["Location"] == f"/tab{i}"
+    # Finished sign-ins free their places: the same address can start the whole bound again.
+    for _ in range(10):
+        async with http(cookies=False).get(sc.url_for("/oauth2/start?rd=/"), headers=user) as resp:
+            assert resp.status == 302
 
 
 def test_log_lines_carry_no_tokens_codes_or_cookies(sidecar):

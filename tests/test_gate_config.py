@@ -93,6 +93,15 @@ def test_every_bearer_problem_is_named():
     assert problems(sso="extra_issuers: {issuer_url: x}\n")["sso.extra_issuers"].startswith("must be a list")
 
 
+def test_pending_logins_per_address_are_bounded_by_default():
+    assert parse().session.max_pending_logins_per_address == 100
+    assert parse().session.max_pending_logins == 5
+    text = 'session:\n  cookie_secret: "${COOKIE_SECRET}"\n  max_pending_logins_per_address: 0\n'
+    with pytest.raises(ConfigError) as info:
+        parse_settings(textwrap.dedent(BASE).replace('session:\n  cookie_secret: "${COOKIE_SECRET}"\n', text), ENV)
+    assert "session.max_pending_logins_per_address" in {p.key for p in info.value.problems}
+
+
 def test_allowed_redirect_hosts_are_host_names():
     s = parse('allowed_redirect_hosts: ["App.Example.com", "api.example.com:8443"]\n')
     assert s.allowed_redirect_hosts == ("app.example.com", "api.example.com:8443")

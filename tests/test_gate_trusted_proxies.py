@@ -10,6 +10,7 @@ import pytest
 from conftest import SidecarFactory
 from yarl import URL
 
+from proxy.clientaddress import address_group
 from support.sidecar import Sidecar
 
 SKIP_AUTH = ["POST ^/api/whoami$"]  # an echo without signing in
@@ -80,3 +81,17 @@ async def test_public_url_always_decides_the_redirect_uri(http, sidecars, which)
         assert resp.status == 302
         location = URL(resp.headers["Location"])
     assert location.query["redirect_uri"] == sidecar.url_for("/oauth2/callback")
+
+
+@pytest.mark.parametrize(
+    ("address", "group"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2:ffff:ffff:ffff:ffff]", "2001:db8:1:2::/64"),  # the same subscriber's /64
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_per_client_bounds_count_an_ipv4_address_or_an_ipv6_64(address, group):
+    assert address_group(address) == group

@@ -222,3 +222,20 @@ async def test_cached_copies_hold_no_tokens_and_the_store_still_has_them(twin_ma
     assert cached.refresh_due(time.time() + 10**6), "a cached copy still knows a refresh token exists"
     full = await a.load(session.ticket, issuer="https://idp", client_id="c", use_cache=False)
     assert full is not None and (full.access_token, full.refresh_token) == (TOKEN, "rt-value")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pending logins bounded per client address
+
+
+async def test_pending_logins_per_address_are_bounded_and_a_finished_one_frees_its_place(manager):
+    bounded = SessionManager(manager.store, dataclasses.replace(SETTINGS, max_pending_logins_per_address=3))
+    login = PendingLogin("nonce", "verifier", "/", "https://idp", "c", time.time())
+    for i in range(3):
+        assert await bounded.save_login(f"state-a{i}", login, address="198.51.100.7")
+    assert not await bounded.save_login("state-a3", login, address="198.51.100.7")
+    assert await bounded.take_login("state-a3") is None  # refused: nothing was stored
+    assert await bounded.save_login("state-b0", login, address="203.0.113.9")  # another address is not counted
+    assert await bounded.take_login("state-a0") is not None
+    assert await bounded.save_login("state-a4", login, address="198.51.100.7")
+    assert not await bounded.save_login("state-a5", login, address="198.51.100.7")

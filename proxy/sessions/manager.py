@@ -1,13 +1,15 @@
 """The session manager: creates, loads and ends sessions, and stores and takes pending logins.
 
 What it stores is sealed (``proxy.sessions.model``) under a key layout of its own: sessions by id,
-pending logins by state (taken exactly once), refresh locks, back-channel logout indexes and replay
-guards. A cache of recently used sessions, without their tokens, spares the store a round trip per request.
+pending logins by state (taken exactly once, and counted per client address), refresh locks, back-channel
+logout indexes and replay guards. A cache of recently used sessions, without their tokens, spares the store
+a round trip per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -29,6 +31,7 @@ _LOGIN = "l:"
 _REFRESH_LOCK = "r:"
 _INDEX = "i:"
 _LOGOUT_JTI = "j:"
+_PENDING_BY_ADDRESS = "a:"
 # Pending logins carry no tokens, but the PKCE verifier and nonce must not be readable from a store dump.
 _LOGIN_AAD = b"pending-login"
 _INVALIDATE = "sso:invalidate"
@@ -259,9 +262,22 @@ class SessionManager:
 
     # -- pending logins -------------------------------------------------------------------------------
 
-    async def save_login(self, state: str, login: PendingLogin) -> None:
+    async def save_login(self, state: str, login: PendingLogin, *, address: str | None = None) -> bool:
+        """Store a pending login until ``login_timeout``. With the client's ``address``
+        (``clientaddress.address_group``) at most ``max_pending_logins_per_address`` are open per address at a
+        time, so anonymous requests cannot fill the store: False, and nothing stored, past that bound."""
+        if address is not None:
+            key, member = _PENDING_BY_ADDRESS + _digest(address), _digest(state)
+            # Counted atomically with the add: concurrent starts cannot all slip under the bound.
+            if await self.store.index_add(key, member, self.settings.login_timeout) > (
+                self.settings.max_pending_logins_per_address
+            ):
+                await self.store.index_remove(key, member)
+                return False
+            login = dataclasses.replace(login, address_key=key)
         sealed = seal(self._login_keys[0], dumps(login.to_record()), _LOGIN_AAD + state.encode())
         await self.store.set(_LOGIN + state, sealed, self.settings.login_timeout)
+        return True
 
     async def take_login(self, state: str) -> PendingLogin | None:
         """The pending login for ``state``, removed so that it can never be used again."""
@@ -272,4 +288,7 @@ class SessionManager:
         plaintext = next((p for key in self._login_keys if (p := unseal(key, sealed, aad)) is not None), None)
         if plaintext is None:
             return None
-        return PendingLogin.from_record(json.loads(plaintext))
+        login = PendingLogin.from_record(json.loads(plaintext))
+        if login.address_key is not None:  # finished: no longer counts against its address's bound
+            await self.store.index_remove(login.address_key, _digest(state))
+        return login

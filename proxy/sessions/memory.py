@@ -57,12 +57,13 @@ class MemoryStore:
             return True
         return False
 
-    async def index_add(self, key: str, member: str, ttl: float) -> None:
+    async def index_add(self, key: str, member: str, ttl: float) -> int:
         # Each member expires on its own, so a user who signs in again and again does not grow the set.
         now = time.monotonic()
         members = {m: exp for m, exp in self._sets.get(key, {}).items() if exp > now}
-        members[member] = now + ttl
+        members[member] = max(now + ttl, members.get(member, 0.0))
         self._sets[key] = members
+        return len(members)
 
     async def index_members(self, key: str) -> builtins.set[str]:
         now = time.monotonic()

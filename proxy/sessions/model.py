@@ -183,6 +183,8 @@ class PendingLogin:
     # creates no session.
     test_digest: str | None = None
     test_by: str = ""
+    # The store key that counts the open sign-ins of the client's address (``SessionManager.save_login``).
+    address_key: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {
@@ -196,6 +198,8 @@ class PendingLogin:
         if self.test_digest is not None:
             record["d"] = self.test_digest
             record["b"] = self.test_by
+        if self.address_key is not None:
+            record["a"] = self.address_key
         return record
 
     @classmethod
@@ -209,6 +213,7 @@ class PendingLogin:
             record["t"],
             record.get("d"),
             record.get("b", ""),
+            record.get("a"),
         )
 
 

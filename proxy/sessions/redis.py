@@ -70,7 +70,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not old or tonumber(old) < now + ttl then redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) end
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1
+return redis.call('ZCARD', KEYS[1])
 """
 
 
@@ -248,9 +248,9 @@ class RedisStore:
     async def delete_if(self, key: str, value: bytes) -> bool:
         return bool(await self._call(lambda: self._delete_if(keys=[_PREFIX + key], args=[value])))
 
-    async def index_add(self, key: str, member: str, ttl: float) -> None:
+    async def index_add(self, key: str, member: str, ttl: float) -> int:
         args: list[str | int] = [member, _now_ms(), _ms(ttl)]
-        await self._call(lambda: self._index_add(keys=[_PREFIX + key], args=args))
+        return int(await self._call(lambda: self._index_add(keys=[_PREFIX + key], args=args)))
 
     async def index_members(self, key: str) -> builtins.set[str]:
         members = await self._call(lambda: self._redis.zrangebyscore(_PREFIX + key, f"({_now_ms()}", "+inf"))

@@ -33,8 +33,9 @@ class SessionStore(Protocol):
     async def delete_if(self, key: str, value: bytes) -> bool:
         """Delete only while the key still holds ``value`` (releasing a lock this process owns)."""
 
-    async def index_add(self, key: str, member: str, ttl: float) -> None:
-        """Add ``member`` to the set at ``key`` and extend the set's TTL to at least ``ttl``."""
+    async def index_add(self, key: str, member: str, ttl: float) -> int:
+        """Add ``member`` (expiring after ``ttl``) to the set at ``key`` and extend the set's TTL to at least
+        ``ttl``; the number of live members afterwards, counted in the same atomic step."""
 
     async def index_members(self, key: str) -> builtins.set[str]: ...
 

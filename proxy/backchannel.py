@@ -8,6 +8,7 @@ from aiohttp import web
 
 from proxy.errors import ProviderError, TokenValidationError
 from proxy.runtime import RUNTIME
+from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME
 from proxy.tokens import LOGOUT_TOKEN_MAX_AGE
 
 log = logging.getLogger("sso_sidecar.backchannel")
@@ -45,6 +46,13 @@ async def backchannel_logout(request: web.Request) -> web.StreamResponse:
         log.warning("back-channel logout refused: replayed logout token (jti)")
         return _refuse("replayed logout token")
     sid, sub = claims.get("sid"), claims.get("sub")
+    skew = active.settings.sso.clock_skew
+    # Section 2.7: the session named by sid, else every session of sub. Their ID tokens first (bearer
+    # credentials where sso.accept_id_tokens): a user's are those issued up to the logout (the provider's
+    # clock, as their iat), for as long as any ID token may live, since the logout token does not say.
+    await runtime.sessions.revocations.revoke(
+        issuer, sid=sid, sub=sub, issued_before=float(claims["iat"]), ttl=ID_TOKEN_MAX_LIFETIME + 2 * skew
+    )
     ended = await runtime.sessions.end_matching(issuer, sub=sub, sid=sid)
     log.info("back-channel logout: ended %d session(s) (%s)", ended, "by sid" if sid else "by sub")
     return web.Response(status=200, headers=_HEADERS)

@@ -4,10 +4,17 @@ A token is accepted when it is a JWT signed by the configured issuer (or one of 
 with one of that issuer's audiences (``sso.api_audiences``, default the client id), and not expired.
 The main issuer's signatures are checked with the ``OIDCClient``'s JWKS (one key cache for logins and
 API calls); each extra issuer gets its own discovery and JWKS caches under the same algorithm and clock
-rules, and the claims are judged by ``proxy.tokens.check_access_token``. A verified token is
-remembered until it expires (at most ``MAX_CACHE_AGE``, ``CACHE_SIZE`` tokens, least recently used out
-first), so a busy API client does not pay for a signature check on every call; the cache is keyed by a
-hash of the token, never the token itself.
+rules, and the claims are judged by ``proxy.tokens.check_access_token``.
+
+The main issuer's ID tokens (``proxy.tokens.is_id_token``) are refused unless ``sso.accept_id_tokens``:
+sign-out shows them to the browser. Accepted, each is judged against the signed-out sessions and users
+(``proxy.sessions.revocations``) on every use. Extra issuers' tokens are not sorted so: the sidecar never
+signs anyone in through them, and their ID-token-shaped workload tokens (CI systems, cloud service
+accounts) are minted as bearer credentials for the audiences configured.
+
+A verified token is remembered until it expires (at most ``MAX_CACHE_AGE``, ``CACHE_SIZE`` tokens, least
+recently used out first), so a busy API client does not pay for a signature check on every call; the
+cache is keyed by a hash of the token, never the token itself.
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ from proxy.errors import InvalidToken, ProviderError, TokenValidationError
 from proxy.jwks import JWKS, MAX_TOKEN_CHARS
 from proxy.oidc import OIDCClient
 from proxy.provider_http import ProviderHTTP
-from proxy.tokens import check_access_token
+from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Mark, Revocations
+from proxy.tokens import check_access_token, is_id_token
 
 CACHE_SIZE = 4096
 MAX_CACHE_AGE = 600.0
+_ID_REFUSED = "The bearer token is an ID token; this console accepts access tokens."
+_SIGNED_OUT = "The bearer token is an ID token of a session that was signed out."
 
 
 def bearer_token(request: web.BaseRequest) -> str | None:
@@ -59,6 +69,9 @@ class BearerVerifier:
     def __init__(self, primary: OIDCClient, http: aiohttp.ClientSession) -> None:
         sso = primary.settings
         self._skew = sso.clock_skew
+        self._primary = sso.issuer_url
+        self._client_id = sso.client_id
+        self._accept_id_tokens = sso.accept_id_tokens
         self._issuers: dict[str, _Issuer] = {}
         if sso.bearer_audiences:
             self._issuers[sso.issuer_url] = _Issuer(primary.jwks, sso.bearer_audiences)
@@ -68,13 +81,14 @@ class BearerVerifier:
             discovery = Discovery(extra.issuer_url, provider_http)
             keys = JWKS(discovery, provider_http, algorithms=sso.id_token_signing_algs)
             self._issuers[extra.issuer_url] = _Issuer(keys, extra.audiences)
-        self._cache: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        # hash of the token -> (valid until, claims, what an accepted ID token is judged by, or None)
+        self._cache: OrderedDict[bytes, tuple[float, dict[str, Any], Mark | None]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
         return bool(self._issuers)
 
-    async def verify(self, token: str) -> dict[str, Any]:
+    async def verify(self, token: str, revocations: Revocations) -> dict[str, Any]:
         """The token's claims; ``InvalidToken`` (401, ``invalid_token``) when it must not be trusted."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("The bearer token is missing or too long.")
@@ -83,13 +97,21 @@ class BearerVerifier:
         hit = self._cache.get(key)
         if hit is not None:
             if hit[0] > now:
+                # Access tokens cost nothing more here; an accepted ID token a look at what this process
+                # heard of sign-outs (the store only when it may have missed one).
+                if hit[2] is not None and await revocations.revoked(hit[2]):
+                    raise InvalidToken(_SIGNED_OUT)
                 self._cache.move_to_end(key)
                 return hit[1]
             del self._cache[key]
-        issuer = _unverified_issuer(token)
-        entry = self._issuers.get(issuer) if issuer is not None else None
-        if issuer is None or entry is None:
+        header, payload = _unverified(token)
+        issuer = payload.get("iss")
+        entry = self._issuers.get(issuer) if isinstance(issuer, str) else None
+        if not isinstance(issuer, str) or entry is None:
             raise InvalidToken("The bearer token is not a JWT from an issuer this console accepts.")
+        own = issuer == self._primary
+        if own and not self._accept_id_tokens and is_id_token(header, payload, self._client_id):
+            raise InvalidToken(_ID_REFUSED)  # said by the token itself: no signature check needed to refuse it
         try:
             verified = await entry.keys.verify(token, "Bearer token")
             claims = check_access_token(verified, issuer=issuer, audiences=entry.audiences, skew=self._skew)
@@ -98,8 +120,18 @@ class BearerVerifier:
         except ProviderError as exc:
             # The issuer's discovery or JWKS is unreachable: the token cannot be checked, so it is not valid.
             raise InvalidToken(f"The bearer token cannot be checked now: {exc.message}") from None
+        mark = None
+        if own and is_id_token(verified.header, claims, self._client_id):
+            if not self._accept_id_tokens:
+                raise InvalidToken(_ID_REFUSED)
+            if float(claims["exp"]) - float(claims["iat"]) > ID_TOKEN_MAX_LIFETIME:
+                # A sign-out is remembered for a day at most (back-channel logout does not say for how long).
+                raise InvalidToken("The bearer token is an ID token that lives longer than a day.")
+            mark = revocations.mark(issuer, claims)
+            if await revocations.revoked(mark):
+                raise InvalidToken(_SIGNED_OUT)
         expires = min(float(claims["exp"]), now + MAX_CACHE_AGE)
-        self._cache[key] = (expires, claims)
+        self._cache[key] = (expires, claims, mark)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return claims
@@ -122,16 +154,16 @@ class BearerVerifiers:
 VERIFIERS: web.AppKey[BearerVerifiers] = web.AppKey("bearer_verifiers", BearerVerifiers)
 
 
-def _unverified_issuer(token: str) -> str | None:
-    """``iss`` from the payload, read before verification only to pick the keys to verify with."""
+def _unverified(token: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """Header and payload, read before verification only to pick the keys to verify with (``iss``) and to
+    refuse a token that says itself it is not acceptable. Empty mappings for what is not a JWS."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None
+        return {}, {}
     try:
-        payload = json.loads(b64url_decode(parts[1]))
+        header, payload = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
     except ValueError:
-        return None
-    if not isinstance(payload, Mapping):
-        return None
-    issuer = payload.get("iss")
-    return issuer if isinstance(issuer, str) else None
+        return {}, {}
+    if not isinstance(header, Mapping) or not isinstance(payload, Mapping):
+        return {}, {}
+    return header, payload

@@ -144,7 +144,7 @@ async def caller(request: web.Request, runtime: Runtime, active: Active) -> Mapp
     verifier = request.app[VERIFIERS].get(active.oidc, runtime.http)
     if not verifier.enabled:
         raise InvalidToken("This console does not accept bearer tokens.")
-    claims = await verifier.verify(token)
+    claims = await verifier.verify(token, runtime.sessions.revocations)
     problem = active.identity.problem(claims)
     if problem is not None:
         raise InvalidToken(f"The token cannot be used as an identity here: {problem}.")

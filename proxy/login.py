@@ -21,6 +21,7 @@ from proxy.oidc import LoginResult, OIDCClient, TokenEndpointError, new_pkce, ra
 from proxy.redirects import return_to_for
 from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.sessions import PendingLogin, Session, session_for
+from proxy.sessions.revocations import ttl_for
 from proxy.settings import SIGNED_OUT_PATH
 
 log = logging.getLogger("sso_sidecar.login")
@@ -181,12 +182,21 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
             )
     location = rd
     if session is not None:
+        sso = active.settings.sso
         if session.tokens_elided:  # a cached copy: the ID token for id_token_hint is in the store record
-            sso = active.settings.sso
             stored = await runtime.sessions.load(
                 session.ticket, issuer=sso.issuer_url, client_id=sso.client_id, use_cache=False
             )
             session = stored or session
+        # First the ID tokens, then the session: a sign-out that fails half-way (the store down) leaves the
+        # user signed in to try again, never signed out with a token that still works.
+        await runtime.sessions.revocations.revoke(
+            session.issuer,
+            sid=session.provider_session,
+            sub=session.subject,
+            issued_before=time.time() + sso.clock_skew,
+            ttl=ttl_for(session.claims, sso.clock_skew),
+        )
         await runtime.sessions.end(session)
         log.info("sign-out sub=%s", _short(session.subject))
         location = await _provider_logout_url(active, session, rd) or rd

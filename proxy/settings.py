@@ -81,6 +81,8 @@ class SSOSettings:
     # Bearer tokens from API clients: None means [client_id]; an empty tuple accepts none from this issuer.
     api_audiences: tuple[str, ...] | None = None
     extra_issuers: tuple[ExtraIssuer, ...] = ()
+    # The issuer's own ID tokens as bearer credentials: off, since sign-out shows them (``id_token_hint``).
+    accept_id_tokens: bool = False
 
     @property
     def bearer_audiences(self) -> tuple[str, ...]:

@@ -36,6 +36,10 @@ PROTECTED_CLAIMS = frozenset(
      "at_hash", "c_hash", "jti"}
 )  # fmt: skip
 _LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
+# RFC 9068 2.1: a JWT access token says so in its header; RFC 9068 access tokens never carry these claims,
+# which OpenID Connect defines for ID tokens only (Core 2, 3.1.3.6, 3.3.2.11; FAPI's s_hash).
+_ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+_ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
 # The claims handed to JWTClaimsRegistry, in the order a token's faults are reported.
 _REGISTERED = ("iss", "aud", "iat", "exp", "nbf")
 
@@ -78,8 +82,8 @@ def check_id_token(
 def check_access_token(
     verified: Verified, *, issuer: str, audiences: Collection[str], skew: float, now: float | None = None
 ) -> dict[str, Any]:
-    """A JWT bearer token from ``issuer`` meant for one of ``audiences``: an RFC 9068 access token, or an
-    ID token (whose ``aud`` is the client id). ``exp`` is required; logout tokens are refused."""
+    """A JWT bearer token from ``issuer`` meant for one of ``audiences``. ``exp`` is required; logout tokens
+    are refused. Whether an ID token may stand in for an access token is the caller's rule (``is_id_token``)."""
     what = "Bearer token"
     typ, claims = verified.header.get("typ"), verified.claims
     if (isinstance(typ, str) and typ.lower() in _LOGOUT_TYPES) or "events" in claims:
@@ -88,6 +92,31 @@ def check_access_token(
                       audience_error=f"{what} is not meant for this console (audience)")  # fmt: skip
     _check_sub(claims, what)
     return claims
+
+
+def is_id_token(header: Mapping[str, Any], claims: Mapping[str, Any], client_id: str) -> bool:
+    """Whether a JWT from the login client's issuer is one of its ID tokens rather than an access token.
+
+    1. ``nonce``, ``at_hash``, ``c_hash`` or ``s_hash``: an ID token, whatever else it says.
+    2. ``typ`` ``at+jwt``: an access token (RFC 9068 2.1 requires the header; 4 has resource servers check it).
+    3. ``scope`` or ``scp``: an access token (JWT access tokens from before RFC 9068: Keycloak, Okta, Entra ID).
+    4. None of these: an ID token when ``aud`` names the login client, as every ID token issued to it does
+       (Core 2). A refreshed ID token usually has no nonce (Core 12.2 says it SHOULD NOT) and ``at_hash`` is
+       optional in the code flow, so such a token is exactly what sign-out would show; a token without
+       markers that was minted for another audience (``sso.api_audiences``) is an access token.
+
+    Pure: it judges header and claims as given, so it works on a token not verified yet (to refuse it
+    early) and on a verified one alike.
+    """
+    if any(name in claims for name in _ID_TOKEN_CLAIMS):
+        return True
+    typ = header.get("typ")
+    if isinstance(typ, str) and typ.lower() in _ACCESS_TOKEN_TYPES:
+        return False
+    if "scope" in claims or "scp" in claims:
+        return False
+    aud = claims.get("aud")
+    return aud == client_id or (isinstance(aud, list) and client_id in aud)
 
 
 def check_logout_token(

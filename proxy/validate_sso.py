@@ -17,7 +17,7 @@ def parse_sso(r: ConfigReader, raw: Mapping[str, Any]) -> SSOSettings:
     allowed = {
         "enabled", "issuer_url", "client_id", "client_secret", "client_secret_file", "scopes",
         "token_endpoint_auth_method", "id_token_signing_algs", "clock_skew", "http_timeout",
-        "extra_authorize_params", "api_audiences", "extra_issuers",
+        "extra_authorize_params", "api_audiences", "extra_issuers", "accept_id_tokens",
     }  # fmt: skip
     if "sso" not in raw:
         r.problem("sso", "is required (at least sso.issuer_url, sso.client_id and a client secret)")
@@ -65,6 +65,7 @@ def parse_sso(r: ConfigReader, raw: Mapping[str, Any]) -> SSOSettings:
         extra_authorize_params={str(k): str(r.expand(v, f"sso.extra_authorize_params.{k}")) for k, v in extra.items()},
         api_audiences=r.string_list(s, "api_audiences", "sso.api_audiences"),
         extra_issuers=parse_extra_issuers(r, s, issuer),
+        accept_id_tokens=r.boolean(s, "accept_id_tokens", "sso.accept_id_tokens", False),
     )
 
 

@@ -11,7 +11,7 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,8 @@ from proxy.bearer import BearerVerifier
 from proxy.errors import InvalidToken
 from proxy.jwks import MAX_TOKEN_CHARS, Verified
 from proxy.oidc import OIDCClient
+from proxy.sessions import MemoryStore
+from proxy.sessions.revocations import Revocations
 from proxy.settings import SSOSettings
 from support.badop import BadOP, running_badop
 from support.procs import LOOPBACK, free_port
@@ -117,6 +119,27 @@ async def test_a_token_from_an_extra_issuer_with_its_audience_passes(http, partn
         assert seen["headers"]["X-Forwarded-User"] == "ci-bot"
 
 
+JWT = {"typ": "JWT"}  # a header without RFC 9068's at+jwt
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"scope": "openid console:read"}, {"scp": ["console.read"]}, {"scp": "console.read"}],
+    ids=["scope", "scp list", "scp string"],
+)
+async def test_a_jwt_access_token_from_before_rfc_9068_passes_by_its_scope(http, main_op, api_sidecar, claims):
+    status, _, seen = await call(http, api_sidecar, mint(main_op, sign=JWT, **claims))
+    assert status == 200, seen
+
+
+async def test_an_extra_issuers_tokens_are_not_sorted_into_id_and_access_tokens(http, partner_op, api_sidecar):
+    """A workload-identity token (a CI system's, a cloud service account's) is ID-token shaped: no at+jwt, no
+    scope, sometimes a nonce. The sidecar never signs anyone in through an extra issuer: it passes."""
+    for claims in ({}, {"nonce": "n"}):
+        status, _, seen = await call(http, api_sidecar, mint(partner_op, PARTNER_AUDIENCE, sign=JWT, **claims))
+        assert status == 200, (claims, seen)
+
+
 async def test_a_bearer_token_needs_no_browser_headers(http, main_op, api_sidecar):
     """A token on a request that looks like a browser navigation is still an API call, never a redirect."""
     status, _, _ = await call(http, api_sidecar, mint(main_op), Accept="text/html")
@@ -146,6 +169,13 @@ INVALID: dict[str, Any] = {
     "opaque": lambda m, p: "opaque-" + secrets.token_urlsafe(24),
     "three junk parts": lambda m, p: "a.b.c",
     "empty": lambda m, p: "",
+    # The provider's ID tokens are not bearer credentials (sso.accept_id_tokens is false by default).
+    "ID token": lambda m, p: m.mint_id_token(nonce="n", access_token="at"),
+    "ID token refreshed (no nonce, no at_hash)": lambda m, p: m.mint_id_token(nonce=None),
+    "ID token for several audiences": lambda m, p: mint(m, [m.client_id, "x"], sign=JWT, azp=m.client_id),
+    "at+jwt with a nonce": lambda m, p: mint(m, nonce="n"),
+    "at+jwt with an at_hash": lambda m, p: mint(m, at_hash="abc"),
+    "scope with a c_hash": lambda m, p: mint(m, sign=JWT, scope="x", c_hash="abc"),
 }
 
 
@@ -194,9 +224,13 @@ async def test_spoofed_identity_headers_next_to_a_token_are_replaced(http, main_
 # The verified-token cache (in process: what it saves is not visible over HTTP)
 
 
+Verify = Callable[[str], Awaitable[dict[str, Any]]]
+
+
 @pytest.fixture
-async def verifier(main_op: BadOP) -> AsyncIterator[tuple[BearerVerifier, list[str]]]:
-    """A verifier for ``main_op``'s tokens, and the list of tokens whose signature it checked."""
+async def verifier(main_op: BadOP) -> AsyncIterator[tuple[Verify, list[str]]]:
+    """``verify(token)`` with a verifier for ``main_op``'s tokens, and the list of tokens whose signature it
+    checked."""
     main_op.reset()
     async with aiohttp.ClientSession() as session:
         client = OIDCClient(SSOSettings(issuer_url=main_op.issuer, client_id=main_op.client_id), "", session)
@@ -208,23 +242,24 @@ async def verifier(main_op: BadOP) -> AsyncIterator[tuple[BearerVerifier, list[s
             return await verify(token, what)
 
         client.jwks.verify = counting  # type: ignore[method-assign]
-        yield BearerVerifier(client, session), checked
+        v, revocations = BearerVerifier(client, session), Revocations(MemoryStore(), "invalidate")
+        yield (lambda token: v.verify(token, revocations)), checked
 
 
 async def test_a_verified_token_is_not_verified_again_until_it_expires(verifier, main_op, monkeypatch):
     v, checked = verifier
     token = mint(main_op)
-    first = await v.verify(token)
-    assert await v.verify(token) == first
+    first = await v(token)
+    assert await v(token) == first
     assert len(checked) == 1
     monkeypatch.setattr(bearer, "MAX_CACHE_AGE", 0.05)
     other = mint(main_op, jti="2")
     started = time.time()  # the cache's clock
-    await v.verify(other)
+    await v(other)
     assert checked.count(other) == 1
 
     async def verified_again() -> bool:
-        await v.verify(other)
+        await v(other)
         return checked.count(other) == 2
 
     await eventually(verified_again, what="the cached verification to expire", timeout=10, interval=0.01)
@@ -236,13 +271,13 @@ async def test_the_cache_is_bounded_and_keeps_no_failures(verifier, main_op, mon
     monkeypatch.setattr(bearer, "CACHE_SIZE", 2)
     tokens = [mint(main_op, jti=str(i)) for i in range(3)]
     for token in tokens:
-        await v.verify(token)
-    await v.verify(tokens[0])  # pushed out by the third
+        await v(token)
+    await v(tokens[0])  # pushed out by the third
     assert checked.count(tokens[0]) == 2
     bad = mint(main_op, exp=int(time.time()) - 3600, iat=int(time.time()) - 7200)
     for _ in range(2):
         with pytest.raises(InvalidToken):
-            await v.verify(bad)
+            await v(bad)
     assert checked.count(bad) == 2
 
 
@@ -253,9 +288,57 @@ async def test_a_token_as_long_as_any_other_jwt_the_sidecar_reads_is_accepted(ve
     pad = (MAX_TOKEN_CHARS - base) * 3 // 4
     token = next(t for n in range(pad, pad - 8, -1) if len(t := mint(main_op, pad="x" * n)) <= MAX_TOKEN_CHARS)
     assert len(token) > MAX_TOKEN_CHARS - 8
-    assert (await v.verify(token))["pad"]
+    assert (await v(token))["pad"]
     too_long = mint(main_op, pad="x" * (pad + 8))
     assert len(too_long) > MAX_TOKEN_CHARS
     with pytest.raises(InvalidToken, match="missing or too long"):
-        await v.verify(too_long)
+        await v(too_long)
     assert checked == [token]
+
+
+async def test_an_id_token_is_refused_before_its_signature_is_checked(verifier, main_op):
+    """Refusing costs no signature check: the token says itself what it is."""
+    v, checked = verifier
+    with pytest.raises(InvalidToken, match="ID token"):
+        await v(main_op.mint_id_token(nonce="n"))
+    assert checked == []
+
+
+@pytest.fixture
+async def accepting(main_op: BadOP) -> AsyncIterator[tuple[Verify, Revocations]]:
+    """``verify(token)`` with ``sso.accept_id_tokens: true``, and its revocations (memory store)."""
+    main_op.reset()
+    async with aiohttp.ClientSession() as session:
+        sso = SSOSettings(issuer_url=main_op.issuer, client_id=main_op.client_id, accept_id_tokens=True)
+        v = BearerVerifier(OIDCClient(sso, "", session), session)
+        revocations = Revocations(MemoryStore(), "invalidate")
+        yield (lambda token: v.verify(token, revocations)), revocations
+
+
+async def test_an_accepted_id_token_that_lives_longer_than_a_day_is_refused(accepting, main_op):
+    verify, _ = accepting
+    assert (await verify(main_op.mint_id_token(nonce="n")))["sub"] == main_op.behaviour.sub
+    main_op.set(id_token_exp_in=24 * 3600 + 60)
+    with pytest.raises(InvalidToken, match="longer than a day"):
+        await verify(main_op.mint_id_token(nonce="n"))
+
+
+class Unreachable(MemoryStore):
+    """A store that must not be asked: every read fails the test."""
+
+    async def get(self, key: str, *, touch: float | None = None) -> bytes | None:
+        raise AssertionError(f"the store was asked for {key}")
+
+    async def index_members(self, key: str) -> set[str]:
+        raise AssertionError(f"the store was asked for {key}")
+
+
+async def test_a_cached_access_token_costs_no_revocation_check(main_op):
+    """The hot path: an access token served from the cache never asks about sign-outs, not even in memory."""
+    async with aiohttp.ClientSession() as session:
+        sso = SSOSettings(issuer_url=main_op.issuer, client_id=main_op.client_id, accept_id_tokens=True)
+        v = BearerVerifier(OIDCClient(sso, "", session), session)
+        revocations = Revocations(Unreachable(), "invalidate")
+        token = mint(main_op)
+        for _ in range(3):
+            assert (await v.verify(token, revocations))["sub"] == "svc-ci"

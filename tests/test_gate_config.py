@@ -93,6 +93,12 @@ def test_every_bearer_problem_is_named():
     assert problems(sso="extra_issuers: {issuer_url: x}\n")["sso.extra_issuers"].startswith("must be a list")
 
 
+def test_id_tokens_are_no_bearer_credentials_by_default():
+    assert parse().sso.accept_id_tokens is False
+    assert parse(sso="accept_id_tokens: true\n").sso.accept_id_tokens is True
+    assert "sso.accept_id_tokens" in problems(sso='accept_id_tokens: "sometimes"\n')
+
+
 def test_pending_logins_per_address_are_bounded_by_default():
     assert parse().session.max_pending_logins_per_address == 100
     assert parse().session.max_pending_logins == 5

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
+from typing import Any
 
 import pytest
 from redis import asyncio as aioredis
@@ -12,6 +14,7 @@ from proxy.cookies import Ticket
 from proxy.errors import StoreUnavailable
 from proxy.sessions import MemoryStore, PendingLogin, SessionManager
 from proxy.sessions.redis import RedisStore
+from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Revocations, ttl_for
 from proxy.sessions.store import SessionStore
 from proxy.settings import Secret, SessionSettings
 from support.redis_ha import command
@@ -222,6 +225,93 @@ async def test_cached_copies_hold_no_tokens_and_the_store_still_has_them(twin_ma
     assert cached.refresh_due(time.time() + 10**6), "a cached copy still knows a refresh token exists"
     full = await a.load(session.ticket, issuer="https://idp", client_id="c", use_cache=False)
     assert full is not None and (full.access_token, full.refresh_token) == (TOKEN, "rt-value")
+
+
+# --------------------------------------------------------------------------------------------------
+# Signed-out ID tokens (``revocations``): in the store for every replica, heard by every process
+
+ISSUER = "https://idp"
+
+
+def id_token_claims() -> dict[str, Any]:
+    """An ID token's claims for a user and provider session of its own (the Redis server is shared)."""
+    return {"sub": "subject-" + secrets.token_hex(4), "sid": "sid-" + secrets.token_hex(4), "iat": 1_000_000.0}
+
+
+def unreadable(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on every read of ``store`` fails the test (writes and pub/sub still work)."""
+
+    async def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the store was read: {args}")
+
+    monkeypatch.setattr(store, "get", boom)
+    monkeypatch.setattr(store, "index_members", boom)
+
+
+async def test_a_revocation_reaches_the_other_worker_which_then_judges_without_the_store(twin_managers, monkeypatch):
+    a, b = twin_managers
+    claims = id_token_claims()
+    mark = b.revocations.mark(ISSUER, claims)
+    assert await b.revocations.revoked(mark) is False  # asked the store once
+    unreadable(b.store, monkeypatch)
+    assert await b.revocations.revoked(mark) is False  # then only what b heard
+    await a.revocations.revoke(ISSUER, sid=claims["sid"], sub=claims["sub"], issued_before=0, ttl=60)
+
+    async def refused_by_b() -> bool:
+        return await b.revocations.revoked(mark)
+
+    await eventually(refused_by_b, what="b to hear of the signed-out session", timeout=5)
+
+
+async def test_after_the_subscription_drops_every_token_is_asked_about_again(twin_managers):
+    """A revocation published while b was not listening is in the store only: b must not trust what it
+    checked before."""
+    a, b = twin_managers
+    claims = id_token_claims()
+    mark = b.revocations.mark(ISSUER, claims)
+    assert await b.revocations.revoked(mark) is False
+    b.revocations.listening(False)  # the subscription went down (messages may be lost from here)
+    silent = Revocations(a.store, "nobody-listens-here")  # writes the store, publishes where b does not hear
+    await silent.revoke(ISSUER, sid=claims["sid"], sub=None, issued_before=0, ttl=60)
+    assert await b.revocations.revoked(mark) is True
+    b.revocations.listening(True)  # back up: still from the store until checked under this subscription
+    assert await b.revocations.revoked(b.revocations.mark(ISSUER, claims)) is True
+
+
+async def test_a_user_revocation_ends_the_id_tokens_issued_before_it_only(manager):
+    r = manager.revocations
+    claims = id_token_claims()
+    await r.revoke(ISSUER, sid=None, sub=claims["sub"], issued_before=2_000.0, ttl=60)
+    await r.revoke(ISSUER, sid=None, sub=claims["sub"], issued_before=1_000.0, ttl=60)  # an older one, later
+    fresh = Revocations(manager.store, "elsewhere")  # another replica: it knows only what the store says
+    for iat, refused in ((999.0, True), (2_000.0, True), (2_000.5, False)):
+        mark = fresh.mark(ISSUER, {"sub": claims["sub"], "sid": "another-session", "iat": iat})
+        assert await fresh.revoked(mark) is refused, iat
+    other_user = fresh.mark(ISSUER, {"sub": "someone-else", "iat": 1.0})
+    other_issuer = fresh.mark("https://other-idp", {"sub": claims["sub"], "iat": 1.0})
+    assert not await fresh.revoked(other_user) and not await fresh.revoked(other_issuer)
+
+
+async def test_revocations_expire_with_the_tokens_and_name_no_one(redis_clean):
+    redis_server = redis_clean
+    store = RedisStore(redis_server.url)
+    claims = id_token_claims()
+    try:
+        await Revocations(store, "c").revoke(ISSUER, sid=claims["sid"], sub=None, issued_before=0, ttl=90)
+        await Revocations(store, "c").revoke(ISSUER, sid=None, sub=claims["sub"], issued_before=5, ttl=90)
+        keys = [k for k in command(redis_server.port, "KEYS", "sso:v:*") if isinstance(k, bytes)]
+        assert len(keys) == 2
+        for key in keys:
+            assert claims["sid"].encode() not in key and claims["sub"].encode() not in key
+            assert 80_000 < int(command(redis_server.port, "PTTL", key)) <= 90_000  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+def test_the_revocation_of_a_session_lasts_as_long_as_its_id_token_lives():
+    assert ttl_for({"iat": 1000, "exp": 4600}, 60) == 3600 + 120
+    assert ttl_for({"iat": 1000}, 60) == ID_TOKEN_MAX_LIFETIME + 120  # not known: as long as any may live
+    assert ttl_for({"iat": 0, "exp": 10**9}, 0) == ID_TOKEN_MAX_LIFETIME
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from proxy.tokens import (
     check_id_token,
     check_logout_token,
     check_signed_userinfo,
+    is_id_token,
     merge_userinfo,
 )
 from support.badop import BadOP
@@ -259,3 +260,36 @@ def test_signed_userinfo_is_checked_for_issuer_and_audience_only_when_it_names_t
         check_signed_userinfo(verified(iss="https://evil.example"), issuer=ISSUER, client_id=CLIENT_ID)
     with pytest.raises(TokenValidationError, match=r"^Userinfo response audience \(aud\) is missing or malformed$"):
         check_signed_userinfo(verified(aud=ABSENT), issuer=ISSUER, client_id=CLIENT_ID)
+
+
+# --------------------------------------------------------------------------------------------------
+# ID token or access token: the rule in README "API clients"
+
+AT = {"typ": "at+jwt"}
+JWT = {"typ": "JWT"}
+
+
+@pytest.mark.parametrize(
+    ("header", "claims", "id_token"),
+    [
+        # 1. Claims only ID tokens carry win over everything else.
+        (AT, {"aud": "api", "nonce": "n"}, True),
+        (AT, {"aud": "api", "at_hash": "h", "scope": "x"}, True),
+        (JWT, {"aud": "api", "c_hash": "h"}, True),
+        (JWT, {"aud": "api", "s_hash": "h", "scp": ["x"]}, True),
+        # 2. RFC 9068's typ, in either spelling and any case.
+        (AT, {"aud": "client"}, False),
+        ({"typ": "application/AT+JWT"}, {"aud": ["client", "x"]}, False),
+        # 3. Scope, as JWT access tokens carried it before RFC 9068.
+        (JWT, {"aud": "client", "scope": "openid"}, False),
+        ({}, {"aud": "client", "scp": "read"}, False),
+        # 4. No marker: an ID token when it is for the login client, as a refreshed ID token is.
+        (JWT, {"aud": "client", "sid": "s", "auth_time": 1}, True),
+        ({}, {"aud": ["x", "client"], "azp": "client"}, True),
+        (JWT, {"aud": "api://console", "roles": ["reader"]}, False),
+        (JWT, {"aud": ["api://console", "clientX"]}, False),
+        ({"typ": "logout+jwt"}, {"aud": "client"}, True),  # refused anyway as a logout token
+    ],
+)
+def test_an_id_token_is_told_from_an_access_token_by_the_token_itself(header, claims, id_token):
+    assert is_id_token(header, claims, "client") is id_token

@@ -3,7 +3,7 @@
 What it stores is sealed (``proxy.sessions.model``) under a key layout of its own: sessions by id,
 pending logins by state (taken exactly once, and counted per client address), refresh locks, back-channel
 logout indexes and replay guards. A cache of recently used sessions, without their tokens, spares the store
-a round trip per request.
+a round trip per request; its pub/sub invalidation also carries signed-out ID tokens (``revocations``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 
 from proxy.cookies import Ticket
 from proxy.errors import StoreUnavailable
+from proxy.sessions import revocations
 from proxy.sessions.model import PendingLogin, Session, dumps, seal, unseal
+from proxy.sessions.revocations import Revocations
 from proxy.sessions.store import SessionStore
 from proxy.settings import SessionSettings
 
@@ -70,6 +72,8 @@ class SessionManager:
         self._next_sweep = 0.0
         self._listener: asyncio.Task[None] | None = None
         self._stopping = False
+        # Signed-out ID tokens, told to every process over the same subscription as ended sessions.
+        self.revocations = Revocations(store, _INVALIDATE)
         self.configure(settings)
 
     async def start(self) -> None:
@@ -96,6 +100,9 @@ class SessionManager:
                 async for message in self.store.subscribe(_INVALIDATE):
                     if not message:
                         self._cache_live = True
+                        self.revocations.listening(True)
+                    elif message.startswith(revocations.PREFIX):
+                        self.revocations.heard(message)
                     else:
                         self._cache.pop(message.decode(), None)
             except StoreUnavailable:
@@ -104,6 +111,7 @@ class SessionManager:
                 log.exception("session invalidation listener failed")
             self._cache_live = False
             self._cache.clear()
+            self.revocations.listening(False)
             if self._stopping:
                 return
             await asyncio.sleep(1.0)

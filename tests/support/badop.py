@@ -214,6 +214,7 @@ class BadOP:
         # Every code and token handed out since the last reset, so a test can assert none of them leaks.
         self.issued: list[str] = []
         self.last_sid: str | None = None
+        self.last_id_token: str | None = None  # what the sidecar holds for the last session (sign-out's hint)
 
     def set(self, **knobs: Any) -> None:
         unknown = set(knobs) - _KNOBS
@@ -512,6 +513,7 @@ class BadOP:
         if id_token:
             body["id_token"] = self.mint_id_token(nonce=nonce, access_token=access_token, sid=sid)
             self.issued.append(body["id_token"])
+            self.last_id_token = body["id_token"]
         return web.json_response(_apply(body, b.token_response_override))
 
     async def h_userinfo(self, request: web.Request) -> web.Response:

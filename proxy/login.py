@@ -17,7 +17,7 @@ from yarl import URL
 from proxy import admintest, pages
 from proxy.clientaddress import address_group, client_address
 from proxy.errors import Closed, LoginError, SidecarError, TooManySignIns, Unauthenticated
-from proxy.oidc import LoginResult, OIDCClient, TokenEndpointError, new_pkce, random_token
+from proxy.oidc import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
 from proxy.redirects import return_to_for
 from proxy.runtime import RUNTIME, Active, Runtime
 from proxy.sessions import PendingLogin, Session, session_for
@@ -214,7 +214,7 @@ async def _provider_logout_url(active: Active, session: Session, rd: str) -> str
         return None  # the local session is gone; a provider outage must not block signing out
     return active.oidc.end_session_url(
         metadata,
-        id_token_hint=session.id_token,
+        **logout_hints(active.settings.sso.logout_hint, session.claims, session.id_token),
         post_logout_redirect_uri=active.settings.post_logout_redirect_uri,
         state=active.cookies.encode_logout_state(rd),
     )

@@ -336,20 +336,48 @@ class OIDCClient:
         metadata: ProviderMetadata,
         *,
         id_token_hint: str | None = None,
+        logout_hint: str | None = None,
         post_logout_redirect_uri: str | None = None,
         state: str | None = None,
     ) -> str | None:
-        """OIDC RP-Initiated Logout 1.0 section 2, or ``None`` when the provider has no such endpoint."""
+        """OIDC RP-Initiated Logout 1.0 section 2, or ``None`` when the provider has no such endpoint.
+        ``client_id`` is always sent; which hint goes with it is ``logout_hints``' rule."""
         if not metadata.end_session_endpoint:
             return None
         params: dict[str, str] = {"client_id": self._sso.client_id}
         if id_token_hint:
             params["id_token_hint"] = id_token_hint
+        if logout_hint:
+            params["logout_hint"] = logout_hint
         if post_logout_redirect_uri:
             params["post_logout_redirect_uri"] = post_logout_redirect_uri
         if state:
             params["state"] = state
         return _with_query(metadata.end_session_endpoint, params)
+
+
+def logout_hints(mode: str, claims: Mapping[str, Any], id_token: str) -> dict[str, str]:
+    """What sign-out tells the provider about who is signing out (``sso.logout_hint``), besides ``client_id``.
+
+    RP-Initiated Logout 1.0 (section 2) lets the request name the user with ``logout_hint``, whose value is
+    the provider's to define, instead of the ID token in ``id_token_hint``, and defines no discovery field
+    that says a provider accepts it. So:
+
+    - ``auto``: ``logout_hint`` when the ID token carries a ``login_hint`` claim, which a provider issues
+      for exactly that (Microsoft Entra ID, as an optional claim); otherwise ``id_token_hint``.
+    - ``id_token_hint``: always the ID token.
+    - any other value names the claim whose value is sent as ``logout_hint`` (``sid`` for Auth0, say): the
+      operator says this provider takes ``client_id`` + ``logout_hint``. Never the ID token; without that
+      claim, ``client_id`` alone (the provider then asks the user to confirm, as section 2 has it do).
+    """
+    if mode == "id_token_hint":
+        return {"id_token_hint": id_token} if id_token else {}
+    value = claims.get("login_hint" if mode == "auto" else mode)
+    if isinstance(value, str) and value:
+        return {"logout_hint": value}
+    if mode == "auto" and id_token:
+        return {"id_token_hint": id_token}
+    return {}
 
 
 def _with_query(endpoint: str, params: Mapping[str, str]) -> str:

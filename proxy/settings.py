@@ -83,6 +83,9 @@ class SSOSettings:
     extra_issuers: tuple[ExtraIssuer, ...] = ()
     # The issuer's own ID tokens as bearer credentials: off, since sign-out shows them (``id_token_hint``).
     accept_id_tokens: bool = False
+    # What sign-out tells the provider about the user: "auto", "id_token_hint", or the name of the ID-token
+    # claim sent as ``logout_hint`` (with ``client_id``, never the ID token). See ``oidc.logout_hints``.
+    logout_hint: str = "auto"
 
     @property
     def bearer_audiences(self) -> tuple[str, ...]:

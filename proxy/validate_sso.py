@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,13 +12,16 @@ from proxy.configreader import ConfigReader
 from proxy.settings import DEFAULT_SCOPES, SUPPORTED_ID_TOKEN_ALGS, ExtraIssuer, SSOSettings, is_loopback_host
 
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# A claim name as it can appear in a JWT (also namespaced ones such as https://example.com/hint); no spaces
+# or controls, which could never name a claim the provider sends.
+_CLAIM_NAME = re.compile(r"[!-~]{1,200}")
 
 
 def parse_sso(r: ConfigReader, raw: Mapping[str, Any]) -> SSOSettings:
     allowed = {
         "enabled", "issuer_url", "client_id", "client_secret", "client_secret_file", "scopes",
         "token_endpoint_auth_method", "id_token_signing_algs", "clock_skew", "http_timeout",
-        "extra_authorize_params", "api_audiences", "extra_issuers", "accept_id_tokens",
+        "extra_authorize_params", "api_audiences", "extra_issuers", "accept_id_tokens", "logout_hint",
     }  # fmt: skip
     if "sso" not in raw:
         r.problem("sso", "is required (at least sso.issuer_url, sso.client_id and a client secret)")
@@ -51,6 +55,9 @@ def parse_sso(r: ConfigReader, raw: Mapping[str, Any]) -> SSOSettings:
     for name in extra:
         if name in reserved:
             r.problem(f"sso.extra_authorize_params.{name}", "is set by the sidecar and cannot be overridden")
+    logout_hint = r.string(s, "logout_hint", "sso.logout_hint") or "auto"
+    if not _CLAIM_NAME.fullmatch(logout_hint):
+        r.problem("sso.logout_hint", "must be 'auto', 'id_token_hint' or the name of an ID token claim (e.g. sid)")
     return SSOSettings(
         enabled=enabled,
         issuer_url=issuer,
@@ -66,6 +73,7 @@ def parse_sso(r: ConfigReader, raw: Mapping[str, Any]) -> SSOSettings:
         api_audiences=r.string_list(s, "api_audiences", "sso.api_audiences"),
         extra_issuers=parse_extra_issuers(r, s, issuer),
         accept_id_tokens=r.boolean(s, "accept_id_tokens", "sso.accept_id_tokens", False),
+        logout_hint=logout_hint,
     )
 
 

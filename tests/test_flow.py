@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from support.idp import login, parse_forms
+from support.idp import login, logout, parse_forms
 from support.redis_ha import command
 from support.sidecar import replica_of
 from support.waiting import eventually
@@ -243,6 +243,28 @@ async def test_sign_out_deletes_the_session_server_side_and_goes_to_the_provider
     replay = http(cookies=False)
     async with replay.get(sidecar.url_for("/api/whoami"), headers={"Cookie": f"{SESSION_COOKIE}={old}"}) as resp:
         assert resp.status == 302, "a replayed cookie of a signed-out session must not work"
+
+
+async def test_sign_out_can_name_the_user_by_logout_hint_and_never_show_the_id_token(http, sidecar_factory, idp):
+    """sso.logout_hint: sid. The real provider (node oidc-provider) takes client_id + logout_hint, asks the
+    user to confirm (as RP-Initiated Logout 1.0 has it do without id_token_hint), and sends them back."""
+    sc = sidecar_factory({"sso": {"logout_hint": "sid"}})
+    client, _ = await signed_in(http, sc)
+    async with client.get(sc.url_for("/oauth2/sign_out"), headers={"Sec-Fetch-Site": "same-origin"}) as resp:
+        assert resp.status == 302
+        location = URL(resp.headers["Location"])
+    assert str(location).startswith(idp.discovery()["end_session_endpoint"])
+    assert "id_token_hint" not in location.query and "eyJ" not in str(location)
+    assert location.query["client_id"] == sc.config["sso"]["client_id"]
+    assert location.query["logout_hint"]  # the provider session's sid
+    resp = await logout(client, str(location))
+    assert resp.status == 200 and resp.url.path == "/oauth2/signed_out", (resp.url, await resp.text())
+    # The provider's session ended too: the next sign-in asks for the password again.
+    async with client.get(sc.url_for("/api/whoami")) as resp:
+        assert resp.status == 302
+        authorize = resp.headers["Location"]
+    async with client.get(authorize, allow_redirects=True) as resp:
+        assert any(f.fields.get("prompt") == "login" for f in parse_forms(await resp.text()))
 
 
 async def test_a_cross_site_sign_out_link_asks_for_confirmation(http, sidecar):

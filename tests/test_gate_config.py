@@ -93,10 +93,14 @@ def test_every_bearer_problem_is_named():
     assert problems(sso="extra_issuers: {issuer_url: x}\n")["sso.extra_issuers"].startswith("must be a list")
 
 
-def test_id_tokens_are_no_bearer_credentials_by_default():
-    assert parse().sso.accept_id_tokens is False
-    assert parse(sso="accept_id_tokens: true\n").sso.accept_id_tokens is True
-    assert "sso.accept_id_tokens" in problems(sso='accept_id_tokens: "sometimes"\n')
+def test_id_tokens_are_no_bearer_credentials_and_sign_out_picks_its_hint_by_default():
+    s = parse()
+    assert s.sso.accept_id_tokens is False and s.sso.logout_hint == "auto"
+    s = parse(sso="accept_id_tokens: true\nlogout_hint: sid\n")
+    assert s.sso.accept_id_tokens is True and s.sso.logout_hint == "sid"
+    found = problems(sso='accept_id_tokens: "sometimes"\nlogout_hint: "a claim"\n')
+    assert "sso.accept_id_tokens" in found
+    assert "auto" in found["sso.logout_hint"] and "id_token_hint" in found["sso.logout_hint"]
 
 
 def test_pending_logins_per_address_are_bounded_by_default():

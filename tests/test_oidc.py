@@ -17,7 +17,15 @@ from yarl import URL
 
 from proxy.discovery import ProviderMetadata
 from proxy.errors import LoginError, ProviderError, TokenValidationError
-from proxy.oidc import OIDCClient, TokenEndpointError, TokenSet, new_pkce, pkce_challenge, random_token
+from proxy.oidc import (
+    OIDCClient,
+    TokenEndpointError,
+    TokenSet,
+    logout_hints,
+    new_pkce,
+    pkce_challenge,
+    random_token,
+)
 from proxy.settings import Secret, SSOSettings
 from support import REPO
 from support.badop import BadOP
@@ -90,6 +98,25 @@ def test_end_session_url_carries_hint_redirect_state_and_client_id(rp: OIDCClien
     assert query["client_id"] == rp.settings.client_id
     no_endpoint = ProviderMetadata.from_document(DOC, expected_issuer=DOC["issuer"])
     assert rp.end_session_url(no_endpoint, id_token_hint="x") is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "claims", "expected"),
+    [
+        # auto: a provider that issued a login_hint claim (Entra ID) takes it back as logout_hint
+        ("auto", {"sub": "u", "login_hint": "O.aXQ"}, {"logout_hint": "O.aXQ"}),
+        ("auto", {"sub": "u", "sid": "s"}, {"id_token_hint": "id.tok.en"}),
+        ("auto", {"sub": "u", "login_hint": ""}, {"id_token_hint": "id.tok.en"}),
+        ("id_token_hint", {"sub": "u", "login_hint": "O.aXQ"}, {"id_token_hint": "id.tok.en"}),
+        # a claim name: this provider takes client_id + logout_hint; never the ID token
+        ("sid", {"sub": "u", "sid": "s-1"}, {"logout_hint": "s-1"}),
+        ("email", {"sub": "u", "email": "ada@example.com"}, {"logout_hint": "ada@example.com"}),
+        ("sid", {"sub": "u"}, {}),
+        ("sid", {"sub": "u", "sid": ["not", "a", "string"]}, {}),
+    ],
+)
+def test_sign_out_names_the_user_with_logout_hint_where_the_provider_takes_it(mode, claims, expected) -> None:
+    assert logout_hints(mode, claims, "id.tok.en") == expected
 
 
 def test_end_session_url_without_a_query_of_its_own_starts_one(rp: OIDCClient) -> None:

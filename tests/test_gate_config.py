@@ -122,7 +122,9 @@ def test_allowed_redirect_hosts_are_host_names():
 def test_the_example_config_with_the_gate_keys_switched_on_is_valid(tmp_path):
     """config/example.yaml documents these keys commented out; uncommented they must load."""
     text = (REPO / "config" / "example.yaml").read_text()
-    for key in ("api_audiences", "extra_issuers", "allowed_redirect_hosts", "trusted_proxies"):
+    keys = ("api_audiences", "extra_issuers", "allowed_redirect_hosts", "trusted_proxies", "accept_id_tokens",
+            "logout_hint", "max_pending_logins_per_address")  # fmt: skip
+    for key in keys:
         text = re.sub(rf"^(\s*)# ({key}:)", r"\1\2", text, flags=re.MULTILINE)
     text = re.sub(r"^  #   (- issuer_url|  audiences)", r"    \1", text, flags=re.MULTILINE)
     secret = tmp_path / "secret"
@@ -133,3 +135,5 @@ def test_the_example_config_with_the_gate_keys_switched_on_is_valid(tmp_path):
     assert s.sso.bearer_audiences == ("console", "api://console")
     assert s.sso.extra_issuers[0].audiences == ("https://console.example.com",)
     assert s.allowed_redirect_hosts == ("app.example.com",)
+    assert (s.sso.accept_id_tokens, s.sso.logout_hint) == (True, "sid")
+    assert s.session.max_pending_logins_per_address == 100

@@ -140,8 +140,9 @@ class SessionSettings:
     login_timeout: float = 600.0
     max_pending_logins: int = 5
     # Sign-ins started and not yet finished from one client address (an IPv6 /64), kept in the store until
-    # login_timeout: anonymous traffic cannot fill it. Behind a proxy only with trusted_proxies set.
-    max_pending_logins_per_address: int = 100
+    # login_timeout (about half a KB each): anonymous traffic from one source cannot fill it, and a large office
+    # behind one NAT address still signs in. Behind a proxy only with trusted_proxies set.
+    max_pending_logins_per_address: int = 1000
     # How long a worker may reuse a session it read from Redis without asking again; sign-out and
     # back-channel logout reach every worker at once through Redis pub/sub. 0 turns the cache off.
     cache_ttl: float = 5.0

@@ -51,7 +51,7 @@ def parse_session(r: ConfigReader, raw: Mapping[str, Any]) -> SessionSettings:
         login_timeout=r.duration(s, "login_timeout", "session.login_timeout", 600.0),
         max_pending_logins=r.get(s, "max_pending_logins", "session.max_pending_logins", positive_int, 5),
         max_pending_logins_per_address=r.get(
-            s, "max_pending_logins_per_address", "session.max_pending_logins_per_address", positive_int, 100
+            s, "max_pending_logins_per_address", "session.max_pending_logins_per_address", positive_int, 1000
         ),
         cache_ttl=r.duration(s, "cache_ttl", "session.cache_ttl", 5.0),
     )

@@ -104,7 +104,7 @@ def test_id_tokens_are_no_bearer_credentials_and_sign_out_picks_its_hint_by_defa
 
 
 def test_pending_logins_per_address_are_bounded_by_default():
-    assert parse().session.max_pending_logins_per_address == 100
+    assert parse().session.max_pending_logins_per_address == 1000
     assert parse().session.max_pending_logins == 5
     text = 'session:\n  cookie_secret: "${COOKIE_SECRET}"\n  max_pending_logins_per_address: 0\n'
     with pytest.raises(ConfigError) as info:
@@ -136,4 +136,4 @@ def test_the_example_config_with_the_gate_keys_switched_on_is_valid(tmp_path):
     assert s.sso.extra_issuers[0].audiences == ("https://console.example.com",)
     assert s.allowed_redirect_hosts == ("app.example.com",)
     assert (s.sso.accept_id_tokens, s.sso.logout_hint) == (True, "sid")
-    assert s.session.max_pending_logins_per_address == 100
+    assert s.session.max_pending_logins_per_address == 1000

@@ -10,15 +10,22 @@ A request so admitted goes to the console without a session and without asking t
 identity headers are stripped like everyone's, then the one mapped to ``preferred_username`` is set to
 ``break_glass.user`` (default ``break-glass``), so the console can tell, and log, who came in this way.
 
-Against guessing: the comparison is constant-time; failed attempts are rate-limited per client address
-and globally, and a limited client is refused before its token is even compared. Every grant and every
-refusal is logged (WARNING) and counted in ``sso_sidecar_break_glass_attempts_total``. The cookie is
+Against guessing, and against being locked out by guessers: the token is compared first (constant
+time), and a correct token always passes. A token of at least 24 random characters (weak ones are refused
+at load) is out of reach of guessing at any rate, so wrong tokens are limited to keep the logs and metrics
+quiet and to tell a client to back off, never to block the operator: per client (its address, or behind
+``trusted_proxies`` the address the proxy vouches for), counted across every replica and worker through
+Redis where sessions live there, the first ``FREE_FAILURES`` in ``WINDOW`` get 403 and the next ones 429
+with a ``Retry-After`` that doubles up to ``MAX_DELAY``. There is no global count that one client could
+fill for everyone. Every grant is logged (WARNING) and counted in
+``sso_sidecar_break_glass_attempts_total``; wrong tokens too, until their client is limited. The cookie is
 signed with the session cookie secrets and its own salt, and carries a fingerprint of the token, so
 changing or removing the token (or the cookie secrets) ends every break-glass cookie at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -31,14 +38,16 @@ from html import escape
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import pages
+from proxy import clientaddress, pages
 from proxy.cookies import cookie_value
-from proxy.errors import Forbidden, SidecarError
+from proxy.errors import BadRequest, Forbidden, SidecarError, StoreUnavailable
 from proxy.identity import header_key
 from proxy.logs import request_id
 from proxy.redirects import safe_return_to
 from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.settings import BreakGlassSettings
+from proxy.sessions import SessionStore
+from proxy.sessions.redis import RedisStore
+from proxy.settings import BreakGlassSettings, Settings
 
 log = logging.getLogger("sso_sidecar.break_glass")
 
@@ -46,12 +55,14 @@ PATH = "/oauth2/break-glass"
 HEADER = "X-Break-Glass"
 _HEADER_KEY = header_key(HEADER)
 _FINGERPRINT_INFO = b"sso-sidecar/break-glass-fingerprint/v1"
-# Failed attempts allowed per window: per client address, and from everyone together (an attacker
-# with many addresses). A 24+ character random token is out of reach at these rates either way.
-WINDOW = 60.0
-PER_CLIENT_FAILURES = 5
-GLOBAL_FAILURES = 30
+# Wrong tokens per client: this many in WINDOW are answered 403; each further one 429 with a Retry-After
+# of 1 s, 2 s, 4 s ... up to MAX_DELAY. A client forgets its count after WINDOW without a wrong token.
+WINDOW = 3600.0
+FREE_FAILURES = 5
+MAX_DELAY = 900.0
+_COUNT_MAX = 64  # failures kept per client (the delay is at its maximum long before)
 _MAX_TRACKED_CLIENTS = 10_000
+_KEY = "break_glass:failures:"
 
 
 class RateLimited(SidecarError):
@@ -59,38 +70,72 @@ class RateLimited(SidecarError):
     code = "rate_limited"
     title = "Too many attempts"
 
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = int(retry_after)
+
+
+def delay_after(failures: int) -> float:
+    """How long a client should wait after its ``failures``-th wrong token in the window (0: not limited)."""
+    if failures <= FREE_FAILURES:
+        return 0.0
+    return min(MAX_DELAY, 2.0 ** (failures - FREE_FAILURES - 1))
+
 
 class FailureLimiter:
-    """Sliding-window count of failed attempts, per client address and in total."""
+    """Wrong tokens per client: in the shared store (Redis) where there is one, else in this process.
 
-    def __init__(self, per_client: int = PER_CLIENT_FAILURES, total: int = GLOBAL_FAILURES) -> None:
-        self.per_client = per_client
-        self.total = total
-        self._clients: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque()
+    Only wrong tokens ever reach it, and it only ever says how loudly to refuse them: a correct token is
+    judged before it is asked. When Redis is unreachable, this process counts on its own."""
 
-    def _prune(self, q: deque[float], now: float) -> deque[float]:
+    def __init__(self) -> None:
+        self._local: dict[str, deque[float]] = {}
+        self._shared_seen: dict[str, int] = {}  # the last shared count seen per client (header path)
+        self._pending: set[asyncio.Task[int]] = set()
+
+    async def failed(self, store: SessionStore, client: str, now: float | None = None) -> int:
+        """Count one wrong token from ``client``; its failures in the window, this one included."""
+        local = self._failed_here(client, now)
+        if not isinstance(store, RedisStore):
+            return local
+        key = _KEY + client
+        try:
+            seen = len(await store.index_members(key))
+            if seen < _COUNT_MAX:
+                await store.index_add(key, secrets.token_hex(8), WINDOW)
+                seen += 1
+        except StoreUnavailable:
+            return local
+        if len(self._shared_seen) >= _MAX_TRACKED_CLIENTS:
+            self._shared_seen.clear()
+        self._shared_seen[client] = seen
+        return max(seen, local)
+
+    def failed_soon(self, store: SessionStore, client: str) -> int:
+        """For a caller that cannot wait (the gate's header check): count here now, in the shared store in
+        the background; the answer uses the newest shared count seen, so it may lag by one attempt."""
+        local = self._failed_here(client)
+        if isinstance(store, RedisStore):
+            task = asyncio.get_running_loop().create_task(self.failed(store, client))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return max(local, self._shared_seen.get(client, 0) + 1)
+
+    def _failed_here(self, client: str, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        q = self._local.get(client)
+        if q is None:
+            if len(self._local) >= _MAX_TRACKED_CLIENTS:
+                # Forget clients whose window has passed, else the oldest: memory stays bounded.
+                for key in [k for k, v in self._local.items() if not v or v[-1] <= now - WINDOW]:
+                    del self._local[key]
+                if len(self._local) >= _MAX_TRACKED_CLIENTS:
+                    self._local.pop(next(iter(self._local)))
+            q = self._local[client] = deque(maxlen=_COUNT_MAX)
         while q and q[0] <= now - WINDOW:
             q.popleft()
-        return q
-
-    def blocked(self, client: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        if len(self._prune(self._all, now)) >= self.total:
-            return True
-        q = self._clients.get(client)
-        return q is not None and len(self._prune(q, now)) >= self.per_client
-
-    def failed(self, client: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._all.append(now)
-        if client not in self._clients and len(self._clients) >= _MAX_TRACKED_CLIENTS:
-            # Forget clients whose window has passed; the global limit still holds for everyone.
-            for key in [k for k, q in self._clients.items() if not self._prune(q, now)]:
-                del self._clients[key]
-            if len(self._clients) >= _MAX_TRACKED_CLIENTS:
-                self._clients.pop(next(iter(self._clients)))
-        self._clients.setdefault(client, deque()).append(now)
+        q.append(now)
+        return len(q)
 
 
 LIMITER: web.AppKey[FailureLimiter] = web.AppKey("break_glass_limiter", FailureLimiter)
@@ -126,26 +171,56 @@ def _cookie_grant(request: web.Request, active: Active) -> str | None:
     return grant
 
 
-def _client(request: web.Request) -> str:
-    return request.remote or "-"
+def client_address(request: web.Request, settings: Settings) -> str:
+    """The client's address (behind trusted proxies, the one they vouch for), for logs."""
+    return clientaddress.client_address(request, settings) or "-"
+
+
+def _counted_as(request: web.Request, settings: Settings) -> str:
+    """Whose wrong tokens these are: the address, an IPv6 /64 (one holder has all of it)."""
+    return clientaddress.address_group(client_address(request, settings))
 
 
 def check_token(request: web.Request, runtime: Runtime, active: Active, offered: str, via: str) -> bool:
-    """Judge one offered token: True if it is right. Raises ``RateLimited`` while the client is limited."""
-    limiter = request.app[LIMITER]
-    client = _client(request)
-    metrics = runtime.metrics.break_glass_attempts
-    if limiter.blocked(client):
-        metrics.labels(via, "rate_limited").inc()
-        log.warning("break-glass: attempt from %s via %s refused: rate limited", client, via)
-        raise RateLimited("Too many wrong break-glass tokens. Wait a minute, then try again.")
+    """Judge one offered token: True if it is right. A wrong one is counted, and raises ``RateLimited``
+    once its client is past ``FREE_FAILURES``. The gate's header check cannot wait for Redis: it counts in
+    the background (``FailureLimiter.failed_soon``)."""
     if token_matches(active.settings.break_glass, offered):
-        metrics.labels(via, "granted").inc()
+        runtime.metrics.break_glass_attempts.labels(via, "granted").inc()
         return True
-    limiter.failed(client)
-    metrics.labels(via, "rejected").inc()
-    log.warning("break-glass: wrong token from %s via %s", client, via)
+    client = _counted_as(request, active.settings)
+    failures = request.app[LIMITER].failed_soon(runtime.store, client)
+    _judged(runtime, client, via, failures)
     return False
+
+
+async def check_token_async(request: web.Request, runtime: Runtime, active: Active, offered: str, via: str) -> bool:
+    """``check_token`` for a caller that can wait: the shared count is read before answering."""
+    if token_matches(active.settings.break_glass, offered):
+        runtime.metrics.break_glass_attempts.labels(via, "granted").inc()
+        return True
+    client = _counted_as(request, active.settings)
+    failures = await request.app[LIMITER].failed(runtime.store, client)
+    _judged(runtime, client, via, failures)
+    return False
+
+
+def _judged(runtime: Runtime, client: str, via: str, failures: int) -> None:
+    """A wrong token from ``client``, its ``failures``-th: logged and counted; ``RateLimited`` past the free ones."""
+    delay = delay_after(failures)
+    metrics = runtime.metrics.break_glass_attempts
+    if not delay:
+        metrics.labels(via, "rejected").inc()
+        log.warning("break-glass: wrong token from %s via %s", client, via)
+        return
+    metrics.labels(via, "rate_limited").inc()
+    if failures & (failures - 1) == 0 or failures == FREE_FAILURES + 1:  # once, then at 8, 16, 32...
+        log.warning("break-glass: %d wrong tokens from %s: rate limited (via %s)", failures, client, via)
+    raise RateLimited(
+        f"Too many wrong break-glass tokens from your address. Wait {int(delay)} s before trying another; "
+        "the right token is always accepted.",
+        delay,
+    )
 
 
 def authorized(request: web.Request, runtime: Runtime, active: Active, headers: CIMultiDict[str] | None = None) -> bool:
@@ -202,8 +277,8 @@ def admit(
     if not authorized(request, runtime, active, headers):
         return None
     runtime.metrics.break_glass_requests.inc()
-    log.warning("break-glass: %s %s from %s [%s]", request.method, request.path, _client(request),
-                request_id(request))  # fmt: skip
+    log.warning("break-glass: %s %s from %s [%s]", request.method, request.path,
+                client_address(request, active.settings), request_id(request))  # fmt: skip
     settings = active.settings.break_glass
     return active.identity.values({"preferred_username": settings.user, "sub": settings.user})
 
@@ -252,14 +327,23 @@ async def submit(request: web.Request) -> web.StreamResponse:
     settings = active.settings.break_glass
     if not settings.enabled:
         raise _not_configured()
-    data = await request.post()
+    try:
+        data = await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("The form could not be read (it is not UTF-8 form data).") from None
     token, rd_value = data.get("token"), data.get("rd")
     rd = safe_return_to(rd_value if isinstance(rd_value, str) else None)
-    if not isinstance(token, str) or not check_token(request, runtime, active, token, "form"):
+    try:
+        right = isinstance(token, str) and await check_token_async(request, runtime, active, token, "form")
+    except RateLimited as exc:
+        response = pages.render("Break-glass access", exc.message, status=429, form=_form(rd))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if not right:
         return pages.render("Break-glass access", "That token was not accepted.", status=403, form=_form(rd))
     grant = secrets.token_hex(6)
-    log.warning("break-glass: access granted to %s via the form, grant %s, for %ds", _client(request), grant,
-                int(settings.ttl))  # fmt: skip
+    log.warning("break-glass: access granted to %s via the form, grant %s, for %ds",
+                client_address(request, active.settings), grant, int(settings.ttl))  # fmt: skip
     response = web.Response(status=303, headers={"Location": rd, "Cache-Control": "no-store"})
     active.cookies.set_break_glass(response, f"{_fingerprint(settings)}.{grant}", max_age=int(settings.ttl))
     return response

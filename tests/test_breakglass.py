@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.breakglass import WINDOW, FailureLimiter
+from proxy.breakglass import FREE_FAILURES, MAX_DELAY, WINDOW, FailureLimiter, delay_after
 from proxy.configfile import parse_settings
 from proxy.errors import ConfigError
+from proxy.sessions.memory import MemoryStore
 from support.idp import login
 from support.procs import LOOPBACK, free_port
 from support.waiting import eventually
@@ -116,15 +117,22 @@ async def test_scripts_send_the_token_in_a_header_which_never_reaches_the_consol
         assert (await resp.json())["error"] == "break_glass_rejected"
 
 
-async def test_wrong_tokens_are_rate_limited_per_client_even_before_a_right_one(http, sidecar_factory, tmp_path):
+async def test_wrong_tokens_slow_their_client_down_but_the_right_token_always_passes(http, sidecar_factory, tmp_path):
     sc = sidecar_factory(down_config(tmp_path), register=False)
     client = http()
     for _ in range(5):
         assert (await post_token(client, sc, "guess")).status == 403
-    limited = await post_token(client, sc, TOKEN)
-    assert limited.status == 429
+    for expected_wait in ("1", "2", "4"):  # then 429, and the wait doubles
+        limited = await post_token(client, sc, "guess")
+        assert limited.status == 429 and limited.headers["Retry-After"] == expected_wait
+    assert (await post_token(client, sc, TOKEN)).status == 303  # the right token passes at once
     async with client.get(sc.url_for("/api/whoami"), headers={"X-Break-Glass": TOKEN}) as resp:
-        assert resp.status == 429
+        assert resp.status == 200
+    async with client.get(
+        sc.url_for("/api/whoami"), headers={"X-Break-Glass": "guess", "Accept": "application/json"}
+    ) as resp:
+        assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 8
+        assert (await resp.json())["error"] == "rate_limited"
     assert "rate limited" in sc.logs()
 
 
@@ -174,24 +182,29 @@ async def test_a_signed_in_user_is_unaffected_by_break_glass_being_configured(ht
 # In-process
 
 
-def test_the_limiter_counts_failures_per_client_and_globally():
-    limiter = FailureLimiter(per_client=2, total=3)
-    limiter.failed("a", now=0)
-    assert not limiter.blocked("a", now=0)
-    limiter.failed("a", now=1)
-    assert limiter.blocked("a", now=1) and not limiter.blocked("b", now=1)
-    limiter.failed("b", now=2)
-    assert limiter.blocked("c", now=2)  # three failures from anyone: everyone waits
-    assert not limiter.blocked("a", now=1 + WINDOW) and not limiter.blocked("c", now=2 + WINDOW)
+async def test_the_limiter_counts_per_client_with_no_global_count():
+    limiter = FailureLimiter()
+    store = MemoryStore()
+    for i in range(1, 8):
+        assert await limiter.failed(store, "10.0.0.1", now=float(i)) == i
+    assert await limiter.failed(store, "10.0.0.2", now=8.0) == 1  # another client starts from nothing
+    assert await limiter.failed(store, "10.0.0.1", now=8.0 + WINDOW) == 1  # a window later: forgotten
 
 
-def test_the_limiter_forgets_clients_rather_than_growing_without_bound(monkeypatch):
+def test_the_wait_doubles_after_the_free_failures_up_to_a_ceiling():
+    assert [delay_after(n) for n in range(1, FREE_FAILURES + 1)] == [0.0] * FREE_FAILURES
+    assert [delay_after(FREE_FAILURES + n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert delay_after(FREE_FAILURES + 60) == MAX_DELAY
+
+
+async def test_the_limiter_forgets_clients_rather_than_growing_without_bound(monkeypatch):
     monkeypatch.setattr("proxy.breakglass._MAX_TRACKED_CLIENTS", 10)
-    limiter = FailureLimiter(per_client=1, total=10_000)
+    limiter = FailureLimiter()
+    store = MemoryStore()
     for i in range(50):
-        limiter.failed(f"10.0.0.{i}", now=float(i))
-    assert len(limiter._clients) <= 10
-    assert limiter.blocked("10.0.0.49", now=49.0)
+        await limiter.failed(store, f"10.0.0.{i}", now=float(i))
+    assert len(limiter._local) <= 10
+    assert await limiter.failed(store, "10.0.0.49", now=49.0) == 2
 
 
 BASE = """

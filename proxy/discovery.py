@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from proxy.errors import ProviderError
-from proxy.provider_http import ProviderHTTP, printable
+from proxy.provider_http import ProviderHTTP, ProviderUnreadable, printable
 from proxy.settings import is_loopback_host
 from proxy.singleflight import SingleFlight
 
@@ -28,6 +28,10 @@ METADATA_MAX_AGE = 3600.0
 # outage costs one request per backoff step instead of one per incoming login.
 DISCOVERY_RETRY_MIN = 1.0
 DISCOVERY_RETRY_MAX = 30.0
+
+
+class DocumentError(ProviderError):
+    """The discovery document was read, and says something wrong (a provider's, not the network's, fault)."""
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,14 @@ class ProviderMetadata:
     def from_document(cls, doc: object, *, expected_issuer: str) -> ProviderMetadata:
         """Validate a discovery document; ``ProviderError`` names the first field that is wrong."""
         if not isinstance(doc, dict):
-            raise ProviderError("The discovery document is not a JSON object")
+            raise DocumentError("The discovery document is not a JSON object")
         issuer = doc.get("issuer")
         if not isinstance(issuer, str) or not issuer:
-            raise ProviderError("The discovery document has no 'issuer'")
+            raise DocumentError("The discovery document has no 'issuer'")
         # Discovery 4.3: the issuer must be exactly the one we asked, or the provider could speak for
         # another issuer (and its tokens would carry that other iss).
         if issuer != expected_issuer:
-            raise ProviderError(
+            raise DocumentError(
                 f"The discovery document's issuer {printable(issuer)!r} does not match the configured "
                 f"issuer_url {printable(expected_issuer)!r}"
             )
@@ -69,19 +73,19 @@ class ProviderMetadata:
             value = doc.get(name)
             if value is None or value == "":
                 if required:
-                    raise ProviderError(f"The discovery document has no '{name}'")
+                    raise DocumentError(f"The discovery document has no '{name}'")
                 return None
             if not isinstance(value, str):
-                raise ProviderError(f"The discovery document's '{name}' is not a URL")
+                raise DocumentError(f"The discovery document's '{name}' is not a URL")
             try:
                 url = URL(value)
             except ValueError:
-                raise ProviderError(f"The discovery document's '{name}' is not a URL") from None
+                raise DocumentError(f"The discovery document's '{name}' is not a URL") from None
             if not url.host or url.scheme not in ("https", "http"):
-                raise ProviderError(f"The discovery document's '{name}' is not an absolute URL")
+                raise DocumentError(f"The discovery document's '{name}' is not an absolute URL")
             # Tokens and the client secret travel to these endpoints: plain http only in local tests.
             if url.scheme == "http" and not (loopback_http and is_loopback_host(url.host)):
-                raise ProviderError(f"The discovery document's '{name}' must be an https:// URL")
+                raise DocumentError(f"The discovery document's '{name}' must be an https:// URL")
             return value
 
         def strings(name: str) -> tuple[str, ...]:
@@ -89,7 +93,7 @@ class ProviderMetadata:
             if value is None:
                 return ()
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ProviderError(f"The discovery document's '{name}' is not a list of strings")
+                raise DocumentError(f"The discovery document's '{name}' is not a list of strings")
             return tuple(value)
 
         def flag(name: str) -> bool:
@@ -162,7 +166,7 @@ class Discovery:
         try:
             answer = await self._http.request("GET", self.url, "discovery document")
             if answer.status != 200:
-                raise ProviderError(f"The discovery document could not be fetched (HTTP {answer.status})")
+                raise ProviderUnreadable(f"The discovery document could not be fetched (HTTP {answer.status})")
             doc = answer.json_object("The discovery document")
             md = ProviderMetadata.from_document(doc, expected_issuer=self.issuer_url)
         except ProviderError as exc:

@@ -89,6 +89,10 @@ class TokenEndpointError(ProviderError):
         self.http_status = http_status
 
 
+class CredentialsUnproven(ProviderError):
+    """The token endpoint answered the credential check with something that proves nothing either way."""
+
+
 class OIDCClient:
     """One relying party (issuer + client) with its discovery and JWKS caches.
 
@@ -192,11 +196,12 @@ class OIDCClient:
                 log.warning("userinfo after refresh failed, keeping the previous profile: %s", exc.message)
         return LoginResult(tokens=token_set, claims=claims)
 
-    async def prove_client_credentials(self) -> None:
+    async def prove_client_credentials(self, *, strict: bool = False) -> None:
         """Check the client id and secret without a user: redeem a code that cannot exist.
 
-        ``invalid_grant`` means the provider authenticated the client and only disliked the code. Other
-        refusals that do not concern the credentials are logged and treated as inconclusive.
+        ``invalid_grant`` means the provider authenticated the client and only disliked the code: proven.
+        Other refusals that do not concern the credentials (``invalid_request``...) prove nothing: a reload
+        logs them and goes on (the file is the operator's), ``strict`` (the settings page) refuses them.
         """
         try:
             await self._token_request(
@@ -219,6 +224,12 @@ class OIDCClient:
                 raise ProviderError(
                     "The identity provider rejected the client credentials (unauthorized_client): the client "
                     "may not use the authorization code flow"
+                ) from None
+            if strict:
+                answer = exc.error or "something that is not an OAuth error"
+                raise CredentialsUnproven(
+                    f"The token endpoint answered {answer} to the credential check, which does not prove the "
+                    "client ID and secret (only invalid_grant for a made-up code does)"
                 ) from None
             log.warning("client credential check inconclusive: the token endpoint answered %s", exc.message)
             return

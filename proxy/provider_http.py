@@ -25,6 +25,13 @@ log = logging.getLogger("sso_sidecar.oidc")
 MAX_ANSWER_BYTES = 1 << 20
 
 
+class ProviderUnreadable(ProviderError):
+    """Nothing that answers as an identity provider does: unreachable, too slow, too large, not JSON.
+
+    Its message names the network's reason (for logs, ``check`` and the status); the settings page shows
+    its own words instead, since an admin-typed URL must not become a way to map which ports answer."""
+
+
 def printable(text: str, limit: int = 200) -> str:
     """Provider-sent text made safe for a message or a log line: control characters replaced, length capped."""
     text = "".join(ch if ch.isprintable() else "?" for ch in text)
@@ -42,9 +49,9 @@ class Answer:
         try:
             value = json.loads(self.body)
         except ValueError:
-            raise ProviderError(f"{what} is not valid JSON") from None
+            raise ProviderUnreadable(f"{what} is not valid JSON") from None
         if not isinstance(value, dict):
-            raise ProviderError(f"{what} is not a JSON object")
+            raise ProviderUnreadable(f"{what} is not a JSON object")
         return value
 
 
@@ -71,22 +78,22 @@ class ProviderHTTP:
                 method, url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
-                    raise ProviderError(f"The {what} answer is too large")
+                    raise ProviderUnreadable(f"The {what} answer is too large")
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(65536):
                     size += len(chunk)
                     if size > MAX_ANSWER_BYTES:
-                        raise ProviderError(f"The {what} answer is too large")
+                        raise ProviderUnreadable(f"The {what} answer is too large")
                     chunks.append(chunk)
                 return Answer(resp.status, resp.content_type, b"".join(chunks))
         except TimeoutError:
             log.warning("%s at %s did not answer within %ss", what, url, self._timeout_seconds)
-            raise ProviderError(f"The identity provider did not answer in time ({what})") from None
+            raise ProviderUnreadable(f"The identity provider did not answer in time ({what})") from None
         except aiohttp.ClientError as exc:
             reason = _reason(exc)
             log.warning("%s at %s failed: %s", what, url, reason)
-            raise ProviderError(f"Could not reach the identity provider ({what}: {reason})") from None
+            raise ProviderUnreadable(f"Could not reach the identity provider ({what}: {reason})") from None
 
 
 def _reason(exc: aiohttp.ClientError) -> str:

@@ -52,10 +52,11 @@ class ProviderCheck:
     problems: list[ConfigProblem] = field(default_factory=list)
 
 
-async def verify_provider(client: OIDCClient) -> ProviderCheck:
+async def verify_provider(client: OIDCClient, *, strict: bool = False) -> ProviderCheck:
     """Discovery, JWKS and client credentials, as a reload must pass them before the swap.
 
-    Shared with ``sso-sidecar check`` so that both report the same problem in the same words.
+    Shared with ``sso-sidecar check`` so that both report the same problem in the same words. ``strict``
+    (the settings page): only an answer that proves the credentials counts (``prove_client_credentials``).
     """
     sso = client.settings
     secret_key = "sso.client_secret_file" if sso.client_secret_file else "sso.client_secret"
@@ -75,7 +76,7 @@ async def verify_provider(client: OIDCClient) -> ProviderCheck:
         if not keys:
             result.problems.append(ConfigProblem("sso.issuer_url", "The provider's JWKS has no usable signature key"))
     try:
-        await client.prove_client_credentials()
+        await client.prove_client_credentials(strict=strict)
     except SidecarError as exc:
         result.problems.append(ConfigProblem(secret_key, exc.message))
     else:

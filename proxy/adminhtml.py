@@ -36,6 +36,9 @@ def headers(form_targets: Sequence[str] = ()) -> dict[str, str]:
         # same-origin, not no-referrer: with no-referrer, browsers send "Origin: null" on the page's own forms.
         "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
+        # A console page that opens this one with window.open() gets no handle on it (a browsing context
+        # group of its own), so a script there cannot read the form token or click a button in it.
+        "Cross-Origin-Opener-Policy": "same-origin",
     }
 
 
@@ -81,6 +84,38 @@ def confirm_disable(csrf: str) -> web.Response:
         + '<a class="button secondary" href="/oauth2/admin">Cancel</a></div></section>'
     )
     return document("Disable SSO?", body)
+
+
+def confirm_forget(csrf: str, afterwards: str) -> web.Response:
+    body = (
+        '<section class="card" aria-labelledby="confirm-h"><h1 id="confirm-h">Forget page settings?</h1>'
+        "<p>The draft and what this page applied are dropped, on every replica within a few seconds. The "
+        "config file's <code>sso:</code> section is then in force:</p>"
+        f'<p class="notice" role="status"><strong>{escape(afterwards)}</strong></p>'
+        '<div class="actions">'
+        + post_form("forget", csrf, "Forget page settings", extra=hidden("confirm", "yes"), css="danger")
+        + '<a class="button secondary" href="/oauth2/admin">Cancel</a></div></section>'
+    )
+    return document("Forget page settings?", body)
+
+
+def sign_in_again(action: str, *, sso_on: bool) -> web.Response:
+    """What an admin whose sign-in is not recent enough sees instead of the change (403: nothing changed)."""
+    how = (
+        '<div class="actions"><a class="button" href="/oauth2/admin/reauth">Sign in again</a>'
+        '<a class="button secondary" href="/oauth2/admin">Back to the settings page</a></div>'
+        if sso_on
+        else "<p>SSO is off, so run <strong>Test login</strong> as yourself on the settings page first (it "
+        'always asks for a fresh sign-in), then try again.</p><div class="actions"><a class="button secondary" '
+        'href="/oauth2/admin">Back to the settings page</a></div>'
+    )
+    body = (
+        '<section class="card" aria-labelledby="again-h"><h1 id="again-h">Sign in again to continue</h1>'
+        f"<p>To {escape(action)}, your sign-in must be at most 10 minutes old: nothing was changed. This keeps a "
+        "script on the console's pages, which can read this page, from making the change for you.</p>"
+        f"{how}</section>"
+    )
+    return document("Sign in again", body, status=403)
 
 
 def test_result(result: TestResult, required: Sequence[str], draft: Draft | None) -> web.Response:

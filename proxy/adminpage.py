@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import adminhtml as html
-from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, TestResult
+from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
 from proxy.presets import PRESETS
 from proxy.settings import Settings
 
@@ -37,6 +37,10 @@ class View:
     notice: str | None = None
     required_claims: Sequence[str] = ()
     provider_origins: Sequence[str] = ()
+    pinned: Pinned | None = None  # the provider last enabled: break-glass may enable only it
+    page_redirect_uri: str | None = None  # the page's own origin's redirect URI (admin.public_url)
+    warnings: Sequence[str] = ()  # files others could replace, a state file that cannot be written
+    unusable: bool = False  # closed, or the stored page settings cannot be used: the way out is shown
 
 
 # -- the page --------------------------------------------------------------------------------------------
@@ -69,12 +73,18 @@ def _state(view: View) -> str:
         if view.break_glass
         else f'Signed in as {escape(view.actor_name)}. <a href="/oauth2/sign_out">Sign out</a>'
     )
-    limit = (
-        '<p class="hint">While SSO is enabled, break-glass access may only disable it. Changing the provider '
-        "needs a signed-in admin.</p>"
-        if view.break_glass and view.sso_on
-        else ""
-    )
+    limit = ""
+    if view.break_glass and view.sso_on:
+        limit = (
+            '<p class="hint">While SSO is enabled, break-glass access may only disable it. Changing the provider '
+            "needs a signed-in admin.</p>"
+        )
+    elif view.break_glass and view.pinned is not None:
+        limit = (
+            f'<p class="hint">Break-glass access may set up only the provider an admin enabled: '
+            f"<code>{escape(view.pinned.issuer_url)}</code>, client <code>{escape(view.pinned.client_id)}</code> "
+            "(or the config file's). Another provider needs a signed-in admin.</p>"
+        )
     alerts = ""
     if view.closed:
         alerts += (
@@ -82,7 +92,10 @@ def _state(view: View) -> str:
             f"{escape(view.closed)}</div>"
         )
     if view.problem:
-        alerts += f'<div class="alert" role="alert">{escape(view.problem)}</div>'
+        way_out = " Forget page settings (below) or Disable SSO replaces them." if view.unusable else ""
+        alerts += f'<div class="alert" role="alert">{escape(view.problem)}{way_out}</div>'
+    for warning in view.warnings:
+        alerts += f'<div class="warning" role="note">{escape(warning)}</div>'
     notice = f'<div class="notice" role="status">{escape(view.notice)}</div>' if view.notice else ""
     general = view.errors.get("general")
     if general:
@@ -115,7 +128,15 @@ def _register(view: View) -> str:
         + escape(s.post_logout_redirect_uri)
         + "</code></dd><dt>Back-channel logout URI</dt><dd><code>"
         + escape(s.backchannel_logout_uri)
-        + "</code></dd></dl>"
+        + "</code></dd>"
+        + (
+            "<dt>Redirect URI of this page (register it too)</dt><dd><code>"
+            + escape(view.page_redirect_uri)
+            + "</code></dd>"
+            if view.page_redirect_uri
+            else ""
+        )
+        + "</dl>"
         "<h3>Claims to map</h3><p>Map these claims at the provider (most send them for the "
         "<code>profile</code> and <code>email</code> scopes). The console receives them as headers:</p>"
         '<table class="grid"><thead><tr><th scope="col">Claim</th><th scope="col">Header to the console</th></tr>'
@@ -225,7 +246,7 @@ def _test_and_enable(view: View) -> str:
         html.post_form("test", view.csrf, "Test login", extra=digest_field, css="secondary", target="_blank"),
         html.post_form("enable", view.csrf, "Enable SSO", extra=digest_field),
     ]
-    if view.sso_on:
+    if view.sso_on or view.unusable:
         buttons.append(html.post_form("disable", view.csrf, "Disable SSO", css="danger"))
     return (
         '<section class="card" aria-labelledby="enable-h"><h2 id="enable-h">3. Test, then enable</h2>'
@@ -280,7 +301,11 @@ def _replicas(view: View) -> str:
 
 
 def export_yaml(record: PageRecord | None) -> str | None:
-    """The effective ``sso:`` section the page applies, as YAML to paste into the config file (no secret)."""
+    """The effective ``sso:`` section the page applies, as YAML to paste into the config file (no secret).
+
+    Page values are literal, the file expands ``${VAR}``: every ``${`` is written ``$${`` so that the file
+    reads back exactly what the page applied (a client ID holding ``${OIDC_CLIENT_SECRET}`` must not become
+    the secret, in every authorization URL)."""
     if record is None or record.applied is None:
         return None
     if not record.applied.enabled or record.applied.sso is None:
@@ -288,11 +313,16 @@ def export_yaml(record: PageRecord | None) -> str | None:
     sso = record.applied.sso
     return (
         "sso:\n  enabled: true\n"
-        f"  issuer_url: {json.dumps(sso.issuer_url)}\n"
-        f"  client_id: {json.dumps(sso.client_id)}\n"
+        f"  issuer_url: {_yaml_literal(sso.issuer_url)}\n"
+        f"  client_id: {_yaml_literal(sso.client_id)}\n"
         '  client_secret: "${OIDC_CLIENT_SECRET}"   # not shown: set OIDC_CLIENT_SECRET or use client_secret_file\n'
-        f"  scopes: {json.dumps(list(sso.scopes))}\n"
+        f"  scopes: [{', '.join(_yaml_literal(s) for s in sso.scopes)}]\n"
     )
+
+
+def _yaml_literal(value: str) -> str:
+    """A YAML double-quoted scalar (JSON's string syntax is one) that the config reader expands back to ``value``."""
+    return json.dumps(value.replace("${", "$${"))
 
 
 def _export(view: View) -> str:
@@ -317,8 +347,9 @@ def _history(view: View) -> str:
     if not entries:
         return ""
     items = "".join(
-        f'<li>{html.when(e.at)} <strong>{escape(e.by)}</strong> <span class="action">{escape(e.action)}</span>: '
-        f"{escape(e.detail)}</li>"
+        f"<li>{html.when(e.at)} <strong>{escape(e.by)}</strong>"
+        + (f' <span class="muted">(sub {escape(e.sub)})</span>' if e.sub and e.sub != e.by else "")
+        + f' <span class="action">{escape(e.action)}</span>: {escape(e.detail)}</li>'
         for e in entries
     )
     return (
@@ -329,12 +360,12 @@ def _history(view: View) -> str:
 
 def _forget(view: View) -> str:
     record = view.record
-    if record is not None and record.draft is None and record.applied is None and view.problem is None:
+    nothing = record is not None and record.draft is None and record.applied is None
+    if nothing and view.problem is None and not view.unusable:
         return ""
     return (
         '<section class="card" aria-labelledby="forget-h"><h2 id="forget-h">Forget page settings</h2>'
         "<p>Drops the draft and what this page applied: the config file's <code>sso:</code> section is "
-        "authoritative again on every replica.</p>"
-        + html.post_form("forget", view.csrf, "Forget page settings", css="secondary")
-        + "</section>"
+        "authoritative again on every replica. You confirm it on the next page, which says what will then be "
+        "in force.</p>" + html.post_form("forget", view.csrf, "Forget page settings", css="secondary") + "</section>"
     )

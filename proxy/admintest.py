@@ -26,7 +26,7 @@ from proxy.errors import ConfigError, LoginError, SidecarError, UnusableIdentity
 from proxy.identity import IdentityHeaders
 from proxy.oidc import OIDCClient, new_pkce, random_token
 from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, TestResult
-from proxy.policy import denial_reason, is_admin
+from proxy.policy import denial_reason, display_name, is_admin
 from proxy.runtime import Active, Runtime
 from proxy.sessions import PendingLogin
 from proxy.settings import Settings
@@ -42,11 +42,14 @@ def draft_settings(runtime: Runtime, draft_sso: Mapping[str, Any]) -> Settings:
     return load_settings(runtime.active.settings.source, sso=draft_sso)
 
 
-def draft_client(runtime: Runtime, settings: Settings, *, fresh_sign_in: bool) -> OIDCClient:
+def draft_client(
+    runtime: Runtime, settings: Settings, *, fresh_sign_in: bool, redirect_uri: str | None = None
+) -> OIDCClient:
+    """The draft's relying party; ``redirect_uri``: the page origin's (``adminlogin``), else the console's."""
     sso = settings.sso
     if fresh_sign_in:
         sso = dataclasses.replace(sso, extra_authorize_params={**sso.extra_authorize_params, "prompt": "login"})
-    return OIDCClient(sso, settings.redirect_uri, runtime.http)
+    return OIDCClient(sso, redirect_uri or settings.redirect_uri, runtime.http)
 
 
 def required_claims(settings: Settings) -> tuple[str, ...]:
@@ -55,9 +58,11 @@ def required_claims(settings: Settings) -> tuple[str, ...]:
     return tuple(c for c in BRIEF_CLAIMS if c in mapped)
 
 
-async def start(request: web.Request, runtime: Runtime, active: Active, draft: Draft, by: str) -> web.Response:
+async def start(
+    request: web.Request, runtime: Runtime, active: Active, draft: Draft, by: str, *, redirect_uri: str | None = None
+) -> web.Response:
     settings = draft_settings(runtime, draft.sso.as_config())
-    client = draft_client(runtime, settings, fresh_sign_in=True)
+    client = draft_client(runtime, settings, fresh_sign_in=True, redirect_uri=redirect_uri)
     metadata = await client.metadata()
     state, nonce = random_token(), random_token()
     verifier, challenge = new_pkce()
@@ -71,7 +76,9 @@ async def start(request: web.Request, runtime: Runtime, active: Active, draft: D
     return response
 
 
-async def finish(request: web.Request, runtime: Runtime, pending: PendingLogin) -> web.StreamResponse:
+async def finish(
+    request: web.Request, runtime: Runtime, pending: PendingLogin, *, redirect_uri: str | None = None
+) -> web.StreamResponse:
     """The callback of a Test login: judge the response against the draft; never a session."""
     active = runtime.active
     page = runtime.page
@@ -82,7 +89,7 @@ async def finish(request: web.Request, runtime: Runtime, pending: PendingLogin) 
     if draft is None or draft.digest != pending.test_digest:
         result = _failed(pending, "The draft was saved again after this test started: run Test login again.")
     else:
-        result = await _judge(request, runtime, draft, pending)
+        result = await _judge(request, runtime, draft, pending, redirect_uri)
     assert pending.test_digest is not None
     verdict = "succeeded" if result.ok else f"failed: {result.error}"
     detail = f"test login of draft {pending.test_digest} {verdict}" + (
@@ -104,7 +111,9 @@ async def finish(request: web.Request, runtime: Runtime, pending: PendingLogin) 
     return response
 
 
-async def _judge(request: web.Request, runtime: Runtime, draft: Draft, pending: PendingLogin) -> TestResult:
+async def _judge(
+    request: web.Request, runtime: Runtime, draft: Draft, pending: PendingLogin, redirect_uri: str | None
+) -> TestResult:
     query = request.query
     if "error" in query:
         error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
@@ -113,7 +122,7 @@ async def _judge(request: web.Request, runtime: Runtime, draft: Draft, pending: 
         return _failed(pending, words + ".")
     try:
         settings = draft_settings(runtime, draft.sso.as_config())
-        client = draft_client(runtime, settings, fresh_sign_in=False)
+        client = draft_client(runtime, settings, fresh_sign_in=False, redirect_uri=redirect_uri)
         metadata = await client.metadata()
         if metadata.issuer != draft.sso.issuer_url:
             raise LoginError("The provider's issuer does not match the draft's issuer URL.")
@@ -142,19 +151,20 @@ def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, clai
             problem = exc.message
     shown = {c: _shown(claims.get(c)) for c in BRIEF_CLAIMS}
     access_reason = denial_reason(claims, settings.access)
-    user = str(claims.get("email") or claims.get("preferred_username") or claims.get("sub") or "")
     return TestResult(
         digest=draft.digest,
         at=time.time(),
         by=pending.test_by,
         ok=problem is None,
         error=None if problem is None else f"This account cannot be used here: {problem}.",
-        user=_plain(user),
+        user=_plain(display_name(claims)),
         claims=shown,
         headers=tuple(headers),
         passes_access=access_reason is None,
         access_reason=access_reason,
         is_admin=is_admin(claims, settings.admin, settings.access.groups_claim),
+        sub=str(claims.get("sub", "")),
+        issuer=draft.sso.issuer_url,
     )
 
 

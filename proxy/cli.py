@@ -64,8 +64,9 @@ async def _page_settings(settings: Settings, path: str) -> Settings | None:
 
     where, record, problem = await read_record(settings)
     if problem is not None:
-        print(f"sso settings:      UNKNOWN: the settings page's record in {where} cannot be read ({problem}).")
-        print("                   A running sidecar with this config does not proxy until it can read it.")
+        print(f"sso settings:      UNKNOWN: the settings page's record in {where} cannot be used ({problem}).")
+        print("                   A running sidecar with this config keeps what it applied, and one that has")
+        print("                   applied nothing does not proxy, until the record can be used or is forgotten.")
         print("                   Checking the config file's own sso section below.")
         return None
     if record is None or record.applied is None:

@@ -10,6 +10,9 @@ old secret after a rotation breaks nothing.
 
 What a page may set is only the provider part of ``sso``: issuer URL, client ID, client secret and
 scopes (``PageSSO``). Once applied, it replaces the file's whole ``sso:`` section.
+
+The record also remembers the provider last enabled (``pinned``): break-glass may re-enable exactly that
+provider, never set up another one (``adminaccess``), and no break-glass action clears it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ FORMAT = 1
 _INFO = b"sso-sidecar/page-settings/v1"
 _DIGEST_INFO = b"sso-sidecar/page-settings-digest/v1"
 HISTORY_MAX = 50
+_NONCE_BYTES = 12
 # The claims the product brief asks the provider to map, in the order the page shows them.
 BRIEF_CLAIMS = ("preferred_username", "email", "given_name", "family_name", "name")
 # A test proves the draft against the provider as it is now; after this long it has to be run again.
@@ -83,12 +87,14 @@ class TestResult:
     by: str  # who ran the test (an admin, or break-glass from an address)
     ok: bool
     error: str | None = None
-    user: str = ""  # who signed in at the provider (email, username or sub)
+    user: str = ""  # who signed in at the provider (verified email, else username, else sub)
     claims: Mapping[str, str | None] = field(default_factory=dict)  # claim -> value, None when missing
     headers: Sequence[tuple[str, str]] = ()  # what the console would receive
     passes_access: bool = False
     access_reason: str | None = None
     is_admin: bool = False
+    sub: str = ""  # the test user's subject at the draft's issuer
+    issuer: str = ""  # the draft's issuer: with ``sub``, who proved a fresh sign-in by running this test
 
     def enables(self, draft: Draft, required_claims: Sequence[str], now: float | None = None) -> str | None:
         """Why this test does not allow enabling ``draft``, or None when it does."""
@@ -118,11 +124,23 @@ class Applied:
 
 
 @dataclass(frozen=True)
+class Pinned:
+    """The provider last enabled: the only one break-glass may enable again."""
+
+    issuer_url: str
+    client_id: str
+
+    def allows(self, sso: PageSSO) -> bool:
+        return (self.issuer_url, self.client_id) == (sso.issuer_url, sso.client_id)
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     at: float
-    by: str
+    by: str  # a verified email, else the username, else the subject; or "break-glass from ADDRESS"
     action: str  # saved | tested | enabled | disabled | forgotten
     detail: str
+    sub: str = ""  # the admin's subject at its issuer ("" for break-glass)
 
 
 @dataclass(frozen=True)
@@ -132,10 +150,16 @@ class PageRecord:
     test: TestResult | None = None
     applied: Applied | None = None
     history: tuple[HistoryEntry, ...] = ()
+    pinned: Pinned | None = None
 
-    def with_entry(self, by: str, action: str, detail: str, now: float | None = None) -> PageRecord:
-        entry = HistoryEntry(now or time.time(), by, action, detail)
+    def with_entry(self, by: str, action: str, detail: str, now: float | None = None, sub: str = "") -> PageRecord:
+        entry = HistoryEntry(now or time.time(), by, action, detail, sub)
         return replace(self, history=(entry, *self.history)[:HISTORY_MAX])
+
+    @property
+    def expects_override(self) -> bool:
+        """True when this record replaces the file's ``sso`` section (SSO enabled or disabled by the page)."""
+        return self.applied is not None
 
     def sso_override(self) -> dict[str, Any] | None:
         """The ``sso:`` section that replaces the file's, or None while the file is authoritative."""
@@ -165,7 +189,7 @@ class Keys:
 
     def seal(self, record: PageRecord) -> bytes:
         kid, key = self._keys[0]
-        nonce = os.urandom(12)
+        nonce = os.urandom(_NONCE_BYTES)
         data = AESGCM(key).encrypt(nonce, json.dumps(_to_json(record)).encode(), _aad(record.version))
         envelope = {
             "format": FORMAT,
@@ -182,6 +206,8 @@ class Keys:
             envelope = json.loads(raw)
             version = envelope["version"]
             nonce, data = _unb64(envelope["nonce"]), _unb64(envelope["data"])
+            if len(nonce) != _NONCE_BYTES:
+                raise ValueError("not an AES-GCM nonce")  # AESGCM would raise it mid-open, not RecordError
             if envelope["format"] != FORMAT or not isinstance(version, int) or isinstance(version, bool):
                 raise RecordError("the stored page settings have an unknown format")
         except (ValueError, KeyError, TypeError) as exc:
@@ -257,6 +283,8 @@ def _test(raw: Mapping[str, Any]) -> TestResult:
         passes_access=bool(raw.get("passes_access")),
         access_reason=None if raw.get("access_reason") is None else str(raw["access_reason"]),
         is_admin=bool(raw.get("is_admin")),
+        sub=str(raw.get("sub", "")),
+        issuer=str(raw.get("issuer", "")),
     )
 
 
@@ -272,15 +300,27 @@ def _applied(raw: Mapping[str, Any]) -> Applied:
 
 
 def _entry(raw: Mapping[str, Any]) -> HistoryEntry:
-    return HistoryEntry(float(raw["at"]), str(raw["by"]), str(raw["action"]), str(raw["detail"]))
+    return HistoryEntry(
+        float(raw["at"]), str(raw["by"]), str(raw["action"]), str(raw["detail"]), str(raw.get("sub", ""))
+    )
+
+
+def _pinned(raw: Mapping[str, Any]) -> Pinned:
+    return Pinned(str(raw["issuer_url"]), str(raw["client_id"]))
 
 
 def _from_json(raw: Mapping[str, Any]) -> PageRecord:
-    draft, test, applied = raw.get("draft"), raw.get("test"), raw.get("applied")
-    return PageRecord(
+    draft, test, applied, pinned = raw.get("draft"), raw.get("test"), raw.get("applied"), raw.get("pinned")
+    record = PageRecord(
         version=int(raw["version"]),
         draft=None if draft is None else _draft(draft),
         test=None if test is None else _test(test),
         applied=None if applied is None else _applied(applied),
         history=tuple(_entry(h) for h in raw.get("history", ())),
+        pinned=None if pinned is None else _pinned(pinned),
     )
+    if record.pinned is None and record.applied is not None and record.applied.sso is not None:
+        # A record written before ``pinned`` existed: what it has enabled is what an admin enabled.
+        sso = record.applied.sso
+        record = replace(record, pinned=Pinned(sso.issuer_url, sso.client_id))
+    return record

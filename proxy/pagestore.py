@@ -14,7 +14,9 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +51,9 @@ class PageStore(Protocol):
     async def replicas(self) -> list[dict[str, Any]]:
         """The notes of replicas that reported within ``REPLICA_TTL``."""
 
+    def exposure(self) -> str | None:
+        """Why others than the sidecar's user could replace the record (a world-writable file), or None."""
+
 
 class RedisPageStore:
     shared = True
@@ -71,6 +76,9 @@ class RedisPageStore:
     async def report(self, replica: str, status: dict[str, Any]) -> None:
         await self._redis.set(f"{_REPLICAS_KEY}:{replica}", json.dumps(status).encode(), REPLICA_TTL)
         await self._redis.index_add(_REPLICAS_KEY, replica, REPLICA_TTL)
+
+    def exposure(self) -> str | None:
+        return None  # who may write to Redis is Redis's own access control
 
     async def replicas(self) -> list[dict[str, Any]]:
         result = []
@@ -120,26 +128,14 @@ class FilePageStore:
             raise StoreUnavailable(f"The page settings file cannot be read ({exc.strerror or exc}).") from None
 
     def _write(self, raw: bytes, expected_version: int) -> None:
-        with self._locked():
+        with locked(self._path):
             current = self._read()
             if _version(current) != expected_version:
                 raise Conflict("the page settings changed meanwhile")
-            tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(raw)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self._path)
-                _fsync_dir(self._path.parent)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise StoreUnavailable(f"The page settings file cannot be written ({exc.strerror or exc}).") from None
+            write_atomically(self._path, raw, "The page settings file")
 
     def _forget(self) -> None:
-        with self._locked():
+        with locked(self._path):
             try:
                 self._path.unlink()
             except FileNotFoundError:
@@ -148,18 +144,60 @@ class FilePageStore:
                 raise StoreUnavailable(f"The page settings file cannot be removed ({exc.strerror or exc}).") from None
             _fsync_dir(self._path.parent)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Any:
-        lock = self._path.with_name(f".{self._path.name}.lock")
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreUnavailable(f"The page settings file cannot be locked ({exc.strerror or exc}).") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def exposure(self) -> str | None:
+        return exposure(self._path)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s lock file beside it, for every process of every worker on this host."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreUnavailable(f"{path} cannot be locked ({exc.strerror or exc}).") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, raw: bytes, what: str) -> None:
+    """``raw`` into a new file (mode 0600) renamed over ``path``: a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreUnavailable(f"{what} cannot be written ({exc.strerror or exc}).") from None
+
+
+def exposure(path: Path) -> str | None:
+    """Why others than the sidecar's user could change or replace ``path``, or None.
+
+    A file anyone may write (or one in a directory where anyone may rename files over it) can be swapped
+    for an older copy or for nothing by any local user: say so loudly."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is not None and mode & stat.S_IWOTH:
+        return f"{path} is writable by every user (chmod 600 it)"
+    try:
+        parent = path.parent.stat().st_mode
+    except OSError:
+        return None
+    if parent & stat.S_IWOTH and not parent & stat.S_ISVTX:
+        return f"{path.parent} is writable by every user, who could replace {path.name} (chmod o-w it)"
+    return None
 
 
 def _version(raw: bytes | None) -> int:

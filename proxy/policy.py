@@ -66,6 +66,15 @@ def verified_email(claims: Mapping[str, Any]) -> str | None:
     return email.lower()
 
 
+def display_name(claims: Mapping[str, Any]) -> str:
+    """Who a user is, in words for a history or a log: a verified email (an unverified one could be
+    anyone's), else the username, else the subject."""
+    username = claims.get("preferred_username")
+    if (email := verified_email(claims)) is not None:
+        return email
+    return username if isinstance(username, str) and username else str(claims.get("sub", ""))
+
+
 def groups_overage(claims: Mapping[str, Any], groups_claim: str) -> bool:
     """True when the provider says the groups exist but were left out (Entra ID group overage).
 

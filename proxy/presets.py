@@ -48,7 +48,10 @@ def issuer(preset: str, query: Mapping[str, str], settings: Settings) -> str:
     if preset == "entra":
         return f"https://login.microsoftonline.com/{name}/v2.0"
     server = query.get("server", "").strip().rstrip("/")
-    url = URL(server) if server else None
+    try:
+        url = URL(server) if server else None
+    except ValueError:  # "http://[zz": not a URL at all
+        url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise PresetError("Enter the Keycloak server URL, e.g. https://sso.example.com.")
     return f"{server}/realms/{name}"

@@ -45,6 +45,8 @@ class Active:
     oidc: OIDCClient | None  # None while SSO is disabled
     upstream: Upstream
     loaded_at: float = field(default_factory=time.time)
+    # The settings page's own host (``admin.public_url``): it serves the page, never the console.
+    admin_host: str | None = None
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Runtime:
             identity=IdentityHeaders(settings.headers, settings.header_list_separator, settings.access.groups_claim),
             oidc=oidc,
             upstream=upstream,
+            admin_host=settings.admin.public_host if settings.admin.enabled else None,
         )
 
     def swap(self, new: Active) -> None:

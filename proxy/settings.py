@@ -194,6 +194,24 @@ class AdminSettings:
     emails: tuple[str, ...] = ()  # lower case; a verified email claim must be one of them
     groups: tuple[str, ...] = ()  # in access.groups_claim
     settings_file: str = ""  # where page settings live without Redis
+    # Where this replica remembers the newest page-settings version it accepted (``pageanchor``): a store that
+    # is emptied, or given an older record back, cannot roll a restarted replica back. Default: beside
+    # ``settings_file``.
+    state_file: str = ""
+    # The page on an origin of its own, so that no script of the console's can reach it; None: the console's.
+    public_url: URL | None = None
+
+    @property
+    def anchor_file(self) -> str:
+        """The high-water mark's file: ``state_file``, else beside ``settings_file``, else none."""
+        if self.state_file:
+            return self.state_file
+        return self.settings_file + ".state" if self.settings_file else ""
+
+    @property
+    def public_host(self) -> str | None:
+        """The ``Host`` the page's own origin is reached by (lower case), or None without one."""
+        return None if self.public_url is None else self.public_url.raw_authority.lower()
 
 
 @dataclass(frozen=True)
@@ -267,6 +285,8 @@ class Settings:
             keys.append("session.store")
         if self.admin.settings_file != new.admin.settings_file:
             keys.append("admin.settings_file")
+        if self.admin.anchor_file != new.admin.anchor_file:
+            keys.append("admin.state_file")
         if self.session.redis_url != new.session.redis_url:
             keys.append("session.redis_url")
         elif self.session.redis != new.session.redis:

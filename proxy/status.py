@@ -104,11 +104,7 @@ def _sso_settings(runtime: Runtime, active: Active) -> dict[str, Any]:
     if runtime.closed is not None:
         result["not_proxying_because"] = runtime.closed
     if active.settings.admin.enabled and page is not None:
-        result["page"] = {
-            "store": page.store.where if page.store is not None else None,
-            "applied_version": page.version,
-            "error": page.error,
-        }
+        result["page"] = page.status()
     return result
 
 

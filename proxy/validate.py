@@ -27,6 +27,7 @@ from proxy.settings import (
     Settings,
     SkipRule,
     StatusSettings,
+    is_loopback_host,
 )
 
 MIN_BREAK_GLASS_TOKEN_LENGTH = 24
@@ -83,8 +84,21 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
             r.problem("admin.enabled", "needs break_glass.token while sso is off: nobody could open the page otherwise")
         if session.store != "redis" and not admin.settings_file:
             r.problem("admin.settings_file", "is required with admin.enabled unless session.store is redis")
+        elif not admin.anchor_file:
+            r.problem(
+                "admin.state_file",
+                "is required with admin.enabled and session.store: redis: a writable file where this replica keeps "
+                "the newest page-settings version it applied, so that a store emptied or given an older record "
+                "cannot roll it back after a restart",
+            )
         if not admin.emails and not admin.groups:
             r.problem("admin.enabled", "needs admin.emails or admin.groups: who may use the page once SSO is on")
+    if (
+        admin.public_url is not None
+        and public_url is not None
+        and admin.public_host == public_url.raw_authority.lower()
+    ):
+        r.problem("admin.public_url", "must be another origin than public_url (the console's): that is its purpose")
     if public_url is None or upstream is None:
         return None
     return Settings(
@@ -193,7 +207,7 @@ def parse_status(r: ConfigReader, raw: Mapping[str, Any]) -> StatusSettings:
 
 
 def parse_admin(r: ConfigReader, raw: Mapping[str, Any]) -> AdminSettings:
-    s = r.section(raw, "admin", {"enabled", "emails", "groups", "settings_file"}, "admin")
+    s = r.section(raw, "admin", {"enabled", "emails", "groups", "settings_file", "state_file", "public_url"}, "admin")
     emails = r.string_list(s, "emails", "admin.emails") or ()
     for i, e in enumerate(emails):
         if e.count("@") != 1:
@@ -203,7 +217,23 @@ def parse_admin(r: ConfigReader, raw: Mapping[str, Any]) -> AdminSettings:
         emails=tuple(e.lower() for e in emails),
         groups=r.string_list(s, "groups", "admin.groups") or (),
         settings_file=r.string(s, "settings_file", "admin.settings_file") or "",
+        state_file=r.string(s, "state_file", "admin.state_file") or "",
+        public_url=parse_admin_public_url(r, s),
     )
+
+
+def parse_admin_public_url(r: ConfigReader, s: Mapping[str, Any]) -> URL | None:
+    """The settings page's own origin: the root of a host, https unless it is a loopback one."""
+    url = r.url(s, "public_url", "admin.public_url")
+    if url is None:
+        return None
+    if url.path not in ("", "/"):
+        r.problem("admin.public_url", "must not have a path: the page's origin serves only the page")
+        return None
+    if url.scheme != "https" and not is_loopback_host(url.host):
+        r.problem("admin.public_url", "must be an https:// URL (plain http only on a loopback host)")
+        return None
+    return url.with_path("/")
 
 
 def parse_access(r: ConfigReader, raw: Mapping[str, Any]) -> AccessSettings:

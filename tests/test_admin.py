@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import stat
 import subprocess
@@ -23,15 +22,28 @@ import pytest
 from redis import Redis
 from yarl import URL
 
-from support.adminsetup import ACCOUNTS, ADMIN, NOT_ADMIN, Replicas, start_replicas
-from support.http import HttpClient
+from support.adminsetup import (
+    ACCOUNTS,
+    ADMIN,
+    NOT_ADMIN,
+    Replicas,
+    break_glass,
+    csrf,
+    digest,
+    enable_via_page,
+    enforces_sso,
+    is_closed,
+    is_open,
+    page_html,
+    post,
+    run_test_login,
+    save,
+    start_replicas,
+)
 from support.idp import DevIdP, login
 from support.redis_server import RedisServer
 from support.sidecar import Sidecar, sidecar_command
 from support.waiting import eventually
-
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-_DIGEST = re.compile(r'name="digest" value="([^"]*)"')
 
 
 @pytest.fixture(scope="module")
@@ -42,83 +54,6 @@ def admin_idp(idp_factory: Any) -> DevIdP:
 @pytest.fixture
 def replicas(sidecar_factory: Any, admin_idp: DevIdP, redis_clean: RedisServer) -> Replicas:
     return start_replicas(sidecar_factory, admin_idp, redis_clean)
-
-
-# -- walking the page ------------------------------------------------------------------------------------
-
-
-async def page_html(http: HttpClient, base: str, status: int = 200) -> str:
-    async with http.get(base + "/oauth2/admin") as resp:
-        text = await resp.text()
-        assert resp.status == status, (resp.status, text[:2000])
-        return text
-
-
-def csrf(html: str) -> str:
-    match = _CSRF.search(html)
-    assert match, "no form token on the page"
-    return unescape(match.group(1))
-
-
-def digest(html: str) -> str:
-    match = _DIGEST.search(html)
-    return unescape(match.group(1)) if match else ""
-
-
-async def break_glass(http: HttpClient, base: str, token: str) -> None:
-    async with http.post(base + "/oauth2/break-glass", data={"token": token, "rd": "/oauth2/admin"}) as resp:
-        assert resp.status == 303, await resp.text()
-
-
-async def post(
-    http: HttpClient, base: str, action: str, html: str, *, origin: str | None = None, **fields: str
-) -> tuple[int, str, str]:
-    data = {"csrf": csrf(html), **fields}
-    async with http.post(f"{base}/oauth2/admin/{action}", data=data, headers={"Origin": origin or base}) as resp:
-        return resp.status, await resp.text(), resp.headers.get("Location", "")
-
-
-async def save(http: HttpClient, r: Replicas, idp: DevIdP, html: str, **overrides: str) -> tuple[int, str, str]:
-    fields = {
-        "issuer_url": idp.issuer,
-        "client_id": r.client.client_id,
-        "client_secret": r.client.client_secret,
-        "scopes": "openid profile email groups",
-        **overrides,
-    }
-    return await post(http, r.a.url, "save", html, **fields)
-
-
-async def run_test_login(http: HttpClient, base: str, username: str) -> str:
-    html = await page_html(http, base)
-    status, body, location = await post(http, base, "test", html, digest=digest(html))
-    assert status == 303, body
-    assert "prompt=login" in location
-    resp = await login(http.session, location, username)
-    text = await resp.text()
-    assert resp.status == 200 and "Test login" in text, text[:3000]
-    return text
-
-
-async def enable_via_page(http: HttpClient, r: Replicas, idp: DevIdP) -> None:
-    """First setup through break-glass: Save, Test login as an admin, Enable."""
-    await break_glass(http, r.a.url, r.break_glass)
-    status, body, _ = await save(http, r, idp, await page_html(http, r.a.url))
-    assert status == 303, body
-    await run_test_login(http, r.a.url, ADMIN)
-    html = await page_html(http, r.a.url)
-    status, body, location = await post(http, r.a.url, "enable", html, digest=digest(html))
-    assert (status, location) == (303, "/oauth2/admin?done=enabled"), body
-
-
-async def enforces_sso(http: HttpClient, url: str, idp: DevIdP) -> bool:
-    async with http.get(url + "/", headers={"Accept": "text/html"}) as resp:
-        return resp.status == 302 and resp.headers["Location"].startswith(idp.issuer)
-
-
-async def is_open(http: HttpClient, url: str) -> bool:
-    async with http.get(url + "/api/whoami") as resp:
-        return resp.status == 200
 
 
 # -- the tests -----------------------------------------------------------------------------------------
@@ -373,7 +308,10 @@ async def test_forget_makes_the_file_authoritative_again(replicas: Replicas, htt
     await login(ada.session, replicas.a.url + "/", ADMIN)
     html = await page_html(ada, replicas.a.url)
     assert "Signed in as admin.ada@example.com" in html
-    status, _, location = await post(ada, replicas.a.url, "forget", html)
+    status, body, _ = await post(ada, replicas.a.url, "forget", html)  # asks first, saying what comes next
+    assert status == 200 and 'name="confirm" value="yes"' in body
+    assert "SSO disabled: every request reaches the console without a sign-in" in unescape(body)
+    status, _, location = await post(ada, replicas.a.url, "forget", html, confirm="yes")
     assert (status, location) == (303, "/oauth2/admin?done=forgotten")
     for replica in (replicas.a, replicas.b):  # the file says sso.enabled: false
         await eventually(lambda r=replica: is_open(http(), r.url), what=f"{replica.name} open", timeout=5)
@@ -415,11 +353,6 @@ async def test_a_replica_that_cannot_read_the_settings_stops_proxying(
     finally:
         replicas.redis.start()
     await eventually(lambda: is_open(http(), replicas.a.url), what="replica a open again", timeout=10)
-
-
-async def is_closed(http: HttpClient, url: str) -> bool:
-    async with http.get(url + "/api/whoami") as resp:
-        return resp.status == 503
 
 
 async def test_settings_file_without_redis_is_private_and_survives_a_restart(
@@ -515,3 +448,23 @@ async def test_a_cookie_secret_rotation_reseals_the_record_so_the_old_secret_can
     restarted.start()  # nothing applied yet: it must open the record under the new secret alone
     assert await enforces_sso(http(), restarted.url, admin_idp)
     assert "record was refused" not in restarted.proc.logs()
+
+
+async def test_sign_in_again_asks_the_provider_for_a_fresh_sign_in_and_returns_to_the_page(
+    replicas: Replicas, http: Any, admin_idp: DevIdP
+) -> None:
+    """What Enable, Disable and Forget send an admin with an old sign-in to (``adminlogin.reauth``)."""
+    await enable_via_page(http(), replicas, admin_idp)
+    ada = http()
+    await login(ada.session, replicas.a.url + "/", ADMIN)
+    async with ada.get(replicas.a.url + "/oauth2/admin/reauth") as resp:
+        assert resp.status == 302
+        location = URL(resp.headers["Location"])
+    assert str(location).startswith(admin_idp.issuer)
+    assert location.query["prompt"] == "login" and location.query["max_age"] == "0"
+    back = await login(ada.session, str(location), ADMIN)  # the provider asks again: the form is filled in
+    assert back.status == 200 and str(back.url).endswith("/oauth2/admin?done=reauth")
+    assert "You signed in again" in await back.text()
+    # A script's read of the page (Fetch Metadata says so) gets no form token.
+    async with ada.get(replicas.a.url + "/oauth2/admin", headers={"Sec-Fetch-Mode": "cors"}) as resp:
+        assert resp.status == 403 and 'name="csrf"' not in await resp.text()

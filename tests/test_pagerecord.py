@@ -16,6 +16,7 @@ from proxy.pagerecord import (
     Keys,
     PageRecord,
     PageSSO,
+    Pinned,
     RecordError,
     TestResult,
 )
@@ -30,8 +31,9 @@ def record(version: int = 3) -> PageRecord:
     keys = Keys([NEW])
     draft = Draft(SSO, keys.digest(SSO), 1_700_000_000.0, "break-glass from 10.0.0.1")
     applied = Applied(True, SSO, draft.digest, 1_700_000_100.0, "ada@example.com")
-    return PageRecord(version=version, draft=draft, applied=applied).with_entry(
-        "ada@example.com", "enabled", "x", now=1_700_000_200.0
+    pinned = Pinned(SSO.issuer_url, SSO.client_id)
+    return PageRecord(version=version, draft=draft, applied=applied, pinned=pinned).with_entry(
+        "ada@example.com", "enabled", "x", now=1_700_000_200.0, sub="u-ada"
     )
 
 
@@ -69,10 +71,30 @@ def test_the_clear_version_is_bound_into_the_seal() -> None:
         Keys([NEW]).open(json.dumps(envelope).encode())
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"version": 1}', b'{"format": 1, "version": true}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"version": 1}',
+        b'{"format": 1, "version": true}',
+        b'{"format": 1, "version": 9, "key": null, "nonce": "AAAA", "data": "AAAA"}',  # a 3-byte nonce
+    ],
+)
 def test_garbage_is_refused_as_not_a_record(raw: bytes) -> None:
     with pytest.raises(RecordError):
         Keys([NEW]).open(raw)
+
+
+def test_a_record_from_before_pins_existed_pins_what_it_enabled() -> None:
+    """A record sealed by an older sidecar has no ``pinned``: what it enabled is what an admin enabled, so an
+    upgrade does not hand break-glass a free first setup."""
+    keys = Keys([NEW])
+    opened, _ = keys.open(keys.seal(dataclasses.replace(record(), pinned=None)))
+    assert opened.pinned == Pinned(SSO.issuer_url, SSO.client_id)
+    disabled = dataclasses.replace(record(), applied=Applied(False, None, None, 1.0, "x"), pinned=None)
+    assert keys.open(keys.seal(disabled))[0].pinned is None
 
 
 def test_the_digest_names_the_content_and_is_keyed() -> None:

@@ -60,7 +60,7 @@ _FINGERPRINT_INFO = b"sso-sidecar/break-glass-fingerprint/v1"
 WINDOW = 3600.0
 FREE_FAILURES = 5
 MAX_DELAY = 900.0
-_COUNT_MAX = 64  # failures kept per client (the delay is at its maximum long before)
+_COUNT_MAX = 60  # failures kept per client (the delay is at its maximum long before; not a power of 2, which logs)
 _MAX_TRACKED_CLIENTS = 10_000
 _KEY = "break_glass:failures:"
 

@@ -189,6 +189,9 @@ async def test_the_limiter_counts_per_client_with_no_global_count():
         assert await limiter.failed(store, "10.0.0.1", now=float(i)) == i
     assert await limiter.failed(store, "10.0.0.2", now=8.0) == 1  # another client starts from nothing
     assert await limiter.failed(store, "10.0.0.1", now=8.0 + WINDOW) == 1  # a window later: forgotten
+    for i in range(200):  # a flood is counted up to a bound, and the wait stays at its ceiling
+        count = await limiter.failed(store, "10.0.0.3", now=10.0 + i)
+    assert count < 64 and delay_after(count) == MAX_DELAY
 
 
 def test_the_wait_doubles_after_the_free_failures_up_to_a_ceiling():

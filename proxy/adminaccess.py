@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import breakglass
+from proxy import breakglass, clientaddress
 from proxy.errors import BadRequest, Forbidden, NotFound, SidecarError, StoreUnavailable
 from proxy.login import begin_login
 from proxy.pagerecord import PageRecord, PageSSO, Pinned
@@ -73,7 +73,7 @@ def page_origin(active: Active) -> str:
 
 def on_page_origin(request: web.Request, active: Active) -> bool:
     host = active.settings.admin.public_host
-    return host is None or request.host.lower() == host
+    return host is None or clientaddress.names_host(request, active.settings, host)
 
 
 async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor | web.StreamResponse:

@@ -65,3 +65,14 @@ def address_group(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+def names_host(request: web.BaseRequest, settings: Settings, host: str) -> bool:
+    """Whether the browser asked for ``host`` (lower case): in ``Host``, or in ``X-Forwarded-Host`` from a
+    trusted proxy (one that rewrites ``Host`` for the console still says what the browser asked for)."""
+    if request.host.lower() == host:
+        return True
+    if not is_trusted_proxy(request.remote, settings):
+        return False
+    forwarded = request.headers.get("X-Forwarded-Host", "")
+    return forwarded.split(",", 1)[0].strip().lower() == host

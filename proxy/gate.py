@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from proxy import breakglass
 from proxy.bearer import VERIFIERS, bearer_token
-from proxy.clientaddress import is_trusted_proxy, proxied_chain
+from proxy.clientaddress import is_trusted_proxy, names_host, proxied_chain
 from proxy.errors import BadRequest, Closed, Forbidden, InvalidToken, NotFound, Unauthenticated
 from proxy.login import begin_login, login_url
 from proxy.logs import LOG, RequestLog
@@ -191,7 +191,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     active = runtime.active
     target = normalise(request.raw_path)
     host = request_host(request, active.settings)
-    if host == active.admin_host:
+    if active.admin_host is not None and names_host(request, active.settings, active.admin_host):
         # The settings page's own origin serves the page alone: a console page there would be a script on
         # the page's origin, the very thing the origin of its own keeps out.
         raise NotFound("This address serves only the SSO settings page, at /oauth2/admin.")

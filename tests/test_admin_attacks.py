@@ -492,14 +492,18 @@ async def test_the_page_on_an_origin_of_its_own_serves_only_the_page(
         **r.a.config,
         "sso": {**r.a.config["sso"], "client_id": own.client_id, "client_secret": own.client_secret},
         "admin": {**r.a.config["admin"], "public_url": page_origin},
+        "trusted_proxies": ["127.0.0.1/32"],  # a front proxy here may rewrite Host: X-Forwarded-Host counts
     }
     r.a.stop()
     r.a.write_config(config)
     r.a.start()
     async with http().get(r.a.url + "/oauth2/admin?x=1") as resp:
         assert resp.status == 302 and resp.headers["Location"] == page_origin + "/oauth2/admin?x=1"
-    async with http().get(page_origin + "/api/whoami") as resp:
+    async with http().get(page_origin + "/api/whoami", headers={"X-Break-Glass": r.break_glass}) as resp:
         assert resp.status == 404  # no console here, not even through break-glass
+    forwarded = {"X-Forwarded-Host": f"localhost:{r.a.port}"}  # a proxy that sent its own Host
+    async with http().get(r.a.url + "/api/whoami", headers=forwarded) as resp:
+        assert resp.status == 404
     context = await browser.new_context()
     try:
         page = await context.new_page()

@@ -107,7 +107,7 @@ _NOTICES = {
     "enabled": "SSO is enabled. Every replica applies it within a few seconds.",
     "disabled": (
         "SSO is disabled. Every replica applies it within a few seconds. You can still use this page: to turn "
-        "SSO back on, run Test login, then Enable SSO."
+        "SSO back on, run Test login, then Enable SSO (or Forget page settings, for the config file's own)."
     ),
     "forgotten": "The page settings are forgotten: the config file is authoritative again.",
     "reauth": "You signed in again: Enable, Disable and Forget are open to you for the next few minutes.",

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy import breakglass, clientaddress
-from proxy.errors import BadRequest, Forbidden, NotFound, SidecarError, StoreUnavailable
+from proxy.configfile import load_settings
+from proxy.errors import BadRequest, ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
 from proxy.login import begin_login
 from proxy.pagerecord import PageRecord, PageSSO, Pinned
 from proxy.pagesync import PageSync
@@ -112,18 +113,34 @@ async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor
 
 async def _session(request: web.Request, runtime: Runtime, active: Active) -> Session | None:
     """The caller's session: under the running provider, or, while the page has switched SSO off, under the
-    provider it last enabled. None while the process is closed (what the provider is cannot be confirmed)."""
+    provider it last enabled or the config file's (whichever the admin signed in with before the Disable).
+    None while the process is closed (what the provider is cannot be confirmed)."""
     if runtime.closed is not None:
         return None
     if active.oidc is not None:
         return await session_for(request, runtime, active)
-    pinned = runtime.page.pinned if runtime.page is not None else None
-    if pinned is None:
-        return None
     ticket = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
     if ticket is None:
         return None
-    return await runtime.sessions.load(ticket, issuer=pinned.issuer_url, client_id=pinned.client_id)
+    for provider in _providers_before_disable(runtime, active):
+        session = await runtime.sessions.load(ticket, issuer=provider.issuer_url, client_id=provider.client_id)
+        if session is not None:
+            return session
+    return None
+
+
+def _providers_before_disable(runtime: Runtime, active: Active) -> list[Pinned]:
+    if active.settings.sso_source != "page":
+        return []  # SSO is off by the config file itself: no page session to honour
+    pinned = runtime.page.pinned if runtime.page is not None else None
+    found = [pinned] if pinned is not None else []
+    try:
+        file_sso = load_settings(active.settings.source).sso
+    except ConfigError:
+        return found
+    if file_sso.enabled:
+        found.append(Pinned(file_sso.issuer_url, file_sso.client_id))
+    return found
 
 
 def sso_on(active: Active) -> bool:

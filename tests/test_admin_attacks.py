@@ -344,6 +344,32 @@ async def test_the_admin_who_disabled_sso_turns_it_back_on(
         await context.close()
 
 
+async def test_the_admin_who_disabled_the_config_files_sso_turns_it_back_on(
+    browser: Browser, sidecar_factory: Any, admin_idp: DevIdP, aof_redis: RedisServer, http: Any
+) -> None:
+    """The demo's shape: SSO on through the config file, nothing enabled on the page yet."""
+    r = start_replicas(sidecar_factory, admin_idp, aof_redis, file_sso=True)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(r.a.url + "/oauth2/admin")
+        await sign_in_at_idp(page, ADMIN)
+        await page.get_by_role("button", name="Disable SSO").click()
+        await page.get_by_role("button", name="Disable SSO").click()
+        await expect(page).to_have_url(r.a.url + "/oauth2/admin?done=disabled")
+        await expect(page.get_by_text("SSO is disabled").first).to_be_visible()
+        for replica in (r.a, r.b):
+            await eventually(lambda u=replica.url: is_open(http(), u), what=f"{replica.name} off", timeout=5)
+        await page.get_by_role("button", name="Forget page settings").click()
+        await expect(page.get_by_text("SSO enabled with the issuer")).to_be_visible()  # what comes next
+        await page.get_by_role("button", name="Forget page settings").click()
+        await expect(page).to_have_url(r.a.url + "/oauth2/admin?done=forgotten")
+        for replica in (r.a, r.b):
+            await eventually(lambda u=replica.url: enforces_sso(http(), u, admin_idp), what=replica.name, timeout=5)
+    finally:
+        await context.close()
+
+
 # -- 7. lock-out: anyone's wrong tokens against the operator's right one ----------------------------------------
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from proxy import admintest
 from proxy.adminaccess import PATH, on_page_origin
 from proxy.errors import Closed, LoginError, NotFound, SidecarError
+from proxy.login import _redeem as redeem
 from proxy.login import begin_login
 from proxy.oidc import OIDCClient
 from proxy.runtime import RUNTIME, Active, Runtime
@@ -117,7 +118,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         code = query.get("code")
         if not code:
             raise LoginError("The sign-in response has no authorization code.")
-        result = await client.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+        result = await redeem(client, code, pending)  # a refused code is the request's fault: 400
         problem = active.identity.problem(result.claims)
         if problem is not None:
             raise LoginError(f"Your account cannot be used to sign in here: {problem}.", code="unusable_identity")

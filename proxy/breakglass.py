@@ -98,12 +98,12 @@ class FailureLimiter:
         local = self._failed_here(client, now)
         if not isinstance(store, RedisStore):
             return local
-        key = _KEY + client
+        key, member = _KEY + client, secrets.token_hex(8)
         try:
-            seen = len(await store.index_members(key))
-            if seen < _COUNT_MAX:
-                await store.index_add(key, secrets.token_hex(8), WINDOW)
-                seen += 1
+            seen = await store.index_add(key, member, WINDOW)  # the count, in the same atomic step
+            if seen > _COUNT_MAX:
+                await store.index_remove(key, member)  # a flood: the count stays bounded
+                seen = _COUNT_MAX
         except StoreUnavailable:
             return local
         if len(self._shared_seen) >= _MAX_TRACKED_CLIENTS:

@@ -1,10 +1,12 @@
--- wrk script: every request carries the next session cookie of a list; non-2xx answers are counted.
+-- wrk script: every request carries the next credential of a list; non-2xx answers are counted.
 --
---   wrk -c64 -t2 -d10s --latency -s bench/rotate.lua http://127.0.0.1:PORT/ -- COOKIE_FILE THREADS
+--   wrk -c64 -t2 -d10s --latency -s bench/rotate.lua http://127.0.0.1:PORT/ -- FILE THREADS [HEADER]
 --
--- COOKIE_FILE holds one Cookie header value per line (e.g. "sso_sidecar=..."); an empty file, or none,
--- sends no cookie. Each thread starts at a different place in the list, so the connections cycle over
--- all sessions together. done() prints one line "WRK_JSON {...}" for bench/wrkbench.py to read.
+-- FILE holds one value of HEADER per line: session cookies for "Cookie" (the default, e.g.
+-- "sso_sidecar=..."), "Bearer <JWT>" for "Authorization" (an API client: no cookie, Accept: */*); an
+-- empty file, or none, sends no credential. Each thread starts at a different place in the list, so the
+-- connections cycle over all credentials together. done() prints one line "WRK_JSON {...}" for
+-- bench/wrkbench.py to read.
 
 local threads = {}
 
@@ -16,15 +18,21 @@ end
 function init(args)
   prepared = {}
   local path = args[1]
+  local header = args[3]
+  if header == nil or header == "" then
+    header = "Cookie"
+  end
+  -- A browser asks for HTML; an API client (curl, requests) for anything.
+  local accept = header == "Cookie" and "text/html" or "*/*"
   if path ~= nil and path ~= "" then
     for line in io.lines(path) do
       if #line > 0 then
-        prepared[#prepared + 1] = wrk.format("GET", wrk.path, { ["Cookie"] = line, ["Accept"] = "text/html" })
+        prepared[#prepared + 1] = wrk.format("GET", wrk.path, { [header] = line, ["Accept"] = accept })
       end
     end
   end
   if #prepared == 0 then
-    prepared[1] = wrk.format("GET", wrk.path, { ["Accept"] = "text/html" })
+    prepared[1] = wrk.format("GET", wrk.path, { ["Accept"] = accept })
   end
   -- Threads start spread over the list.
   local nthreads = tonumber(args[2]) or 1

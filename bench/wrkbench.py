@@ -89,7 +89,16 @@ def redis_command(port: int, *args: str) -> bytes:
         return rest[: max(size, 0)]
 
 
-def run_wrk(url: str, cookie_file: Path | None, settings: WrkSettings, *, redis_port: int | None = None) -> WrkResult:
+def run_wrk(
+    url: str,
+    cookie_file: Path | None,
+    settings: WrkSettings,
+    *,
+    header: str = "Cookie",
+    redis_port: int | None = None,
+) -> WrkResult:
+    """wrk with ``rotate.lua``: each request carries the next line of ``cookie_file`` as ``header``
+    (``Cookie``, or ``Authorization`` for lines ``Bearer <JWT>``)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
@@ -106,6 +115,7 @@ def run_wrk(url: str, cookie_file: Path | None, settings: WrkSettings, *, redis_
         "--",
         str(cookie_file or ""),
         str(settings.threads),
+        header,
     ]
     if settings.pin_cpu is not None:
         args = ["taskset", "-c", settings.pin_cpu, *args]
@@ -141,10 +151,11 @@ def run_wrk(url: str, cookie_file: Path | None, settings: WrkSettings, *, redis_
 
 
 def run_python_load(
-    url: str, cookies: Sequence[str], settings: WrkSettings, *, redis_port: int | None = None
+    url: str, cookies: Sequence[str], settings: WrkSettings, *, header: str = "Cookie", redis_port: int | None = None
 ) -> WrkResult:
-    """A small aiohttp load generator with wrk's semantics (same cookie rotation, non-2xx counted), for
-    machines without wrk (the smoke test). Far slower than wrk: its numbers are not comparable."""
+    """A small aiohttp load generator with wrk's semantics (same rotation of ``header`` values, the same
+    Accept, non-2xx counted), for machines without wrk (the smoke test). Far slower than wrk: its numbers
+    are not comparable."""
     import asyncio
 
     import aiohttp
@@ -160,9 +171,9 @@ def run_python_load(
         async def worker(index: int) -> None:
             i = index
             while time.monotonic() < deadline:
-                headers = {"Accept": "text/html"}
+                headers = {"Accept": "text/html" if header == "Cookie" else "*/*"}
                 if cookies:
-                    headers["Cookie"] = cookies[i % len(cookies)]
+                    headers[header] = cookies[i % len(cookies)]
                 i += 1
                 t = time.perf_counter()
                 try:

@@ -25,9 +25,18 @@ def _check(name: str, value: float | None, target: str, ok: bool | None, unit: s
     return {"check": name, "value": value, "unit": unit, "target": target, "ok": ok}
 
 
+def non2xx(out: dict[str, Any]) -> dict[str, int]:
+    """Systems whose measured runs got answers that were not 2xx: every request of every system carries a
+    valid credential, so their figures measure refusals (an expired session, a refused token), not service."""
+    tp: dict[str, Any] = out.get("throughput", {})
+    return {name: row["non2xx"] for name, row in tp.items() if row.get("non2xx")}
+
+
 def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     tp: dict[str, Any] = out.get("throughput", {})
-    checks: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = [
+        _check(f"{name}: every answer 2xx", count, "0 non-2xx", False, "non-2xx") for name, count in non2xx(out).items()
+    ]
     apache = tp.get("apache")
     for name, row in tp.items():
         if not name.startswith("sidecar") or name.endswith(OLD):
@@ -255,6 +264,15 @@ def markdown(out: dict[str, Any]) -> str:
                 f"{_num(row['rps_max'], 0)} | {_num(row['p50_ms'])} | {_num(row['p99_ms'])} | {row['non2xx']} | "
                 f"{row['socket_errors']} | {_num(row['redis_cmds_per_s'], 0)} | {_num(row.get('other_cpu_pct'), 0)} % |"
             )
+        refused = non2xx(out)
+        if refused:
+            lines += [
+                "",
+                "**INVALID: non-2xx answers from "
+                + ", ".join(f"{name} ({count:,})" for name, count in refused.items())
+                + ". Every request carried a valid credential: those figures measure refusals, not authenticated "
+                "requests.**",
+            ]
     checks = out.get("ratios") or []
     if checks:
         lines += ["", "| check | value | target | met |", "|---|---:|---|:-:|"]

@@ -650,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
         elif isinstance(exc, BaselineError):
             print(f"\nbaseline: {exc}", file=sys.stderr)
+        elif isinstance(exc, SystemExit) and isinstance(exc.code, str):
+            print(f"\n{exc.code}", file=sys.stderr)  # the harness's own verdict: no traceback
         else:
             traceback.print_exc()
         out = bench.out
@@ -662,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.markdown(out))
     print(f"\nresults: {args.out}")
+    refused = report.non2xx(out)
+    if refused and status == 0:
+        # Figures of refused requests are not figures of authenticated ones (a 401 storm looks fast).
+        print(f"\ninvalid: non-2xx answers from {', '.join(refused)}", file=sys.stderr)
+        status = 1
     return status
 
 

@@ -9,18 +9,29 @@ Python load generator), and nothing asserts on timings.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from support import REPO
 
 RUN = REPO / "bench" / "run.py"
+
+
+def _bench_module(name: str) -> ModuleType:
+    """A module of bench/ (not a package), under a name that cannot shadow anything."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.timeout(240)
@@ -130,3 +141,34 @@ def test_baseline_that_would_import_the_working_tree_is_refused(tmp_path: Path) 
     )
     assert proc.returncode == 1
     assert f"would import {REPO / 'proxy' / '__init__.py'}, not the tree under test" in proc.stderr, proc.stderr
+
+
+def test_non2xx_answers_flag_a_system_and_invalidate_its_comparison() -> None:
+    """A system whose measured runs got refusals (a 401 storm is fast) is flagged in the checks and the
+    table, and its new/old row has no verdict; systems without refusals are not flagged."""
+    report = _bench_module("report")
+
+    def row(rps: float, non2xx: int) -> dict[str, object]:
+        each = [{"rps": rps}]
+        return {"workers": 2, "rps": rps, "rps_min": rps, "rps_max": rps, "p50_ms": 1.0, "p99_ms": 2.0,
+                "non2xx": non2xx, "socket_errors": 0, "redis_cmds_per_s": None, "each": each}  # fmt: skip
+
+    out: dict[str, object] = {
+        "throughput": {
+            "sidecar-bearer": row(9000.0, 1234),
+            "sidecar-bearer@old": row(5000.0, 0),
+            "sidecar-redis-cache": row(5000.0, 0),
+            "sidecar-redis-cache@old": row(5000.0, 0),
+        },
+        "baseline": {},
+    }
+    assert report.non2xx(out) == {"sidecar-bearer": 1234}
+    out["ratios"] = report.ratios(out)
+    out["comparison"] = report.comparison(out)
+    flags = [c for c in out["ratios"] if c["ok"] is False]
+    assert [(c["check"], c["value"]) for c in flags] == [("sidecar-bearer: every answer 2xx", 1234)]
+    rows = {r["variant"]: r for r in out["comparison"]}
+    assert rows["sidecar-bearer"]["ok"] is None and rows["sidecar-redis-cache"]["ok"] is True
+    table = report.markdown(out)
+    assert "**INVALID: non-2xx answers from sidecar-bearer (1,234)." in table
+    assert "| sidecar-bearer | 9,000 | 5,000 | 1.800 | 1.80 |" in table and "**invalid** (non-2xx answers)" in table

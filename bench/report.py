@@ -251,6 +251,13 @@ def markdown(out: dict[str, Any]) -> str:
             f"{wrk.get('duration')} s per run{pin}; medians of {out.get('settings', {}).get('reps')} alternating runs; "
             f"machine: {out.get('machine', {}).get('cpus')} CPUs"
         )
+    bearer = out.get("bearer")
+    if bearer and any(row.get("credential") == "Authorization" for row in tp.values()):
+        lines.append(
+            f"Credentials: session cookies, except sidecar-bearer (an API client): `Authorization: Bearer` with "
+            f"{bearer['tokens']} distinct RFC 9068 access tokens ({bearer['alg']}, typ at+jwt, aud "
+            f"{bearer['audience']}) from bench/issuer.py, no cookie."
+        )
     if tp:
         lines += [
             "",

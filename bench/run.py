@@ -2,10 +2,12 @@
 
 Everything runs on this machine, in one run: nginx serving a fixed 200-byte body is the upstream of
 every system; Redis and the dev IdP are shared. Each system gets real logins through the dev IdP, then
-wrk sends authenticated GETs rotating over all of its session cookies. See bench/README.md.
+wrk sends authenticated GETs rotating over all of its session cookies; the API-client variant
+(``sidecar-bearer``) gets ``Authorization: Bearer`` access tokens from the bench's own issuer instead
+(``bench/issuer.py``). See bench/README.md.
 
     .venv/bin/python bench/run.py                 # the full benchmark (5-6 minutes on 2 cores)
-    .venv/bin/python bench/run.py --smoke         # seconds: bare proxy + sidecar (memory store) only
+    .venv/bin/python bench/run.py --smoke         # seconds: bare proxy + sidecar (memory store) + bearer only
     .venv/bin/python bench/run.py --baseline HEAD --only sidecars   # working tree vs last commit
     .venv/bin/python bench/run.py --help
 """
@@ -33,6 +35,7 @@ from typing import Any
 import _paths
 import aiohttp
 import baseline
+import issuer
 import logins
 import probes
 import report
@@ -47,6 +50,9 @@ from support.procs import LOOPBACK, ProcessError, free_port
 
 APACHE_COOKIE = "mod_auth_openidc_session"
 SIDECAR_COOKIE = "sso_sidecar"
+# API clients: RFC 9068 access tokens from bench/issuer.py, one of the sidecar's sso.extra_issuers.
+BEARER = "sidecar-bearer"
+BEARER_AUDIENCE = "api://sso-sidecar-bench"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (3)")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
-    p.add_argument("--sessions", type=int, default=500, help="distinct sessions per system (500)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=500,
+        help="distinct sessions per system, and distinct access tokens for sidecar-bearer (500)",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="sidecar and bare proxy workers")
     p.add_argument("--cache-ttl", default="5s", help="session.cache_ttl of the 'cache on' variants (5s)")
     p.add_argument("--rss-sessions", type=int, default=10_000, help="live sessions for the RSS probe; 0 skips")
@@ -87,7 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.duration, args.warmup, args.reps = min(args.duration, 1.0), 0.5, 1
+        # No warm-up: a smoke run checks the harness, not speed (and wrk rounds 0.5 s up to a whole second).
+        args.duration, args.warmup, args.reps = min(args.duration, 1.0), 0.0, 1
         args.sessions, args.rss_sessions, args.no_apache = min(args.sessions, 8), 0, True
         args.workers, args.pin = 1, "off"
     if args.only == "sidecars":
@@ -109,7 +121,9 @@ class Bench:
         self.started: list[Any] = []  # anything with stop()
         self.notes: list[str] = []
         self.systems: dict[str, Running] = {}
-        self.cookies: dict[str, Path] = {}
+        self.cookies: dict[str, Path] = {}  # system -> its credentials, one header value a line
+        self.headers: dict[str, str] = {}  # system -> the header those go in, if not Cookie
+        self.issuer: stack.TokenIssuer | None = None  # the API clients' issuer (bench/issuer.py)
         self.redis: Any = None
         self.idp: Any = None
         self.nginx: Running | None = None
@@ -213,14 +227,16 @@ class Bench:
         """
         a = self.args
         log(f"work directory {self.work}")
+        self.issuer = stack.start_issuer(self.work, tokens=a.sessions, audience=BEARER_AUDIENCE)
+        self.started.append(self.issuer)
         self.nginx = stack.start_nginx(self.work)
         self.started.append(self.nginx)
         if not a.smoke:
             self.redis = stack.start_redis(self.work)
             self.started.append(self.redis)
-        keys = ["cache", "nocache", "replica", "memory", "apache"]
+        keys = ["cache", "nocache", "replica", "memory", "apache", "bearer"]
         if self.baseline is not None:
-            keys += ["cache" + OLD, "nocache" + OLD, "memory" + OLD]
+            keys += ["cache" + OLD, "nocache" + OLD, "memory" + OLD, "bearer" + OLD]
         self.ports = {k: free_port() for k in keys}
         base = {k: f"http://{LOOPBACK}:{p}" for k, p in self.ports.items()}
         redis_bases = [base[k] for k in keys if k.startswith(("cache", "nocache", "replica"))]
@@ -236,6 +252,17 @@ class Bench:
         self.idp = stack.start_idp(self.work, list(self.clients.values()))
         self.started.append(self.idp)
         log(f"upstream {self.nginx.url} ({stack.BODY_SIZE}-byte body), dev IdP {self.idp.issuer}")
+        self.issuer.wait()
+        sizes = sorted(len(line) for line in self.issuer.tokens.read_text().split("\n") if line)
+        self.out["bearer"] = {
+            "issuer": self.issuer.issuer,
+            "tokens": len(sizes),
+            "kind": "RFC 9068 access token (typ at+jwt, scope, one sub each)",
+            "alg": issuer.ALG,
+            "audience": BEARER_AUDIENCE,
+            "authorization_header_bytes_median": sizes[len(sizes) // 2] if sizes else None,
+        }
+        log(f"API clients' issuer {self.issuer.issuer}: {len(sizes)} access tokens")
 
     def start_systems(self) -> None:
         a = self.args
@@ -260,6 +287,7 @@ class Bench:
             self.add_twin(f"passthrough-{workers}w", lambda old: passthrough(old, OLD))
         if self.redis is not None:
             self.start_redis_sidecars(upstream)
+        self.start_bearer_sidecar(upstream)
 
         def memory(source: SidecarSource, key: str) -> Running:
             return stack.start_sidecar(
@@ -311,27 +339,74 @@ class Bench:
                 self.config_differs[cache] = "old without session.cache_ttl"
                 self.note(f"{cache}{OLD} ran without session.cache_ttl (the baseline's default)")
 
+    def start_bearer_sidecar(self, upstream: str) -> None:
+        """API clients: every request carries ``Authorization: Bearer`` with one of the issuer's access
+        tokens, and no cookie. The sidecar accepts the issuer as its one ``sso.extra_issuers`` entry; it runs
+        like the Redis variants (Redis store, ``--workers``, the default ``session.cache_ttl``: no session is
+        read for a bearer token). ``--smoke`` runs no Redis: there it has the memory store and one worker."""
+        assert self.issuer is not None
+        extra = {"extra_issuers": [{"issuer_url": self.issuer.issuer, "audiences": [self.issuer.audience]}]}
+
+        def bearer(source: SidecarSource | None = None) -> Running:
+            if self.redis is not None:
+                return self.redis_sidecar(BEARER, "bearer", None, upstream, source, sso_extra=extra)
+            source = source or self.new_source()
+            return stack.start_sidecar(
+                self.work, BEARER + (OLD if source.label == "old" else ""), idp=self.idp,
+                client=self.clients["memory"], upstream=upstream, cookie_secret=self.secret, store="memory",
+                redis_url=None, workers=1, cache_ttl=None, log_level=self.args.log_level, sso_extra=extra,
+                source=source,
+            )  # fmt: skip
+
+        try:
+            run = bearer()
+        except ProcessError as exc:
+            keys = stack.refused_keys(exc)
+            if not keys:
+                raise
+            self.note(f"{BEARER}: this sidecar refuses {', '.join(keys)}; variant skipped")
+            return
+        self.add(run, BEARER)
+        self.add_twin(BEARER, bearer)
+        for name in (BEARER, BEARER + OLD):
+            self.headers[name] = "Authorization"
+
     def redis_sidecar(
-        self, name: str, key: str, ttl: str | None, upstream: str, source: SidecarSource | None = None
+        self,
+        name: str,
+        key: str,
+        ttl: str | None,
+        upstream: str,
+        source: SidecarSource | None = None,
+        *,
+        sso_extra: dict[str, Any] | None = None,
     ) -> Running:
         source = source or self.new_source()
         if source.label == "old":
             name, key = name + OLD, key + OLD
         try:
-            return self._redis_sidecar(name, key, ttl, upstream, self.args.workers, source)
+            return self._redis_sidecar(name, key, ttl, upstream, self.args.workers, source, sso_extra)
         except ProcessError as exc:
             if self.args.workers == 1 or not stack.config_refused(exc, "workers"):
                 raise
             self.note(f"{name}: this sidecar refuses workers={self.args.workers}; ran with 1 worker")
-            return self._redis_sidecar(name, key, ttl, upstream, 1, source)
+            return self._redis_sidecar(name, key, ttl, upstream, 1, source, sso_extra)
 
     def _redis_sidecar(
-        self, name: str, key: str, ttl: str | None, upstream: str, workers: int, source: SidecarSource
+        self,
+        name: str,
+        key: str,
+        ttl: str | None,
+        upstream: str,
+        workers: int,
+        source: SidecarSource,
+        sso_extra: dict[str, Any] | None,
     ) -> Running:
         return stack.start_sidecar(
             self.work, name, idp=self.idp, client=self.clients["redis"], upstream=upstream,
             cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
-            cache_ttl=ttl, port=self.ports[key], log_level=self.args.log_level, source=source,
+            cache_ttl=ttl, port=self.ports[key], log_level=self.args.log_level, sso_extra=sso_extra,
+            source=source,
         )  # fmt: skip
 
     def new_source(self) -> SidecarSource:
@@ -374,8 +449,8 @@ class Bench:
         so the baseline's memory sidecar gets logins of its own (the same users)."""
         self.out["logins"] = {}
         for label in list(self.systems):
-            if label.startswith(("bare", "passthrough", "sidecar-redis-nocache")):
-                continue  # they forward the Redis sidecar's cookies, or share its sessions
+            if label.startswith(("bare", "passthrough", "sidecar-redis-nocache", BEARER)):
+                continue  # they forward the Redis sidecar's cookies, share its sessions, or have tokens
             if label.startswith("sidecar-redis") and label.endswith(OLD):
                 continue  # the working tree's sessions, if the baseline accepts them (below)
             await self.login(label)
@@ -386,6 +461,26 @@ class Bench:
             if label.startswith(("bare", "passthrough")):
                 # The same Cookie headers as the sidecar gets: these proxies forward them untouched.
                 self.cookies[label] = self.cookies.get("sidecar-redis-cache") or self.cookies["sidecar-memory-1w"]
+            elif label.startswith(BEARER) and self.issuer is not None:
+                self.cookies[label] = self.issuer.tokens  # no cookie: "Bearer <JWT>" lines (self.headers)
+        await self.check_bearer_tokens()
+
+    async def check_bearer_tokens(self) -> None:
+        """Before any load, a few of the access tokens on each bearer sidecar: each must get 2xx. A sidecar
+        that refused them would answer 401 faster than it serves, and look fast. The working tree's
+        refusing them ends the run; the baseline's leaves its twin out with a note (no comparison)."""
+        assert self.issuer is not None
+        sample = self.issuer.tokens.read_text().splitlines()[:3]
+        for name in [n for n in self.systems if n.startswith(BEARER)]:
+            answers = await self._answers(name, sample, "Authorization")
+            refused = [a for a in answers if not 200 <= a[0] < 300]
+            if not refused:
+                continue
+            why = "; ".join(sorted({f"{status} {challenge}".strip() for status, challenge in refused}))
+            if not name.endswith(OLD):
+                raise SystemExit(f"{name} refuses the benchmark's access tokens: {why}")
+            self.systems.pop(name).stop()
+            self.note(f"{name}: the baseline refuses the benchmark's access tokens ({why}); no comparison for {BEARER}")
 
     async def login(self, label: str) -> None:
         run = self.systems[label]
@@ -428,13 +523,17 @@ class Bench:
             self.cookies[name] = self.cookies[first]
 
     async def _statuses(self, name: str, cookies: list[str]) -> list[int]:
+        return [status for status, _ in await self._answers(name, cookies, "Cookie")]
+
+    async def _answers(self, name: str, values: list[str], header: str) -> list[tuple[int, str]]:
+        """``GET /`` with each value of ``header``: the status and the ``WWW-Authenticate`` challenge."""
         out = []
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            for cookie in cookies:
-                headers = {"Cookie": cookie, "Accept": "text/html"}
+            for value in values:
+                headers = {header: value, "Accept": "text/html" if header == "Cookie" else "*/*"}
                 async with http.get(self.systems[name].url + "/", headers=headers, allow_redirects=False) as resp:
                     await resp.read()
-                    out.append(resp.status)
+                    out.append((resp.status, resp.headers.get("WWW-Authenticate", "")))
         return out
 
     # -- throughput -----------------------------------------------------------------------------------
@@ -465,14 +564,15 @@ class Bench:
     def load(self, name: str, settings: WrkSettings, cookie_file: Path | None = None) -> WrkResult:
         """One load run against ``name``; also how busy the machine was with processes not ours."""
         run = self.systems[name]
+        header = "Cookie" if cookie_file else self.headers.get(name, "Cookie")
         cookie_file = cookie_file or self.cookies.get(name)
         redis_port = self.redis.port if self.redis is not None else None
         ours0, busy0, t0, own0 = self._our_cpu(), stack.busy_seconds(), time.monotonic(), run.cpu()
         if self.use_wrk:
-            result = wrkbench.run_wrk(run.url, cookie_file, settings, redis_port=redis_port)
+            result = wrkbench.run_wrk(run.url, cookie_file, settings, header=header, redis_port=redis_port)
         else:
-            cookies = cookie_file.read_text().split() if cookie_file else []
-            result = wrkbench.run_python_load(run.url, cookies, settings, redis_port=redis_port)
+            values = [v for v in cookie_file.read_text().splitlines() if v] if cookie_file else []
+            result = wrkbench.run_python_load(run.url, values, settings, header=header, redis_port=redis_port)
         ours1, busy1, t1, own1 = self._our_cpu(), stack.busy_seconds(), time.monotonic(), run.cpu()
         if result.requests:
             result.cpu_us_per_request = round(1e6 * (own1 - own0) / result.requests, 1)
@@ -511,7 +611,12 @@ class Bench:
                     f"{result.cpu_us_per_request} µs CPU/request"
                 )
         self.out["throughput"] = {
-            name: {"workers": self.systems[name].workers, **wrkbench.median_of(r)} for name, r in runs.items()
+            name: {
+                "workers": self.systems[name].workers,
+                "credential": self.headers.get(name, "Cookie"),
+                **wrkbench.median_of(r),
+            }
+            for name, r in runs.items()
         }
 
     def profile(self, wrk: WrkSettings) -> None:

@@ -235,6 +235,39 @@ def start_idp(work: Path, clients: list[RegisteredClient]) -> DevIdP:
 
 
 # --------------------------------------------------------------------------------------------------
+# The API clients' token issuer (bench/issuer.py)
+
+
+@dataclass
+class TokenIssuer:
+    """``bench/issuer.py``: its issuer URL (once ``wait`` saw it ready), and the file of ``Bearer <JWT>``
+    lines it minted."""
+
+    audience: str
+    tokens: Path
+    count: int
+    proc: Process
+    issuer: str = ""
+
+    def wait(self, timeout: float = 60) -> TokenIssuer:
+        self.issuer = self.proc.wait_for_line(r"^READY (\S+)$", timeout=timeout).group(1)
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=10)
+
+
+def start_issuer(work: Path, *, tokens: int, audience: str) -> TokenIssuer:
+    """Started, not waited for (``wait``): it makes its key and tokens while the dev IdP starts."""
+    d = work / "issuer"
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "tokens.txt"
+    args = [sys.executable, str(_paths.BENCH / "issuer.py"), "--tokens", str(tokens), "--audience", audience]
+    proc = Process("issuer", [*args, "--out", str(out)], log_dir=d, cwd=_paths.REPO).start()
+    return TokenIssuer(audience, out, tokens, proc)
+
+
+# --------------------------------------------------------------------------------------------------
 # The bare aiohttp proxy
 
 
@@ -335,11 +368,13 @@ def start_sidecar(
     public_url: str | None = None,
     log_level: str = "info",
     sso_enabled: bool = True,
+    sso_extra: Mapping[str, Any] | None = None,
     source: SidecarSource | None = None,
 ) -> Running:
     """``sso-sidecar run`` through its real CLI, from ``source`` (default: the working tree, as the tests
-    start it). ``workers`` and ``session.cache_ttl`` are left out of the config when None; a config the
-    sidecar refuses raises ``ProcessError`` with its log."""
+    start it). ``workers`` and ``session.cache_ttl`` are left out of the config when None; ``sso_extra``
+    adds keys to ``sso`` (``extra_issuers``); a config the sidecar refuses raises ``ProcessError`` with its
+    log."""
     port = port or free_port()
     session: dict[str, Any] = {
         "store": store,
@@ -360,6 +395,7 @@ def start_sidecar(
             "issuer_url": idp.issuer,
             "client_id": client.client_id,
             "client_secret": client.client_secret,
+            **(sso_extra or {}),
         },
         "session": session,
         "log_level": log_level,

@@ -1,7 +1,8 @@
-"""The benchmark harness runs end to end (``bench/run.py --smoke``): bare proxy and sidecar (memory store),
-real logins through the dev IdP, one short load run each, a results file and a Markdown table; and with
-``--baseline``, the same sidecar run from another source tree next to the working tree's, new/old ratios,
-and a loud refusal of a baseline that would import the working tree's code.
+"""The benchmark harness runs end to end (``bench/run.py --smoke``): bare proxy, sidecar (memory store) and
+the API-client variant (bearer access tokens from the bench's own issuer), real logins through the dev IdP,
+one short load run each, a results file and a Markdown table; and with ``--baseline``, the same sidecars
+run from another source tree next to the working tree's, new/old ratios, and a loud refusal of a baseline
+that would import the working tree's code. Non-2xx answers mark a system's figures invalid.
 
 Nothing here needs a package beyond what ``make test`` installs (wrk is used when present, otherwise a
 Python load generator), and nothing asserts on timings.
@@ -36,7 +37,8 @@ def _bench_module(name: str) -> ModuleType:
 
 @pytest.mark.timeout(240)
 def test_smoke_run_produces_results_and_a_table(tmp_path: Path) -> None:
-    """--smoke logs in to the sidecar, loads both systems, and reports every system with its figures."""
+    """--smoke logs in to the sidecar, mints access tokens for the bearer variant, loads every system, and
+    reports each with its figures; every bearer request was accepted (2xx)."""
     assert shutil.which("nginx") or Path("/usr/sbin/nginx").exists(), "nginx is missing (make test installs it)"
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
@@ -50,17 +52,22 @@ def test_smoke_run_produces_results_and_a_table(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert "error" not in results
     throughput = results["throughput"]
-    assert set(throughput) == {"bare-1w", "sidecar-memory-1w"}
+    assert set(throughput) == {"bare-1w", "sidecar-memory-1w", "sidecar-bearer"}
     for row in throughput.values():
         assert row["requests"] > 0
         assert row["rps"] > 0
-        assert row["non2xx"] == 0  # every request carried a live session
+        assert row["non2xx"] == 0  # every request carried a live session, or an access token the sidecar took
+    assert throughput["sidecar-bearer"]["credential"] == "Authorization"
+    assert throughput["sidecar-memory-1w"]["credential"] == "Cookie"
+    assert results["bearer"]["tokens"] == 8  # --smoke: 8 sessions per system, 8 tokens
+    assert "sidecar-bearer" not in results["logins"]  # an API client signs in nowhere
     login = results["logins"]["sidecar-memory-1w"]
     assert login["sessions"] >= 1 and login["failures"] == 0
     assert login["rp_cpu_ms_per_callback"] is not None
     assert any(c["check"].startswith("sidecar-memory-1w overhead vs bare-1w") for c in results["ratios"])
     assert "| sidecar-memory-1w | 1 |" in proc.stdout
     assert "| bare-1w | 1 |" in proc.stdout
+    assert "| sidecar-bearer | 1 |" in proc.stdout
 
 
 def _baseline(tmp_path: Path) -> tuple[str, Path | None]:
@@ -102,7 +109,8 @@ def test_smoke_baseline_runs_both_trees_side_by_side(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert "error" not in results
     throughput = results["throughput"]
-    assert set(throughput) == {"sidecar-memory-1w", "sidecar-memory-1w@old"}  # --only sidecars: no bare proxy
+    # --only sidecars: no bare proxy
+    assert set(throughput) == {"sidecar-memory-1w", "sidecar-memory-1w@old", "sidecar-bearer", "sidecar-bearer@old"}
     for row in throughput.values():
         assert row["runs"] == 1 and row["rps"] > 0 and row["non2xx"] == 0
     assert results["logins"]["sidecar-memory-1w@old"]["sessions"] >= 1  # a memory store is its process's own
@@ -110,9 +118,12 @@ def test_smoke_baseline_runs_both_trees_side_by_side(tmp_path: Path) -> None:
     old_tree = Path(baseline["tree"])
     assert Path(baseline["probe"]["proxy"]) == old_tree / "proxy" / "__init__.py"
     assert Path(results["new"]["probe"]["proxy"]) == REPO / "proxy" / "__init__.py"
-    [row] = results["comparison"]
-    assert row["variant"] == "sidecar-memory-1w" and row["rps_ratio"] > 0 and row["ok"] is not None
-    assert "### new/old" in proc.stdout and "| sidecar-memory-1w | " in proc.stdout
+    rows = {row["variant"]: row for row in results["comparison"]}
+    assert set(rows) == {"sidecar-memory-1w", "sidecar-bearer"}
+    for row in rows.values():
+        assert row["authenticated"] and row["rps_ratio"] > 0 and row["ok"] is not None
+    assert "### new/old" in proc.stdout
+    assert "| sidecar-memory-1w | " in proc.stdout and "| sidecar-bearer | " in proc.stdout
     if tree is None:  # the temporary worktree is gone, from disk and from git's list
         assert not old_tree.exists()
         listed = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout

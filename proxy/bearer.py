@@ -78,7 +78,7 @@ class BearerVerifier:
         provider_http = ProviderHTTP(http, sso.http_timeout)
         for extra in sso.extra_issuers:
             # Its own discovery and JWKS caches; the same algorithm rules as the main issuer.
-            discovery = Discovery(extra.issuer_url, provider_http)
+            discovery = Discovery(extra.issuer_url, provider_http, sign_in=False)
             keys = JWKS(discovery, provider_http, algorithms=sso.id_token_signing_algs)
             self._issuers[extra.issuer_url] = _Issuer(keys, extra.audiences)
         # hash of the token -> (valid until, claims, what an accepted ID token is judged by, or None)

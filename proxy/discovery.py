@@ -36,7 +36,11 @@ class DocumentError(ProviderError):
 
 @dataclass(frozen=True)
 class ProviderMetadata:
-    """The parts of the discovery document (OIDC Discovery 1.0 section 3) the sidecar uses."""
+    """The parts of the discovery document (OIDC Discovery 1.0 section 3) the sidecar uses.
+
+    ``authorization_endpoint`` and ``token_endpoint`` are empty for an issuer whose tokens are only
+    verified (``sso.extra_issuers``): such a document needs just ``issuer`` and ``jwks_uri``, as workload
+    identity issuers publish it (GitHub Actions' has neither endpoint)."""
 
     issuer: str
     authorization_endpoint: str
@@ -53,8 +57,9 @@ class ProviderMetadata:
     backchannel_logout_session_supported: bool = False
 
     @classmethod
-    def from_document(cls, doc: object, *, expected_issuer: str) -> ProviderMetadata:
-        """Validate a discovery document; ``ProviderError`` names the first field that is wrong."""
+    def from_document(cls, doc: object, *, expected_issuer: str, sign_in: bool = True) -> ProviderMetadata:
+        """Validate a discovery document; ``ProviderError`` names the first field that is wrong.
+        ``sign_in``: users sign in at this issuer, so its authorization and token endpoints are required."""
         if not isinstance(doc, dict):
             raise DocumentError("The discovery document is not a JSON object")
         issuer = doc.get("issuer")
@@ -99,14 +104,14 @@ class ProviderMetadata:
         def flag(name: str) -> bool:
             return doc.get(name) is True
 
-        authorization_endpoint = endpoint("authorization_endpoint", required=True)
-        token_endpoint = endpoint("token_endpoint", required=True)
+        authorization_endpoint = endpoint("authorization_endpoint", required=sign_in)
+        token_endpoint = endpoint("token_endpoint", required=sign_in)
         jwks_uri = endpoint("jwks_uri", required=True)
-        assert authorization_endpoint and token_endpoint and jwks_uri
+        assert jwks_uri
         return cls(
             issuer=issuer,
-            authorization_endpoint=authorization_endpoint,
-            token_endpoint=token_endpoint,
+            authorization_endpoint=authorization_endpoint or "",
+            token_endpoint=token_endpoint or "",
             jwks_uri=jwks_uri,
             userinfo_endpoint=endpoint("userinfo_endpoint", required=False),
             end_session_endpoint=endpoint("end_session_endpoint", required=False),
@@ -130,8 +135,17 @@ class Discovery:
     retry_min = DISCOVERY_RETRY_MIN
     retry_max = DISCOVERY_RETRY_MAX
 
-    def __init__(self, issuer_url: str, http: ProviderHTTP, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        issuer_url: str,
+        http: ProviderHTTP,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sign_in: bool = True,
+    ) -> None:
+        """``sign_in``: false for an issuer whose tokens are only verified (``ProviderMetadata``)."""
         self.issuer_url = issuer_url
+        self._sign_in = sign_in
         self._http = http
         self._clock = clock
         self._md: ProviderMetadata | None = None
@@ -168,7 +182,7 @@ class Discovery:
             if answer.status != 200:
                 raise ProviderUnreadable(f"The discovery document could not be fetched (HTTP {answer.status})")
             doc = answer.json_object("The discovery document")
-            md = ProviderMetadata.from_document(doc, expected_issuer=self.issuer_url)
+            md = ProviderMetadata.from_document(doc, expected_issuer=self.issuer_url, sign_in=self._sign_in)
         except ProviderError as exc:
             self._failures += 1
             delay = min(self.retry_max, self.retry_min * 2 ** (self._failures - 1))
@@ -176,7 +190,7 @@ class Discovery:
             self._error = exc.message
             log.warning("discovery failed (%s); next attempt in %.0fs: %s", self.url, delay, exc.message)
             raise
-        if "S256" not in md.code_challenge_methods_supported and md.code_challenge_methods_supported:
+        if self._sign_in and md.code_challenge_methods_supported and "S256" not in md.code_challenge_methods_supported:
             log.warning("the provider does not list PKCE method S256; the sidecar sends it anyway")
         self._failures = 0
         self._retry_at = 0.0

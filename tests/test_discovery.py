@@ -45,6 +45,18 @@ def test_metadata_missing_a_required_field_names_that_field() -> None:
             ProviderMetadata.from_document(doc, expected_issuer=DOC["issuer"])
 
 
+def test_a_token_only_issuer_needs_just_issuer_and_jwks_uri() -> None:
+    """sso.extra_issuers are only verified against: GitHub Actions' document has no authorization or token
+    endpoint, and must not be refused for it. A sign-in issuer still needs both."""
+    token_only = {"issuer": DOC["issuer"], "jwks_uri": DOC["jwks_uri"]}
+    md = ProviderMetadata.from_document(token_only, expected_issuer=DOC["issuer"], sign_in=False)
+    assert (md.jwks_uri, md.authorization_endpoint, md.token_endpoint) == (DOC["jwks_uri"], "", "")
+    with pytest.raises(ProviderError, match="'authorization_endpoint'"):
+        ProviderMetadata.from_document(token_only, expected_issuer=DOC["issuer"])
+    with pytest.raises(ProviderError, match="'jwks_uri'"):
+        ProviderMetadata.from_document({"issuer": DOC["issuer"]}, expected_issuer=DOC["issuer"], sign_in=False)
+
+
 def test_metadata_refuses_plain_http_endpoints_for_an_https_issuer() -> None:
     doc = {**DOC, "token_endpoint": "http://idp.example.com/token"}
     with pytest.raises(ProviderError, match="'token_endpoint' must be an https:// URL"):

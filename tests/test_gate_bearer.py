@@ -41,7 +41,14 @@ async def main_op() -> AsyncIterator[BadOP]:
 
 @pytest.fixture(scope="module")
 async def partner_op() -> AsyncIterator[BadOP]:
+    """A token-only issuer: its discovery document names no sign-in endpoints, as GitHub Actions' does."""
     async with running_badop("/realms/partner") as op:
+        op.set(
+            discovery_overrides={
+                name: None
+                for name in ("authorization_endpoint", "token_endpoint", "end_session_endpoint", "userinfo_endpoint")
+            }
+        )
         yield op
 
 

@@ -129,8 +129,13 @@ def parse_cookie_secrets(r: ConfigReader, s: Mapping[str, Any]) -> tuple[Secret,
         return ()
     if path:
         content = r.secret_file(path, file_key)
+        if content is None:
+            return ()  # unreadable: secret_file said so, naming the file
         # One secret per line, newest first, so a rotation is "add a line on top".
-        values = [line.strip() for line in (content or "").splitlines() if line.strip()]
+        values = [line.strip() for line in content.splitlines() if line.strip()]
+        if not values:
+            r.problem(file_key, f"{path} holds no secret: one per line, newest first (openssl rand -base64 32)")
+            return ()
         key = file_key
     elif isinstance(raw_value, str):
         values = [r.expand_str(raw_value, key)]
@@ -140,7 +145,7 @@ def parse_cookie_secrets(r: ConfigReader, s: Mapping[str, Any]) -> tuple[Secret,
         r.problem(key, "must be a string or a list of strings (newest first)")
         return ()
     if not values:
-        r.problem(key, "is required (or cookie_secret_file); generate one with: openssl rand -base64 32")
+        r.problem(key, "is required (or session.cookie_secret_file); generate one with: openssl rand -base64 32")
         return ()
     for i, v in enumerate(values):
         where = key if len(values) == 1 else f"{key}[{i}]"

@@ -114,7 +114,7 @@ def check_issuer(r: ConfigReader, issuer: str, key: str = "sso.issuer_url") -> N
         r.problem(key, f"{issuer!r} is not a valid URL")
         return
     if url.scheme not in ("http", "https") or not url.host:
-        r.problem(key, f"{issuer!r} must be an absolute https:// URL")
+        r.problem(key, f"{issuer!r} must be an absolute URL: https://host/... (http:// only on a loopback host)")
     elif url.scheme == "http" and not is_loopback_host(url.host):
         # OIDC Discovery 3 / Core 3.1.2.1: the issuer is an https URL; plain http is only for local tests.
         r.problem(key, f"{issuer!r} uses http://; only https:// is allowed (http only on loopback)")

@@ -69,6 +69,25 @@ def test_http_issuer_is_allowed_only_on_loopback():
     assert "sso.issuer_url" in problems(MINIMAL.replace("https://idp.example.com", "http://10.0.0.1"))
 
 
+def test_an_issuer_without_a_scheme_is_told_what_a_url_looks_like_loopback_http_included():
+    found = problems(MINIMAL.replace("https://idp.example.com/realms/main", "idp.example.com/realms/main"))
+    assert found["sso.issuer_url"].endswith(
+        "must be an absolute URL: https://host/... (http:// only on a loopback host)"
+    )
+
+
+def test_an_unreadable_or_empty_cookie_secret_file_is_one_problem_naming_the_file(tmp_path):
+    missing = tmp_path / "missing"
+    found = problems(MINIMAL.replace('cookie_secret: "${COOKIE_SECRET}"', f"cookie_secret_file: {missing}"))
+    assert found == {"session.cookie_secret_file": f"cannot read {missing}: No such file or directory"}
+    (tmp_path / "empty").write_text("\n\n")
+    found = problems(MINIMAL.replace('cookie_secret: "${COOKIE_SECRET}"', f"cookie_secret_file: {tmp_path / 'empty'}"))
+    assert found == {
+        "session.cookie_secret_file": f"{tmp_path / 'empty'} holds no secret: one per line, newest first "
+        "(openssl rand -base64 32)"
+    }
+
+
 def test_missing_required_keys_are_named():
     found = problems("sso: {enabled: true}\n")
     for key in ("public_url", "upstream", "sso.issuer_url", "sso.client_id", "sso.client_secret",

@@ -198,9 +198,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
             app[RUNTIME] = runtime
             page = runtime.page = PageSync(runtime, open_page_store(settings, runtime), settings.source)
             if settings.admin.enabled:
-                # Never open before the settings page's record was read and applied (pagesync).
-                runtime.closed = "starting: the SSO settings page's record has not been read yet"
-                await page.sync()
+                await page.start()
             page_task = asyncio.get_running_loop().create_task(page.run())
             probe = asyncio.get_running_loop().create_task(_probe_provider(runtime))
             try:

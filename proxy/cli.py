@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -164,22 +166,49 @@ def cmd_run(path: str) -> int:
     # waits, blocked and pending: it neither kills the process nor is lost (``reload.triggers`` and
     # ``workers.run_workers`` unblock it). Before the first log line, so one who saw it may reload.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        _can_listen(settings)
+    except OSError as exc:
+        _cannot_listen(settings, exc)
+        return 1
     log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s, %d worker(s)", __version__,
              settings.listen_host, settings.listen_port, settings.upstream,
              "on" if settings.sso.enabled else "off", settings.workers)  # fmt: skip
     if settings.workers == 1:
-        _serve(settings, path, worker=0)
-        return 0
+        return _serve(settings, path, worker=0)
     from proxy.workers import run_workers
 
     return run_workers(settings.workers, lambda index: _serve(settings, path, worker=index))
+
+
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _can_listen(settings: Settings) -> None:
+    """Bind ``listen`` once, as the server will (every address the host names), and let go: a port that is
+    taken or an address that is not this host's is an ``OSError`` before anything says "listening"."""
+    host, port = settings.listen_host, settings.listen_port
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server sockets
+            if settings.workers > 1:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind(address)
+
+
+def _cannot_listen(settings: Settings, exc: OSError) -> None:
+    reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
+    log.error("cannot listen on %s:%d: %s (listen)", settings.listen_host, settings.listen_port, reason)
 
 
 async def _draining(app: web.Application) -> None:
     log.info("shutting down: no new connections; in-flight requests finish (up to 30 s)")
 
 
-def _serve(settings: Settings, path: str, *, worker: int) -> None:
+def _serve(settings: Settings, path: str, *, worker: int) -> int:
+    """Serve until stopped; the exit status."""
     from proxy.accesslog import BATCH, AccessLogger
     from proxy.app import create_app
     from proxy.reload import triggers
@@ -191,18 +220,27 @@ def _serve(settings: Settings, path: str, *, worker: int) -> None:
     gc.freeze()
     app.cleanup_ctx.append(triggers(path))  # SIGHUP and the config/secret file watcher
     app.on_shutdown.append(_draining)
-    web.run_app(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        access_log_class=AccessLogger,
-        print=None,
-        shutdown_timeout=30.0,
-        reuse_port=settings.workers > 1,
-        handle_signals=True,
-    )
-    BATCH.flush()
+    try:
+        web.run_app(
+            app,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            access_log_class=AccessLogger,
+            print=None,
+            shutdown_timeout=30.0,
+            reuse_port=settings.workers > 1,
+            handle_signals=True,
+        )
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        # Taken between the check in cmd_run and the bind (another process was quicker).
+        _cannot_listen(settings, exc)
+        return 1
+    finally:
+        BATCH.flush()
     log.info("stopped")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ log = logging.getLogger("sso_sidecar.admin")
 POLL = 1.0
 STALE_AFTER = 5.0  # a record unread for this long may have changed: stop proxying until it is read
 RETRY_APPLY = 5.0
+STARTING = "starting: the SSO settings page's record has not been read yet"
 WAY_OUT = "Forget page settings (or Disable SSO) replaces it; break-glass may do either"
 
 
@@ -247,6 +248,12 @@ class PageSync:
 
     # -- every process: read, check, apply -------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Before the first request: closed until the record was read and applied (never open on the file's
+        ``sso`` before the page's record says so), then the first sync."""
+        self._close(STARTING)
+        await self.sync()
+
     async def run(self) -> None:
         while True:
             try:
@@ -413,14 +420,17 @@ class PageSync:
         self._open_gate()
 
     def _close(self, reason: str) -> None:
-        if self._runtime.closed != reason:
+        if self._runtime.closed != reason and reason != STARTING:
             log.error("settings page: not proxying: %s", reason)
         self._runtime.closed = reason
         self._runtime.metrics.page_settings_closed.set(1)
 
     def _open_gate(self) -> None:
-        if self._runtime.closed is not None:
-            log.warning("settings page: proxying again (page settings version %s applied)", self.version)
+        closed = self._runtime.closed
+        if closed == STARTING:
+            log.info("settings page: record read (%s)", _in_force(self.version))
+        elif closed is not None:
+            log.warning("settings page: proxying again (%s)", _in_force(self.version))
         self._runtime.closed = None
         self._runtime.metrics.page_settings_closed.set(0)
 
@@ -451,3 +461,7 @@ class PageSync:
         }
         with contextlib.suppress(StoreUnavailable, OSError):
             await self.store.report(self.replica, status)
+
+
+def _in_force(version: int | None) -> str:
+    return f"page settings version {version} applied" if version else "the config file's sso settings in force"

@@ -20,8 +20,9 @@ log = logging.getLogger("sso_sidecar.workers")
 _MAX_RESTART_DELAY = 30.0
 
 
-def run_workers(count: int, serve: Callable[[int], None]) -> int:
-    """Run ``serve(index)`` in ``count`` forked processes until SIGTERM/SIGINT; return an exit status."""
+def run_workers(count: int, serve: Callable[[int], int]) -> int:
+    """Run ``serve(index)`` (a worker's exit status) in ``count`` forked processes until SIGTERM/SIGINT;
+    return an exit status."""
     children: dict[int, int] = {}
     delays = [0.0] * count
     stopping = False
@@ -37,9 +38,9 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         if pid == 0:  # the worker
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            status = 0
+            status = 1
             try:
-                serve(index)
+                status = serve(index)
             except BaseException:
                 log.exception("worker %d failed", index)
                 status = 1

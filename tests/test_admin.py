@@ -59,6 +59,14 @@ def replicas(sidecar_factory: Any, admin_idp: DevIdP, redis_clean: RedisServer) 
 # -- the tests -----------------------------------------------------------------------------------------
 
 
+async def test_a_start_reads_the_record_without_a_warning(replicas: Replicas) -> None:
+    """Reading the record at start is no recovery: it is logged at INFO, never as "proxying again"."""
+    for replica in (replicas.a, replicas.b):
+        await eventually(lambda r=replica: "settings page: record read" in r.proc.logs(), what=replica.name)
+        logs = replica.proc.logs()
+        assert "proxying again" not in logs and "not proxying" not in logs, logs
+
+
 async def test_first_setup_through_break_glass_then_enable_on_both_replicas(
     replicas: Replicas, http: Any, admin_idp: DevIdP
 ) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
+from support.procs import LOOPBACK
 from support.sidecar import sidecar_command
 
 COOKIE_SECRET = "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"
@@ -113,3 +116,21 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path):
     result = run("check", config=tmp_path / "missing.yaml")
     assert result.returncode == 2
     assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_clear_error_and_never_said_to_listen(tmp_path, workers):
+    with socket.create_server((LOOPBACK, 0)) as taken:
+        port = taken.getsockname()[1]
+        config = {
+            "listen": f"{LOOPBACK}:{port}",
+            "public_url": f"http://{LOOPBACK}:{port}",
+            "upstream": "http://127.0.0.1:8888",
+            "sso": {"enabled": False},
+            "session": {"cookie_secret": COOKIE_SECRET, "store": "memory" if workers == 1 else "redis"},
+            "workers": workers,
+        }
+        result = run("run", config=write(tmp_path, config))
+    assert result.returncode == 1
+    assert f"cannot listen on {LOOPBACK}:{port}: address already in use (listen)" in result.stderr
+    assert "Traceback" not in result.stderr and "listening" not in result.stderr, result.stderr

@@ -53,6 +53,12 @@ $(CHECKOV)/.installed: requirements/checkov.txt
 demo: install node
 	$(BIN)/python deploy/demo/run_demo.py
 
+# `sso-sidecar check` on config/demo.yaml with what `make demo` gives its sidecar (the cookie secret kept in .demo/,
+# the page's state there, a break-glass token): run it while `make demo` runs in another terminal.
+.PHONY: check-demo
+check-demo: install
+	$(BIN)/python deploy/demo/run_demo.py --check
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

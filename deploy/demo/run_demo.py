@@ -2,10 +2,14 @@
 
 Checks its prerequisites first and says how to get a missing one. Ctrl-C (or SIGTERM) stops all three.
 Logs go to ``.demo/*.log``.
+
+``make check-demo`` (``--check``): ``sso-sidecar check`` on ``config/demo.yaml`` with the environment the
+demo's sidecar gets, so it checks what the demo runs; it says so when the demo's provider is not running.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -54,9 +58,9 @@ class DemoError(Exception):
 
 
 class Child:
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, args: list[str], state: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.log_path = STATE_DIR / f"{name}.log"
+        self.log_path = state / f"{name}.log"
         with self.log_path.open("wb") as log:
             # Own session: the terminal's Ctrl-C reaches only us, and we stop the children in order.
             self.proc = subprocess.Popen(  # noqa: S603 - our own fixed command lines
@@ -154,15 +158,50 @@ def _lasting_secret(path: Path) -> str:
     return secret
 
 
-def main() -> int:
+def sidecar_env(state: Path, break_glass: str) -> dict[str, str]:
+    """What the demo's sidecar takes from its environment (``config/demo.yaml`` names these variables)."""
+    state.mkdir(exist_ok=True)
+    return {
+        "COOKIE_SECRET": _lasting_secret(state / "cookie-secret"),
+        "BREAK_GLASS_TOKEN": break_glass,
+        "SSO_DEMO_STATE": str(state),
+    }
+
+
+def check(state: Path) -> int:
+    """``sso-sidecar check`` on the demo's config with the demo's environment: the lasting cookie secret
+    (which seals the settings page's record in ``state``), the page's state directory, and a break-glass
+    token made as each demo run makes one. Its exit status is check's."""
+    if not SIDECAR.exists():
+        print(f"make check-demo: {SIDECAR.relative_to(REPO)} is missing.\n  run: make install", file=sys.stderr)
+        return 1
+    env = {**os.environ, **sidecar_env(state, secrets.token_urlsafe(24))}
+    done = subprocess.run([str(SIDECAR), "check", "--config", str(CONFIG)], cwd=REPO, env=env, check=False)  # noqa: S603
+    if done.returncode != 0 and not http_ok(f"{IDP_CONFIG['issuer']}/.well-known/openid-configuration"):
+        print(
+            f"\nmake check-demo: the demo is not running: its identity provider ({IDP_CONFIG['issuer']}) does "
+            "not answer.\n  Start it with `make demo` in another terminal, then run `make check-demo` again.",
+            file=sys.stderr,
+        )
+    return done.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="make demo / make check-demo")
+    parser.add_argument("--check", action="store_true", help="check config/demo.yaml as the demo runs it")
+    parser.add_argument("--state-dir", type=Path, default=STATE_DIR, help="the demo's state (default .demo/)")
+    args = parser.parse_args(argv)
+    state: Path = args.state_dir.resolve()
+    if args.check:
+        return check(state)
     try:
         node = check_prerequisites()
     except DemoError as exc:
         print(f"make demo: {exc}", file=sys.stderr)
         return 1
 
-    STATE_DIR.mkdir(exist_ok=True)
-    idp_config = STATE_DIR / "dev-idp.json"
+    state.mkdir(exist_ok=True)
+    idp_config = state / "dev-idp.json"
     idp_config.write_text(json.dumps(IDP_CONFIG, indent=2), encoding="utf-8")
     children: list[Child] = []
 
@@ -172,25 +211,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, shutdown)
     try:
         print("Starting the local identity provider on :9000, the console on :8888 and the sidecar on :4180 ...")
-        idp = Child("dev-idp", [node, str(IDP_DIR / "server.mjs"), str(idp_config)])
+        idp = Child("dev-idp", [node, str(IDP_DIR / "server.mjs"), str(idp_config)], state)
         children.append(idp)
         idp.wait_until(lambda: "dev-idp listening on" in idp.log_path.read_text(errors="replace"), "readiness")
 
         console = Child("console", [sys.executable, str(REPO / "deploy" / "demo" / "console.py"),
-                                    "--host", HOST, "--port", str(CONSOLE_PORT)])  # fmt: skip
+                                    "--host", HOST, "--port", str(CONSOLE_PORT)], state)  # fmt: skip
         children.append(console)
         console.wait_until(lambda: http_ok(f"http://{HOST}:{CONSOLE_PORT}/api/whoami"), "readiness")
 
         break_glass = secrets.token_urlsafe(24)
-        sidecar = Child(
-            "sidecar",
-            [str(SIDECAR), "run", "--config", str(CONFIG)],
-            env={
-                "COOKIE_SECRET": _lasting_secret(STATE_DIR / "cookie-secret"),
-                "BREAK_GLASS_TOKEN": break_glass,
-                "SSO_DEMO_STATE": str(STATE_DIR),
-            },
-        )
+        env = sidecar_env(state, break_glass)
+        sidecar = Child("sidecar", [str(SIDECAR), "run", "--config", str(CONFIG)], state, env)
         children.append(sidecar)
         sidecar.wait_until(lambda: http_ok(f"http://{HOST}:{SIDECAR_PORT}/readyz"), "GET /readyz 200")
 
@@ -200,7 +232,8 @@ def main() -> int:
             f"\nThe SSO settings page: http://{HOST}:{SIDECAR_PORT}/oauth2/admin\n"
             "  sign in as a user whose name starts with 'admin' (e.g. admin.you), or use break-glass access:\n"
             f"  break-glass token for this run: {break_glass}\n"
-            f"\nLogs: {STATE_DIR.relative_to(REPO)}/dev-idp.log, console.log, sidecar.log",
+            f"\nLogs: {state.relative_to(REPO) if state.is_relative_to(REPO) else state}/dev-idp.log, console.log, "
+            "sidecar.log",
             flush=True,
         )
         while all(c.running() for c in children):

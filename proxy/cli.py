@@ -18,7 +18,7 @@ from aiohttp import web
 
 from proxy import __version__, logs
 from proxy.configfile import load_public_url, load_settings, peek_log_format
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ConfigProblem
 from proxy.settings import Settings
 
 log = logging.getLogger("sso_sidecar")
@@ -62,15 +62,23 @@ def cmd_check(path: str) -> int:
 async def _page_settings(settings: Settings, path: str) -> Settings | None:
     """With ``admin.enabled``: say where the effective ``sso`` section comes from, and return the settings
     with the page's section when it applies one (None when the file's own applies)."""
-    from proxy.pagesync import read_record
+    from proxy.pagesync import UNREACHABLE, read_record
 
     where, record, problem = await read_record(settings)
-    if problem is not None:
-        print(f"sso settings:      UNKNOWN: the settings page's record in {where} cannot be used ({problem}).")
+    if problem == UNREACHABLE:
+        print(f"sso settings:      UNKNOWN: the settings page's record in {where} cannot be read from here.")
         print("                   A running sidecar with this config keeps what it applied, and one that has")
-        print("                   applied nothing does not proxy, until the record can be used or is forgotten.")
+        print("                   applied nothing does not proxy, until the record can be read.")
         print("                   Checking the config file's own sso section below.")
         return None
+    if problem is not None:
+        # What a sidecar with this config and this store meets: it refuses the record and, having applied
+        # nothing, does not proxy (never falling back to the file's sso). That is no usable config.
+        print(f"sso settings:      REFUSED: the settings page's record in {where} cannot be used ({problem}).")
+        print("                   A sidecar with this config that has applied nothing does not proxy until the")
+        print("                   record can be used or Forget page settings replaces it.")
+        print("                   Checking the config file's own sso section below.")
+        raise ConfigError([ConfigProblem("admin", f"the record in {where} cannot be used: {problem}")])
     if record is None or record.applied is None:
         print(f"sso settings:      from the config file (the settings page has applied nothing; {where})")
         return None

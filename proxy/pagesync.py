@@ -76,10 +76,14 @@ def open_anchor(settings: Settings) -> AnchorFile | None:
     return AnchorFile(path) if path else None
 
 
+UNREACHABLE = "unreachable"
+
+
 async def read_record(settings: Settings) -> tuple[str, PageRecord | None, str | None]:
     """For ``sso-sidecar check``, outside a running sidecar: where the page record lives, the record (None:
-    none stored), and why it cannot be used, if it cannot (unreadable, not opening, or older than the
-    anchor says this replica has seen)."""
+    none stored), and why it cannot be used, if it cannot: ``UNREACHABLE`` (the store does not answer
+    here), or why a running sidecar would refuse it (not opening, older than the anchor says this replica
+    has seen, gone while expected)."""
     redis = RedisStore(settings.session.redis) if settings.session.store == "redis" else None
     store: PageStore | None
     if redis is not None:
@@ -101,7 +105,7 @@ async def read_record(settings: Settings) -> tuple[str, PageRecord | None, str |
             return store.where, None, f"version {record.version} is older than version {anchor.version}, seen here"
         return store.where, record, None
     except (StoreUnavailable, OSError) as exc:
-        return store.where, None, "unreachable" if isinstance(exc, SidecarError) else str(exc)
+        return store.where, None, UNREACHABLE if isinstance(exc, SidecarError) else str(exc)
     except (RecordError, AnchorError) as exc:
         return store.where, None, str(exc)
     finally:

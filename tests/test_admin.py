@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from redis import Redis
 from yarl import URL
 
@@ -412,6 +413,19 @@ async def test_check_says_where_the_sso_settings_come_from(replicas: Replicas, h
         replicas.redis.start()
     assert "UNKNOWN: the settings page's record" in down.stdout
     assert "Traceback" not in down.stderr and "ConnectionError" not in down.stdout + down.stderr
+
+    # A record this config cannot open (sealed under other cookie secrets): a sidecar with it would not
+    # proxy, so check does not call the config usable.
+    other = yaml.safe_load(replicas.a.config_path.read_text())
+    other["session"]["cookie_secret"] = secrets.token_urlsafe(32)
+    other_path = replicas.a.config_path.with_name("other-secret.yaml")
+    other_path.write_text(yaml.safe_dump(other))
+    refused = subprocess.run(
+        [*sidecar_command(), "check", "--config", str(other_path)], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "REFUSED: the settings page's record" in refused.stdout
+    assert "(settings page) admin: the record in" in refused.stderr
 
 
 async def test_the_page_is_locked_down(replicas: Replicas, http: Any, admin_idp: DevIdP) -> None:

@@ -15,13 +15,20 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-from proxy import __version__, admin, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
+from proxy import __version__, html
+from proxy.admin import handlers as admin
+from proxy.admin.sync import PageSync, open_page_store
+from proxy.auth import bearer
+from proxy.config.model import BACKCHANNEL_LOGOUT_PATH, Settings
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
-from proxy.logs import LOG, RequestLog, request_id
-from proxy.pagesync import PageSync, open_page_store
-from proxy.runtime import RUNTIME, Runtime
+from proxy.gate import breakglass, forward_auth
+from proxy.gate import handler as gate
+from proxy.ops import status
+from proxy.runtime.state import RUNTIME, Runtime
 from proxy.sessions import open_store
-from proxy.settings import BACKCHANNEL_LOGOUT_PATH, Settings
+from proxy.signin import backchannel, login
+from proxy.telemetry import metrics
+from proxy.telemetry.logs import LOG, RequestLog, request_id
 
 log = logging.getLogger("sso_sidecar")
 
@@ -52,7 +59,7 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
         actions.append(("Sign in", exc.login_url))
     else:
         actions.append(("Try again", request.rel_url.path_qs if request.method == "GET" else "/"))
-    response = pages.render(
+    response = html.render(
         exc.title,
         exc.message,
         status=exc.status,

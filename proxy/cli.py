@@ -16,10 +16,11 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from proxy import __version__, logs
-from proxy.configfile import load_public_url, load_settings, peek_log_format
+from proxy import __version__
+from proxy.config.load import load_public_url, load_settings, peek_log_format
+from proxy.config.model import Settings
 from proxy.errors import ConfigError
-from proxy.settings import Settings
+from proxy.telemetry import logs
 
 log = logging.getLogger("sso_sidecar")
 
@@ -62,7 +63,7 @@ def cmd_check(path: str) -> int:
 async def _page_settings(settings: Settings, path: str) -> Settings | None:
     """With ``admin.enabled``: say where the effective ``sso`` section comes from, and return the settings
     with the page's section when it applies one (None when the file's own applies)."""
-    from proxy.pagesync import read_record
+    from proxy.admin.sync import read_record
 
     where, record, problem = await read_record(settings)
     if problem is not None:
@@ -83,8 +84,8 @@ async def _page_settings(settings: Settings, path: str) -> Settings | None:
 
 
 async def _check(settings: Settings, path: str) -> int:
-    from proxy.oidc import OIDCClient
-    from proxy.reload import verify_provider
+    from proxy.oidc.client import OIDCClient
+    from proxy.runtime.reload import verify_provider
 
     problems: list[str] = []
     out = print
@@ -209,9 +210,9 @@ async def _draining(app: web.Application) -> None:
 
 def _serve(settings: Settings, path: str, *, worker: int) -> int:
     """Serve until stopped; the exit status."""
-    from proxy.accesslog import BATCH, AccessLogger
     from proxy.app import create_app
-    from proxy.reload import triggers
+    from proxy.runtime.reload import triggers
+    from proxy.telemetry.accesslog import BATCH, AccessLogger
 
     app = create_app(settings, worker=worker)
     # Everything imported and built so far lives as long as the process: keep it out of the collector's

@@ -20,8 +20,8 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 from redis import Redis
 
-from proxy.configfile import parse_settings
-from proxy.pagerecord import Applied, PageRecord, PageSSO
+from proxy.admin.record import Applied, PageRecord, PageSSO
+from proxy.config.load import parse_settings
 from support.adminsetup import (
     ACCOUNTS,
     ADMIN,
@@ -579,7 +579,7 @@ session: {cookie_secret: "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"}
 def test_an_export_holding_dollar_brace_reads_back_as_it_was_applied() -> None:
     """Page values are literal; pasted into the file, ``${OIDC_CLIENT_SECRET}`` in a client ID would otherwise
     expand to the secret, and put it into every authorization URL."""
-    from proxy.adminpage import export_yaml
+    from proxy.admin.view import export_yaml
 
     sso = PageSSO(
         "https://idp.example.com/realms/${REALM}",

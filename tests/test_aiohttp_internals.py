@@ -1,7 +1,7 @@
 """A guard on the private aiohttp API that the proxy path relies on.
 
-``proxy/relay.py`` writes a relayed answer's head itself (latin-1, byte-exact) through ``StreamResponse`` and
-``StreamWriter`` internals; ``proxy/aioclient.py`` puts its own ``ResponseHandler`` under aiohttp's
+``proxy/upstream/relay.py`` writes a relayed answer's head itself (latin-1, byte-exact) through ``StreamResponse`` and
+``StreamWriter`` internals; ``proxy/upstream/aioclient.py`` puts its own ``ResponseHandler`` under aiohttp's
 ``TCPConnector``. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
 name each internal and fail with a message that says which module needs it, before the smuggling suites fail
 in ways that are harder to read. The behaviour itself is held by ``test_proxy_smuggling_responses.py`` and
@@ -22,7 +22,7 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import aioclient, relay
+from proxy.upstream import aioclient, relay
 
 
 def _missing(obj: object, names: tuple[str, ...]) -> list[str]:
@@ -43,9 +43,9 @@ def test_stream_response_internals_that_relay_writes_the_head_through() -> None:
     needed = ("_write_headers", "_headers", "_reason", "_status", "_req", "_payload_writer")
     needed += ("_send_headers_immediately",)
     missing = _missing(response, needed)
-    assert not missing, _explain("web.StreamResponse", missing, "proxy/relay.py (_ExactHead)")
+    assert not missing, _explain("web.StreamResponse", missing, "proxy/upstream/relay.py (_ExactHead)")
     assert asyncio.iscoroutinefunction(web.StreamResponse._write_headers), _explain(
-        "web.StreamResponse", ["_write_headers (as a coroutine)"], "proxy/relay.py (_ExactHead)"
+        "web.StreamResponse", ["_write_headers (as a coroutine)"], "proxy/upstream/relay.py (_ExactHead)"
     )
 
 
@@ -53,7 +53,7 @@ async def test_stream_writer_internals_that_relay_fills_with_a_latin1_head() -> 
     """relay._ExactHead sets StreamWriter._headers_buf / _headers_written and calls send_headers()."""
     writer = StreamWriter(ResponseHandler(asyncio.get_running_loop()), asyncio.get_running_loop())
     missing = _missing(writer, ("_headers_buf", "_headers_written", "send_headers"))
-    assert not missing, _explain("http_writer.StreamWriter", missing, "proxy/relay.py (_ExactHead)")
+    assert not missing, _explain("http_writer.StreamWriter", missing, "proxy/upstream/relay.py (_ExactHead)")
 
 
 async def test_response_handler_internals_that_aioclient_overrides() -> None:
@@ -71,7 +71,7 @@ async def test_response_handler_internals_that_aioclient_overrides() -> None:
         "_should_close",
     )
     missing = _missing(handler, needed)
-    assert not missing, _explain("client_proto.ResponseHandler", missing, "proxy/aioclient.py (_Handler)")
+    assert not missing, _explain("client_proto.ResponseHandler", missing, "proxy/upstream/aioclient.py (_Handler)")
 
 
 async def test_connector_factory_that_aioclient_replaces() -> None:
@@ -80,7 +80,9 @@ async def test_connector_factory_that_aioclient_replaces() -> None:
     try:
         factory = getattr(connector, "_factory", None)
         assert isinstance(factory, functools.partial) and factory.func is ResponseHandler, _explain(
-            "TCPConnector", ["_factory (a functools.partial of ResponseHandler)"], "proxy/aioclient.py (AiohttpClient)"
+            "TCPConnector",
+            ["_factory (a functools.partial of ResponseHandler)"],
+            "proxy/upstream/aioclient.py (AiohttpClient)",
         )
     finally:
         await connector.close()
@@ -123,7 +125,7 @@ async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_us
                 raw += chunk
         assert b"filename=caf\xe9.txt\r\n" in raw, (
             f"aiohttp {aiohttp.__version__}: relay._ExactHead no longer writes the head as latin-1 "
-            f"(got {raw[:300]!r}); see proxy/relay.py"
+            f"(got {raw[:300]!r}); see proxy/upstream/relay.py"
         )
 
         client = aioclient.AiohttpClient(
@@ -143,7 +145,8 @@ async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_us
             answer.release()
             assert isinstance(protocol, aioclient._Handler), (
                 f"aiohttp {aiohttp.__version__}: TCPConnector no longer builds its connections with _factory, so "
-                f"proxy/aioclient.py's _Handler (strict heads, one answer per request) is not in use ({protocol!r})"
+                "proxy/upstream/aioclient.py's _Handler (strict heads, one answer per request) is not in use "
+                f"({protocol!r})"
             )
         finally:
             await client.close()

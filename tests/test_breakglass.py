@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.breakglass import FREE_FAILURES, MAX_DELAY, WINDOW, FailureLimiter, delay_after
-from proxy.configfile import parse_settings
+from proxy.config.load import parse_settings
 from proxy.errors import ConfigError
+from proxy.gate.breakglass import FREE_FAILURES, MAX_DELAY, WINDOW, FailureLimiter, delay_after
 from proxy.sessions.memory import MemoryStore
 from support.idp import login
 from support.procs import LOOPBACK, free_port
@@ -201,7 +201,7 @@ def test_the_wait_doubles_after_the_free_failures_up_to_a_ceiling():
 
 
 async def test_the_limiter_forgets_clients_rather_than_growing_without_bound(monkeypatch):
-    monkeypatch.setattr("proxy.breakglass._MAX_TRACKED_CLIENTS", 10)
+    monkeypatch.setattr("proxy.gate.breakglass._MAX_TRACKED_CLIENTS", 10)
     limiter = FailureLimiter()
     store = MemoryStore()
     for i in range(50):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.configfile import load_public_url, load_settings, parse_settings
+from proxy.config.load import load_public_url, load_settings, parse_settings
 from proxy.errors import ConfigError
 from support.config_text import ENV, MINIMAL, parse
 

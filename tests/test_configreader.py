@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.configreader import ConfigReader, parse_duration
+from proxy.config.reader import ConfigReader, parse_duration
 from support.config_text import MINIMAL, parse, problems
 
 

@@ -1,4 +1,4 @@
-"""The sidecar's cookies (``proxy.cookies``): one salt per purpose, secret rotation, attributes, reading the Cookie
+"""The sidecar's cookies (``proxy.auth.cookies``): one salt per purpose, secret rotation, attributes, reading the Cookie
 header."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from aiohttp.test_utils import make_mocked_request
 from itsdangerous import TimestampSigner
 from multidict import CIMultiDict
 
-from proxy.cookies import SET_COOKIE_CEILING, CookieCodec, Ticket, cookie_value
-from proxy.settings import Secret, SessionSettings
+from proxy.auth.cookies import SET_COOKIE_CEILING, CookieCodec, Ticket, cookie_value
+from proxy.config.model import Secret, SessionSettings
 
 SETTINGS = SessionSettings(cookie_secrets=(Secret("n" * 40), Secret("o" * 40)), lifetime=60, idle_timeout=30)
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.configfile import parse_settings
-from proxy.settings import Settings
+from proxy.config.load import parse_settings
+from proxy.config.model import Settings
 from support import REPO
 
 KUBERNETES = REPO / "deploy" / "kubernetes"

@@ -1,4 +1,4 @@
-"""proxy.discovery: the discovery document's validation, and its cache against badop over HTTP."""
+"""proxy.oidc.discovery: the discovery document's validation, and its cache against badop over HTTP."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import aiohttp
 import pytest
 
-from proxy.discovery import Discovery, ProviderMetadata
 from proxy.errors import ProviderError
-from proxy.oidc import OIDCClient
-from proxy.provider_http import ProviderHTTP
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.discovery import Discovery, ProviderMetadata
+from proxy.oidc.http import ProviderHTTP
 from support.badop import BadOP
 from support.rp import FakeClock, MakeRP
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.configfile import parse_settings
+from proxy.config.load import parse_settings
 from support import REPO
 
 

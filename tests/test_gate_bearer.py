@@ -17,14 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy import bearer
-from proxy.bearer import BearerVerifier
+from proxy.auth import bearer
+from proxy.auth.bearer import BearerVerifier
+from proxy.config.model import SSOSettings
 from proxy.errors import InvalidToken
-from proxy.jwks import MAX_TOKEN_CHARS, Verified
-from proxy.oidc import OIDCClient
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.jwks import MAX_TOKEN_CHARS, Verified
 from proxy.sessions import MemoryStore
 from proxy.sessions.revocations import Revocations
-from proxy.settings import SSOSettings
 from support.badop import BadOP, running_badop
 from support.procs import LOOPBACK, free_port
 from support.sidecar import Sidecar

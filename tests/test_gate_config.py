@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from proxy.configfile import parse_settings
+from proxy.config.load import parse_settings
+from proxy.config.model import ExtraIssuer
 from proxy.errors import ConfigError
-from proxy.settings import ExtraIssuer
 from support import REPO
 
 ENV = {"COOKIE_SECRET": "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT", "OIDC_SECRET": "client-secret-value"}

@@ -1,6 +1,6 @@
 """Skip-auth routes and path normalisation: what a rule is matched against is what the console receives.
 
-Unit tests of ``proxy.paths`` first, then the bypass attempts through a real sidecar, sent as raw request
+Unit tests of ``proxy.auth.paths`` first, then the bypass attempts through a real sidecar, sent as raw request
 targets (``http.client`` sends them byte for byte; aiohttp's client would normalise them first).
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from conftest import SidecarFactory
 
+from proxy.auth.paths import normalise
 from proxy.errors import BadRequest
-from proxy.paths import normalise
 from support.procs import LOOPBACK
 
 # --------------------------------------------------------------------------------------------------
-# proxy.paths
+# proxy.auth.paths
 
 
 @pytest.mark.parametrize(
@@ -276,8 +276,8 @@ def test_valid_hosts_are_remembered_only_up_to_a_bound_and_bad_ones_never() -> N
     from aiohttp.test_utils import make_mocked_request
     from multidict import CIMultiDict
 
-    from proxy import gate
-    from proxy.configfile import parse_settings
+    from proxy.config.load import parse_settings
+    from proxy.gate import handler as gate
 
     settings = parse_settings(
         "public_url: https://console.example.com\nupstream: http://127.0.0.1:8888\nsso: {enabled: false}\n"

@@ -10,7 +10,7 @@ import pytest
 from conftest import SidecarFactory
 from yarl import URL
 
-from proxy.clientaddress import address_group
+from proxy.auth.clientaddress import address_group
 from support.sidecar import Sidecar
 
 SKIP_AUTH = ["POST ^/api/whoami$"]  # an echo without signing in

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
+from proxy.auth.identity import IdentityHeaders, header_key
+from proxy.config.model import DEFAULT_HEADERS
 from proxy.errors import UnusableIdentity
-from proxy.identity import IdentityHeaders, header_key
-from proxy.settings import DEFAULT_HEADERS
 
 
 def make_identity(mapping: tuple[tuple[str, str], ...] = DEFAULT_HEADERS, separator: str = ",") -> IdentityHeaders:
@@ -22,7 +22,7 @@ def test_header_key_folds_case_and_underscores() -> None:
 def test_header_keys_are_remembered_only_up_to_a_bound() -> None:
     """Keys are memoised for the names clients really send; a client inventing thousands of names gets
     correct keys, and the memo stays bounded."""
-    from proxy import identity
+    from proxy.auth import identity
 
     invented = [f"X_Made.Up-{i}" for i in range(3 * identity._KEYS_MAX)]
     assert [header_key(n) for n in invented] == [f"x-made-up-{i}" for i in range(3 * identity._KEYS_MAX)]
@@ -190,7 +190,7 @@ def test_every_punctuation_spelling_of_an_identity_header_is_stripped(name):
 def test_the_headers_of_long_lived_claims_are_remembered_and_of_plain_dicts_not() -> None:
     """The session cache's compact claims get their headers built once; a plain dict (a bearer token's
     claims) is read afresh every time, so changing it changes the headers; the memo stays bounded."""
-    from proxy import identity as module
+    from proxy.auth import identity as module
     from proxy.sessions.model import CompactClaims
 
     identity = make_identity()

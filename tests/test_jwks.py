@@ -1,4 +1,4 @@
-"""proxy.jwks: the key set's cache and refetch rules, and JWS verification (algorithm, key, signature),
+"""proxy.oidc.jwks: the key set's cache and refetch rules, and JWS verification (algorithm, key, signature),
 against badop over HTTP."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.discovery import Discovery
 from proxy.errors import ProviderError, TokenValidationError
-from proxy.jwks import JWKS, MAX_TOKEN_CHARS, parse_jwks
-from proxy.oidc import OIDCClient
-from proxy.provider_http import ProviderHTTP
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.discovery import Discovery
+from proxy.oidc.http import ProviderHTTP
+from proxy.oidc.jwks import JWKS, MAX_TOKEN_CHARS, parse_jwks
 from support.badop import BadOP
 from support.rp import FakeClock, Flow, MakeRP, rejected
 

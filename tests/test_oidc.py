@@ -1,4 +1,4 @@
-"""proxy.oidc, the relying-party flows, against badop, a real (misbehaving) OpenID Provider over HTTP on
+"""proxy.oidc.client, the relying-party flows, against badop, a real (misbehaving) OpenID Provider over HTTP on
 loopback: PKCE, the authorization request and response, code exchange, refresh, userinfo, the token
 endpoint's client authentication and the end-session URL."""
 
@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.discovery import ProviderMetadata
+from proxy.config.model import Secret, SSOSettings
 from proxy.errors import LoginError, ProviderError, TokenValidationError
-from proxy.oidc import (
+from proxy.oidc.client import (
     OIDCClient,
     TokenEndpointError,
     TokenSet,
@@ -26,7 +26,7 @@ from proxy.oidc import (
     pkce_challenge,
     random_token,
 )
-from proxy.settings import Secret, SSOSettings
+from proxy.oidc.discovery import ProviderMetadata
 from support import REPO
 from support.badop import BadOP
 from support.rp import REDIRECT_URI, Flow, MakeRP, rejected

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from proxy.adminaccess import FRESH_SIGN_IN, Actor, fresh
-from proxy.configfile import parse_settings
+from proxy.admin.access import FRESH_SIGN_IN, Actor, fresh
+from proxy.admin.anchor import Anchor, AnchorError, AnchorFile, anchor_for
+from proxy.admin.record import PageRecord, Pinned, TestResult
+from proxy.config.load import parse_settings
 from proxy.errors import ConfigError
-from proxy.pageanchor import Anchor, AnchorError, AnchorFile, anchor_for
-from proxy.pagerecord import PageRecord, Pinned, TestResult
 
 PIN = Pinned("https://idp.example.com", "console")
 

@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from proxy.b64 import b64url_decode, b64url_encode
-from proxy.pagerecord import (
+from proxy.admin.record import (
     TEST_VALID_FOR,
     Applied,
     Draft,
@@ -20,7 +19,8 @@ from proxy.pagerecord import (
     RecordError,
     TestResult,
 )
-from proxy.settings import Secret
+from proxy.b64 import b64url_decode, b64url_encode
+from proxy.config.model import Secret
 
 OLD, NEW = Secret("o" * 8 + "old-secret-0123456789abcdef"), Secret("n" * 8 + "new-secret-0123456789abcdef")
 SSO = PageSSO("https://idp.example.com", "console", "s3cr3t-value", ("openid", "profile", "email"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.pagestore import Conflict, FilePageStore, PageStore, RedisPageStore
+from proxy.admin.store import Conflict, FilePageStore, PageStore, RedisPageStore
 from proxy.sessions.redis import RedisStore
 from support.redis_server import RedisServer
 

@@ -1,6 +1,6 @@
 """The access policy: who may pass once signed in; and the 403 page a user outside it gets.
 
-Unit tests of ``proxy.policy``, then real logins: at the dev IdP (whose usernames become email addresses
+Unit tests of ``proxy.auth.policy``, then real logins: at the dev IdP (whose usernames become email addresses
 and whose ``unverified*`` users have ``email_verified: false``) and at badop (for namespaced group claims
 and Entra-style group overage, which the dev IdP cannot send).
 """
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import SidecarFactory
 
-from proxy.policy import GROUPS_MISSING, GROUPS_OVERAGE, GROUPS_UNREADABLE, NOT_ALLOWED, UNVERIFIED, denial_reason
-from proxy.settings import AccessSettings
+from proxy.auth.policy import GROUPS_MISSING, GROUPS_OVERAGE, GROUPS_UNREADABLE, NOT_ALLOWED, UNVERIFIED, denial_reason
+from proxy.config.model import AccessSettings
 from support.badop import BadOP, running_badop
 from support.idp import login
 from support.procs import LOOPBACK, free_port
@@ -29,7 +29,7 @@ GROUPS = AccessSettings(allowed_groups=("admins",))
 COGNITO = AccessSettings(allowed_groups=("console-admins",), groups_claim="cognito:groups")
 
 # --------------------------------------------------------------------------------------------------
-# proxy.policy
+# proxy.auth.policy
 
 
 def test_no_rules_lets_everyone_in():

@@ -16,7 +16,7 @@ import pytest
 from conftest import SidecarFactory
 from yarl import URL
 
-from proxy.redirects import safe_return_to
+from proxy.auth.redirects import safe_return_to
 from support.idp import login, logout
 
 HOSTS = ["evil.com", "evil.com:443", "127.0.0.1.evil.com", "good.com@evil.com", "good.com.evil.com"]

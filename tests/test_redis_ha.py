@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.configfile import parse_settings
+from proxy.config.load import parse_settings
+from proxy.config.model import Secret
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.sessions.redis import RedisStore
-from proxy.settings import Secret
 from support.idp import login, logout
 from support.redis_ha import (
     RedisCluster,

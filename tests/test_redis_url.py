@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.redis_url import parse_redis_url, redact_redis_url
-from proxy.settings import Secret
+from proxy.config.model import Secret
+from proxy.config.redis_url import parse_redis_url, redact_redis_url
 
 
 def test_unix_sockets_and_ipv6_hosts():

@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.configfile import load_settings
-from proxy.reload import changed_keys, reload_config
-from proxy.runtime import Runtime
+from proxy.config.load import load_settings
+from proxy.config.model import Settings
+from proxy.runtime.reload import changed_keys, reload_config
+from proxy.runtime.state import Runtime
 from proxy.sessions import MemoryStore
-from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.upstream.forward import Upstream
 
 BASE = {
     "listen": "127.0.0.1:4180",

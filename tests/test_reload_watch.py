@@ -1,4 +1,4 @@
-"""The config file watcher (proxy.watch): ConfigMap symlink swaps, editor renames, half-written files,
+"""The config file watcher (proxy.runtime.watch): ConfigMap symlink swaps, editor renames, half-written files,
 debounce. Polls are driven one at a time (``FileWatcher.poll``), so nothing here waits on a clock except
 the one test of the running loop, which waits for its events."""
 
@@ -8,7 +8,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from proxy.watch import ChangeDetector, FileWatcher, read_state, snapshot
+from proxy.runtime.watch import ChangeDetector, FileWatcher, read_state, snapshot
 from support.configmap import ConfigMapDir
 from support.waiting import eventually
 

@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from proxy.secretcheck import weakness
+from proxy.config.secrets import weakness
 from support.config_text import MINIMAL, problems
 
 PLACEHOLDERS = [

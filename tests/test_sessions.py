@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from redis import asyncio as aioredis
 
-from proxy.cookies import Ticket
+from proxy.auth.cookies import Ticket
+from proxy.config.model import Secret, SessionSettings
 from proxy.errors import StoreUnavailable
 from proxy.sessions import MemoryStore, PendingLogin, SessionManager
 from proxy.sessions.redis import RedisStore
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Revocations, ttl_for
 from proxy.sessions.store import SessionStore
-from proxy.settings import Secret, SessionSettings
 from support.redis_ha import command
 from support.waiting import eventually
 

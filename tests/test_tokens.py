@@ -1,4 +1,4 @@
-"""proxy.tokens: what ID, access and logout tokens and signed userinfo must claim.
+"""proxy.oidc.tokens: what ID, access and logout tokens and signed userinfo must claim.
 
 First through a real login (and real logout tokens) against badop, which signs tokens with the claims
 each case gets wrong; then the rules alone, on verified tokens built by hand with a fixed clock, for
@@ -15,9 +15,9 @@ import pytest
 from joserfc.jwk import ECKey
 
 from proxy.errors import TokenValidationError
-from proxy.jwks import Verified, parse_jwks
-from proxy.oidc import OIDCClient
-from proxy.tokens import (
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.jwks import Verified, parse_jwks
+from proxy.oidc.tokens import (
     LOGOUT_TOKEN_MAX_AGE,
     check_access_token,
     check_id_token,

@@ -26,13 +26,13 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import upstream as upstream_module
 from proxy.app import create_app
-from proxy.configfile import parse_settings
+from proxy.config.load import parse_settings
+from proxy.config.model import DEFAULT_HEADERS
 from proxy.errors import ConfigError
-from proxy.runtime import RUNTIME
-from proxy.settings import DEFAULT_HEADERS
-from proxy.upstream import HOP_BY_HOP, UPSTREAM_CLIENTS, Upstream
+from proxy.runtime.state import RUNTIME
+from proxy.upstream import forward as upstream_module
+from proxy.upstream.forward import HOP_BY_HOP, UPSTREAM_CLIENTS, Upstream
 from support.sidecar import Sidecar
 from support.waiting import eventually
 
@@ -1095,7 +1095,7 @@ async def test_websocket_to_a_down_console_is_502(make_proxy: MakeProxy, client:
 
 
 # --------------------------------------------------------------------------------------------------
-# The HTTP/1.1 client (proxy.h1) against answers aiohttp's own server never sends
+# The HTTP/1.1 client (proxy.upstream.h1.exchange) against answers aiohttp's own server never sends
 
 
 async def test_keep_alive_connections_are_reused(

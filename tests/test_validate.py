@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.auth.paths import normalise
+from proxy.config.model import DEFAULT_HEADERS, DEFAULT_SCOPES, SkipRule
 from proxy.errors import ConfigError
-from proxy.gate import skips_auth
-from proxy.paths import normalise
-from proxy.settings import DEFAULT_HEADERS, DEFAULT_SCOPES, SkipRule
+from proxy.gate.handler import skips_auth
 from support.config_text import MINIMAL, parse, problems
 
 
@@ -180,7 +180,7 @@ def test_the_settings_page_with_sso_off_needs_a_break_glass_token():
 
 def test_page_values_are_literal_never_expanded_from_the_environment():
     """A ${VAR} typed into the settings page must not read the process environment."""
-    from proxy.configfile import parse_settings
+    from proxy.config.load import parse_settings
 
     page_sso = {"issuer_url": "https://idp.example.com", "client_id": "${COOKIE_SECRET}", "client_secret": "$${x}"}
     s = parse_settings(

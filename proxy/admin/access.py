@@ -25,15 +25,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import breakglass, clientaddress
-from proxy.configfile import load_settings
+from proxy.admin.record import PageRecord, PageSSO, Pinned
+from proxy.admin.sync import PageSync
+from proxy.auth import clientaddress
+from proxy.auth.policy import display_name, is_admin
+from proxy.config.load import load_settings
 from proxy.errors import BadRequest, ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
-from proxy.login import begin_login
-from proxy.pagerecord import PageRecord, PageSSO, Pinned
-from proxy.pagesync import PageSync
-from proxy.policy import display_name, is_admin
-from proxy.runtime import Active, Runtime
-from proxy.sessions import Session, session_for
+from proxy.gate import breakglass
+from proxy.runtime.state import Active, Runtime
+from proxy.sessions import Session
+from proxy.signin.current import session_for
+from proxy.signin.login import begin_login
 
 log = logging.getLogger("sso_sidecar.admin")
 
@@ -104,7 +106,7 @@ async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor
         raise Forbidden("The SSO settings page is for admins (admin.emails, admin.groups).", code="not_admin")
     if active.oidc is not None and runtime.closed is None:
         if settings.admin.public_url is not None:
-            from proxy.adminlogin import begin_page_login  # the page's own origin signs in with its own URI
+            from proxy.admin.login import begin_page_login  # the page's own origin signs in with its own URI
 
             return await begin_page_login(request, runtime, active, PATH)
         return await begin_login(request, runtime, active, PATH)

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.admin.record import Pinned
+from proxy.admin.store import exposure, locked, write_atomically
 from proxy.errors import StoreUnavailable
-from proxy.pagerecord import Pinned
-from proxy.pagestore import exposure, locked, write_atomically
 
 FORMAT = 1
 

@@ -20,19 +20,18 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import adminaccess as access
-from proxy import adminhtml, adminlogin, adminpage, admintest, presets
-from proxy.adminaccess import PATH, Actor, Refused
-from proxy.configfile import load_settings
-from proxy.discovery import DocumentError
+from proxy.admin import access, html, login, presets, trial, view
+from proxy.admin.access import PATH, Actor, Refused
+from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned
+from proxy.admin.sync import PageSync, RecordUnusable
+from proxy.config.load import load_settings
+from proxy.config.model import DEFAULT_SCOPES, Settings
 from proxy.errors import ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
-from proxy.oidc import OIDCClient
-from proxy.pagerecord import Applied, Draft, PageRecord, PageSSO, Pinned
-from proxy.pagesync import PageSync, RecordUnusable
-from proxy.provider_http import ProviderUnreadable
-from proxy.reload import verify_provider
-from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.settings import DEFAULT_SCOPES, Settings
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.discovery import DocumentError
+from proxy.oidc.http import ProviderUnreadable
+from proxy.runtime.reload import verify_provider
+from proxy.runtime.state import RUNTIME, Active, Runtime
 
 log = logging.getLogger("sso_sidecar.admin")
 FIELDS = ("issuer_url", "client_id", "client_secret", "scopes")
@@ -135,7 +134,7 @@ async def _render(
         except StoreUnavailable:
             replicas = []
     settings = active.settings
-    view = adminpage.View(
+    shown = view.View(
         settings=settings,
         sso_on=access.sso_on(active),
         actor_name=actor.name,
@@ -150,14 +149,14 @@ async def _render(
         values=values or {},
         errors=errors or {},
         notice=notice,
-        required_claims=admintest.required_claims(settings),
+        required_claims=trial.required_claims(settings),
         provider_origins=await _provider_origins(runtime, active, record),
         pinned=page.pinned if page is not None else None,
-        page_redirect_uri=adminlogin.page_redirect_uri(settings),
+        page_redirect_uri=login.page_redirect_uri(settings),
         warnings=_warnings(page),
         unusable=access.unusable(runtime, problem),
     )
-    return adminpage.render(view, status=status)
+    return view.render(shown, status=status)
 
 
 def _warnings(page: PageSync | None) -> tuple[str, ...]:
@@ -176,9 +175,9 @@ async def _provider_origins(runtime: Runtime, active: Active, record: PageRecord
         return cached[1]
     origins: tuple[str, ...] = ()
     try:
-        settings = admintest.draft_settings(runtime, record.draft.sso.as_config())
-        metadata = await admintest.draft_client(runtime, settings, fresh_sign_in=False).metadata()
-        origins = (str(adminhtml.origin_of(metadata.authorization_endpoint)),)
+        settings = trial.draft_settings(runtime, record.draft.sso.as_config())
+        metadata = await trial.draft_client(runtime, settings, fresh_sign_in=False).metadata()
+        origins = (str(html.origin_of(metadata.authorization_endpoint)),)
     except (ConfigError, SidecarError):
         pass
     _origins.clear()  # one draft at a time
@@ -190,7 +189,7 @@ async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in _STATIC:
         raise NotFound("No such file.")
-    body = resources.files("proxy").joinpath("static", name).read_bytes()
+    body = resources.files("proxy.admin").joinpath("static", name).read_bytes()
     return web.Response(
         body=body,
         content_type=_STATIC[name],
@@ -281,7 +280,7 @@ async def _validate(runtime: Runtime, candidate: PageSSO) -> dict[str, str]:
     typed here cannot map the network: what failed, never whether a port was closed, slow, TLS or HTTP
     (the log has the network's reason, for the operator)."""
     try:
-        settings = admintest.draft_settings(runtime, candidate.as_config())
+        settings = trial.draft_settings(runtime, candidate.as_config())
     except ConfigError as exc:
         return _by_field((p.key, p.message) for p in exc.problems)
     client = OIDCClient(settings.sso, settings.redirect_uri, runtime.http)
@@ -349,8 +348,8 @@ async def test_login(request: web.Request) -> web.StreamResponse:
         raise Refused("The draft was saved again since this page was loaded: reload the page, then test.")
     access.break_glass_may_use(actor, record.draft.sso, _allowed(runtime), "test")
     log.warning("settings page: test login of draft %s started by %s", record.draft.digest, actor.label)
-    redirect_uri = adminlogin.page_redirect_uri(active.settings)
-    return await admintest.start(request, runtime, active, record.draft, actor.label, redirect_uri=redirect_uri)
+    redirect_uri = login.page_redirect_uri(active.settings)
+    return await trial.start(request, runtime, active, record.draft, actor.label, redirect_uri=redirect_uri)
 
 
 # -- Enable, Disable, Forget ----------------------------------------------------------------------------------
@@ -365,7 +364,7 @@ async def enable(request: web.Request) -> web.StreamResponse:
     page = access.page_sync(runtime)
     record = await page.load()
     if not access.fresh(actor, record, active):
-        return adminhtml.sign_in_again("enable SSO", sso_on=access.sso_on(active))
+        return html.sign_in_again("enable SSO", sso_on=access.sso_on(active))
     draft = record.draft
     if draft is not None:
         access.break_glass_may_use(actor, draft.sso, _allowed(runtime), "enable")
@@ -377,7 +376,7 @@ async def enable(request: web.Request) -> web.StreamResponse:
     elif record.test is None:
         reason = "the draft has not been tested (since it was saved, or since SSO was disabled): run Test login first"
     else:
-        reason = record.test.enables(draft, admintest.required_claims(active.settings))
+        reason = record.test.enables(draft, trial.required_claims(active.settings))
     if reason is None and draft is not None:
         problems = await _validate(runtime, draft.sso)
         if problems:
@@ -410,13 +409,13 @@ async def disable(request: web.Request) -> web.StreamResponse:
     actor, form = await access.form(request, runtime, active)
     record, _ = await access.stored_record(runtime)
     if not access.fresh(actor, record, active):
-        return adminhtml.sign_in_again("disable SSO", sso_on=access.sso_on(active))
+        return html.sign_in_again("disable SSO", sso_on=access.sso_on(active))
     problem = await _problem_with(runtime, {"enabled": False})
     if problem is not None:
         access.audit(runtime, actor, "disable", "refused", problem)
         raise Refused(f"SSO cannot be disabled: {problem}")
     if form.get("confirm") != "yes":
-        return adminhtml.confirm_disable(active.cookies.form_token(actor.holder))
+        return html.confirm_disable(active.cookies.form_token(actor.holder))
 
     def edit(current: PageRecord) -> PageRecord:
         applied = Applied(False, None, None, time.time(), actor.name)
@@ -437,13 +436,13 @@ async def forget(request: web.Request) -> web.StreamResponse:
     record, stored_problem = await access.stored_record(runtime)
     access.break_glass_may_forget(actor, active, runtime, stored_problem)
     if not access.fresh(actor, record, active):
-        return adminhtml.sign_in_again("forget the page settings", sso_on=access.sso_on(active))
+        return html.sign_in_again("forget the page settings", sso_on=access.sso_on(active))
     problem = await _problem_with(runtime, None)
     if problem is not None:
         access.audit(runtime, actor, "forget", "refused", problem)
         raise Refused(f"The page settings cannot be forgotten: {problem}")
     if form.get("confirm") != "yes":
-        return adminhtml.confirm_forget(active.cookies.form_token(actor.holder), _file_state(runtime))
+        return html.confirm_forget(active.cookies.form_token(actor.holder), _file_state(runtime))
 
     def edit(current: PageRecord) -> PageRecord:
         # Break-glass keeps the pin: forgetting must not turn the next setup into a free first one.
@@ -498,4 +497,4 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post(PATH + "/enable", enable)
     app.router.add_post(PATH + "/disable", disable)
     app.router.add_post(PATH + "/forget", forget)
-    adminlogin.add_routes(app)
+    login.add_routes(app)

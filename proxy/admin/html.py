@@ -14,7 +14,7 @@ from html import escape
 from aiohttp import web
 from yarl import URL
 
-from proxy.pagerecord import BRIEF_CLAIMS, Draft, TestResult
+from proxy.admin.record import BRIEF_CLAIMS, Draft, TestResult
 
 _ASSETS = "/oauth2/admin/static"
 

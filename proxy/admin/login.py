@@ -18,14 +18,14 @@ import logging
 
 from aiohttp import web
 
-from proxy import admintest
-from proxy.adminaccess import PATH, on_page_origin
+from proxy.admin import trial
+from proxy.admin.access import PATH, on_page_origin
+from proxy.config.model import Settings
 from proxy.errors import Closed, LoginError, NotFound, SidecarError
-from proxy.login import _redeem as redeem
-from proxy.login import begin_login
-from proxy.oidc import OIDCClient
-from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.settings import Settings
+from proxy.oidc.client import OIDCClient
+from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.signin.login import _redeem as redeem
+from proxy.signin.login import begin_login
 
 log = logging.getLogger("sso_sidecar.admin")
 
@@ -100,7 +100,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     mine = bool(state) and active.cookies.login_belongs_to_browser(state, request.cookies)
     pending = await runtime.sessions.take_login(state) if mine else None
     if pending is not None and pending.test_digest is not None:
-        return await admintest.finish(request, runtime, pending, redirect_uri=redirect_uri)
+        return await trial.finish(request, runtime, pending, redirect_uri=redirect_uri)
     if runtime.closed is not None:
         raise Closed()
     if active.oidc is None:

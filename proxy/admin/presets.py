@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from yarl import URL
 
-from proxy.settings import Settings
+from proxy.config.model import Settings
 
 
 class PresetError(ValueError):

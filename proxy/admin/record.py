@@ -1,7 +1,7 @@
 """The SSO settings page's record: the draft, its test, what is applied, and the history of changes.
 
 The record is what the settings page (``proxy.admin``) edits and what every replica applies
-(``proxy.pagesync``). It is stored whole, sealed with AES-256-GCM under a key derived from the cookie
+(``proxy.admin.sync``). It is stored whole, sealed with AES-256-GCM under a key derived from the cookie
 secrets (HKDF, a purpose of its own), in an envelope that carries its ``version`` in the clear for
 compare-and-set writes and binds it into the seal, so a stored record can be neither read, nor changed,
 nor swapped for an older one by anyone without a cookie secret. A record sealed under an older cookie
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from proxy.b64 import b64url_decode, b64url_encode
-from proxy.settings import DEFAULT_SCOPES, Secret
+from proxy.config.model import DEFAULT_SCOPES, Secret
 
 FORMAT = 1
 _INFO = b"sso-sidecar/page-settings/v1"

@@ -1,7 +1,7 @@
 """Where the settings page's record lives: in Redis when sessions do (shared by every replica), else in
 ``admin.settings_file``.
 
-Both keep one sealed record (``proxy.pagerecord``) and write it only by compare-and-set on its version:
+Both keep one sealed record (``proxy.admin.record``) and write it only by compare-and-set on its version:
 a replica that writes back its copy of an older version (after Redis lost the record, say) is refused,
 so it can never undo a later change. Both also keep a short-lived note per replica of the version it has
 applied, which the page lists.

@@ -35,14 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy.admin.anchor import Anchor, AnchorError, AnchorFile, anchor_for
+from proxy.admin.record import Keys, PageRecord, Pinned, RecordError
+from proxy.admin.store import Conflict, FilePageStore, PageStore, RedisPageStore
+from proxy.config.model import Secret, Settings
 from proxy.errors import SidecarError, StoreUnavailable
-from proxy.pageanchor import Anchor, AnchorError, AnchorFile, anchor_for
-from proxy.pagerecord import Keys, PageRecord, Pinned, RecordError
-from proxy.pagestore import Conflict, FilePageStore, PageStore, RedisPageStore
-from proxy.reload import TRIGGER_PAGE, reload_config
-from proxy.runtime import Runtime
+from proxy.runtime.reload import TRIGGER_PAGE, reload_config
+from proxy.runtime.state import Runtime
 from proxy.sessions.redis import RedisStore
-from proxy.settings import Secret, Settings
 
 log = logging.getLogger("sso_sidecar.admin")
 

@@ -20,16 +20,16 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import adminhtml
-from proxy.configfile import load_settings
+from proxy.admin import html
+from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, TestResult
+from proxy.auth.identity import IdentityHeaders
+from proxy.auth.policy import denial_reason, display_name, is_admin
+from proxy.config.load import load_settings
+from proxy.config.model import Settings
 from proxy.errors import ConfigError, LoginError, SidecarError, UnusableIdentity
-from proxy.identity import IdentityHeaders
-from proxy.oidc import OIDCClient, new_pkce, random_token
-from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, TestResult
-from proxy.policy import denial_reason, display_name, is_admin
-from proxy.runtime import Active, Runtime
+from proxy.oidc.client import OIDCClient, new_pkce, random_token
+from proxy.runtime.state import Active, Runtime
 from proxy.sessions import PendingLogin
-from proxy.settings import Settings
 
 log = logging.getLogger("sso_sidecar.admin")
 
@@ -105,7 +105,7 @@ async def finish(
     runtime.metrics.admin_actions.labels("test", "ok" if result.ok else "failed").inc()
     log.warning("settings page: %s by %s", detail, pending.test_by)
     required = required_claims(active.settings)
-    response = adminhtml.test_result(result, required, draft)
+    response = html.test_result(result, required, draft)
     response.headers["Cache-Control"] = "no-store"
     active.cookies.clear_login(response, request.query.get("state", ""))
     return response

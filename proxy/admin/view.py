@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import adminhtml as html
-from proxy.pagerecord import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
-from proxy.presets import PRESETS
-from proxy.settings import Settings
+from proxy.admin import html
+from proxy.admin.presets import PRESETS
+from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
+from proxy.config.model import Settings
 
 _SILENT_AFTER = 5.0  # replicas report every second
 

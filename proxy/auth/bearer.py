@@ -32,13 +32,13 @@ import aiohttp
 from aiohttp import web
 
 from proxy.b64 import b64url_decode
-from proxy.discovery import Discovery
 from proxy.errors import InvalidToken, ProviderError, TokenValidationError
-from proxy.jwks import JWKS, MAX_TOKEN_CHARS
-from proxy.oidc import OIDCClient
-from proxy.provider_http import ProviderHTTP
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.discovery import Discovery
+from proxy.oidc.http import ProviderHTTP
+from proxy.oidc.jwks import JWKS, MAX_TOKEN_CHARS
+from proxy.oidc.tokens import check_access_token, is_id_token
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Mark, Revocations
-from proxy.tokens import check_access_token, is_id_token
 
 CACHE_SIZE = 4096
 MAX_CACHE_AGE = 600.0

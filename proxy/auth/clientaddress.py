@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from proxy.settings import Settings
+from proxy.config.model import Settings
 
 
 def is_trusted_proxy(address: str | None, settings: Settings) -> bool:

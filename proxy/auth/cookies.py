@@ -17,7 +17,7 @@ from aiohttp import web
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
 from proxy.b64 import b64url_decode, b64url_encode
-from proxy.settings import SessionSettings
+from proxy.config.model import SessionSettings
 
 _TICKET_SALT = "sso-sidecar/session-ticket/v1"
 _LOGIN_SALT = "sso-sidecar/pending-login/v1"

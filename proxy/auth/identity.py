@@ -21,8 +21,8 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from proxy.config.model import DEFAULT_HEADERS
 from proxy.errors import UnusableIdentity
-from proxy.settings import DEFAULT_HEADERS
 
 # Headers oauth2-proxy sends or consoles commonly read; stripped even when not mapped, so a console that
 # was built against oauth2-proxy cannot be fooled by a client sending them through this sidecar.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.settings import AccessSettings, AdminSettings
+from proxy.config.model import AccessSettings, AdminSettings
 
 NOT_ALLOWED = "Your account is not in the list of users allowed to use this console."
 UNVERIFIED = "Your identity provider has not verified your email address, so it cannot be used to let you in."

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from proxy.config.model import Settings
 
 MAX_LENGTH = 4096
 _ABSOLUTE_PREFIXES = ("http://", "https://")

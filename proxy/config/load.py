@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 from yarl import URL
 
-from proxy import validate
-from proxy.configreader import ConfigReader
+from proxy.config import validate
+from proxy.config.model import Settings
+from proxy.config.reader import ConfigReader
 from proxy.errors import ConfigError, ConfigProblem
-from proxy.settings import Settings
 
 
 def load_settings(

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
+from proxy.config.model import Secret
 from proxy.errors import ConfigProblem
-from proxy.settings import Secret
 
 _T = TypeVar("_T")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, unquote
 
-from proxy.settings import RedisSettings, Secret
+from proxy.config.model import RedisSettings, Secret
 
 REDIS_PORT, SENTINEL_PORT = 6379, 26379
 _SCHEMES = {

@@ -15,10 +15,8 @@ from typing import Any
 
 from yarl import URL
 
-from proxy import validate_session, validate_sso
-from proxy.configreader import ConfigReader, positive_int
-from proxy.secretcheck import weakness
-from proxy.settings import (
+from proxy.config import validate_session, validate_sso
+from proxy.config.model import (
     DEFAULT_HEADERS,
     AccessSettings,
     AdminSettings,
@@ -29,6 +27,8 @@ from proxy.settings import (
     StatusSettings,
     is_loopback_host,
 )
+from proxy.config.reader import ConfigReader, positive_int
+from proxy.config.secrets import weakness
 
 MIN_BREAK_GLASS_TOKEN_LENGTH = 24
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from proxy.configreader import ConfigReader, positive_int
-from proxy.redis_url import SENTINEL_PORT, parse_redis_url, redact_redis_url, redis_address, redis_db
-from proxy.secretcheck import weakness
-from proxy.settings import RedisSettings, Secret, SessionSettings
+from proxy.config.model import RedisSettings, Secret, SessionSettings
+from proxy.config.reader import ConfigReader, positive_int
+from proxy.config.redis_url import SENTINEL_PORT, parse_redis_url, redact_redis_url, redis_address, redis_db
+from proxy.config.secrets import weakness
 
 MIN_COOKIE_SECRET_LENGTH = 32
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from yarl import URL
 
-from proxy.configreader import ConfigReader
-from proxy.settings import DEFAULT_SCOPES, SUPPORTED_ID_TOKEN_ALGS, ExtraIssuer, SSOSettings, is_loopback_host
+from proxy.config.model import DEFAULT_SCOPES, SUPPORTED_ID_TOKEN_ALGS, ExtraIssuer, SSOSettings, is_loopback_host
+from proxy.config.reader import ConfigReader
 
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # A claim name as it can appear in a JWT (also namespaced ones such as https://example.com/hint); no spaces

@@ -38,16 +38,17 @@ from html import escape
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import clientaddress, pages
-from proxy.cookies import cookie_value
+from proxy import html
+from proxy.auth import clientaddress
+from proxy.auth.cookies import cookie_value
+from proxy.auth.identity import header_key
+from proxy.auth.redirects import safe_return_to
+from proxy.config.model import BreakGlassSettings, Settings
 from proxy.errors import BadRequest, Forbidden, SidecarError, StoreUnavailable
-from proxy.identity import header_key
-from proxy.logs import request_id
-from proxy.redirects import safe_return_to
-from proxy.runtime import RUNTIME, Active, Runtime
+from proxy.runtime.state import RUNTIME, Active, Runtime
 from proxy.sessions import SessionStore
 from proxy.sessions.redis import RedisStore
-from proxy.settings import BreakGlassSettings, Settings
+from proxy.telemetry.logs import request_id
 
 log = logging.getLogger("sso_sidecar.break_glass")
 
@@ -318,7 +319,7 @@ async def form(request: web.Request) -> web.StreamResponse:
         raise _not_configured()
     rd = safe_return_to(request.query.get("rd"))
     message = _EXPLANATION.format(ttl=max(1, round(settings.ttl / 60)))
-    return pages.render("Break-glass access", message, form=_form(rd))
+    return html.render("Break-glass access", message, form=_form(rd))
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
@@ -336,11 +337,11 @@ async def submit(request: web.Request) -> web.StreamResponse:
     try:
         right = isinstance(token, str) and await check_token_async(request, runtime, active, token, "form")
     except RateLimited as exc:
-        response = pages.render("Break-glass access", exc.message, status=429, form=_form(rd))
+        response = html.render("Break-glass access", exc.message, status=429, form=_form(rd))
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if not right:
-        return pages.render("Break-glass access", "That token was not accepted.", status=403, form=_form(rd))
+        return html.render("Break-glass access", "That token was not accepted.", status=403, form=_form(rd))
     grant = secrets.token_hex(6)
     log.warning("break-glass: access granted to %s via the form, grant %s, for %ds",
                 client_address(request, active.settings), grant, int(settings.ttl))  # fmt: skip

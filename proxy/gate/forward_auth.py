@@ -23,14 +23,14 @@ import re
 
 from aiohttp import web
 
-from proxy.clientaddress import is_trusted_proxy
+from proxy.auth.clientaddress import is_trusted_proxy
+from proxy.auth.paths import RequestPath, normalise
+from proxy.auth.redirects import safe_return_to
+from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, Unauthenticated
-from proxy.gate import BEARER_CHALLENGE, authorize, caller, skips_auth
-from proxy.login import login_url
-from proxy.paths import RequestPath, normalise
-from proxy.redirects import safe_return_to
-from proxy.runtime import RUNTIME
-from proxy.settings import Settings
+from proxy.gate.handler import BEARER_CHALLENGE, authorize, caller, skips_auth
+from proxy.runtime.state import RUNTIME
+from proxy.signin.login import login_url
 
 log = logging.getLogger("sso_sidecar.forward_auth")
 

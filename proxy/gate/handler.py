@@ -18,18 +18,18 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from proxy import breakglass
-from proxy.bearer import VERIFIERS, bearer_token
-from proxy.clientaddress import is_trusted_proxy, names_host, proxied_chain
+from proxy.auth.bearer import VERIFIERS, bearer_token
+from proxy.auth.clientaddress import is_trusted_proxy, names_host, proxied_chain
+from proxy.auth.paths import RequestPath, absolute_authority, normalise
+from proxy.auth.policy import denial_reason
+from proxy.config.model import Settings, SkipRule
 from proxy.errors import BadRequest, Closed, Forbidden, InvalidToken, NotFound, Unauthenticated
-from proxy.login import begin_login, login_url
-from proxy.logs import LOG, RequestLog
-from proxy.paths import RequestPath, absolute_authority, normalise
-from proxy.policy import denial_reason
-from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.sessions import session_for
-from proxy.settings import Settings, SkipRule
-from proxy.upstream import Forwarded
+from proxy.gate import breakglass
+from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.signin.current import session_for
+from proxy.signin.login import begin_login, login_url
+from proxy.telemetry.logs import LOG, RequestLog
+from proxy.upstream.forward import Forwarded
 
 _BROWSER_ACCEPT = ("text/html", "application/xhtml+xml", "*/*")
 # RFC 6750 3: the challenge for a request that brought no credentials at all.

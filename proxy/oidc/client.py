@@ -1,7 +1,7 @@
 """The OpenID Connect relying party: authorize URL, code exchange, refresh, userinfo, end-session URL.
 
 ``OIDCClient`` is one relying party (issuer + client) for one active configuration; a reload builds a
-new one. It owns the issuer's ``Discovery`` cache and ``JWKS``, checks tokens with ``proxy.tokens``'
+new one. It owns the issuer's ``Discovery`` cache and ``JWKS``, checks tokens with ``proxy.oidc.tokens``'
 rules, and knows nothing about ``aiohttp.web``: handlers in ``login.py`` call it and get plain data or
 one of two errors back. ``ProviderError`` means the provider could not be reached or answered nonsense;
 ``TokenValidationError`` means a token (or the authorization response) must not be trusted. Their
@@ -29,13 +29,13 @@ from urllib.parse import quote_plus
 import aiohttp
 from yarl import URL
 
-from proxy import tokens
 from proxy.b64 import b64url_encode
-from proxy.discovery import Discovery, ProviderMetadata
+from proxy.config.model import SSOSettings
 from proxy.errors import LoginError, ProviderError, TokenValidationError
-from proxy.jwks import JWKS
-from proxy.provider_http import ProviderHTTP, printable
-from proxy.settings import SSOSettings
+from proxy.oidc import tokens
+from proxy.oidc.discovery import Discovery, ProviderMetadata
+from proxy.oidc.http import ProviderHTTP, printable
+from proxy.oidc.jwks import JWKS
 
 log = logging.getLogger("sso_sidecar.oidc")
 

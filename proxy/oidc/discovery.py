@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from proxy.config.model import is_loopback_host
 from proxy.errors import ProviderError
-from proxy.provider_http import ProviderHTTP, ProviderUnreadable, printable
-from proxy.settings import is_loopback_host
-from proxy.singleflight import SingleFlight
+from proxy.oidc.http import ProviderHTTP, ProviderUnreadable, printable
+from proxy.oidc.singleflight import SingleFlight
 
 log = logging.getLogger("sso_sidecar.oidc")
 

@@ -4,7 +4,7 @@
 an unknown ``kid`` (the provider may have rotated its keys) but at most once per 30 s, and keeps the
 previous keys while the provider fails. ``JWKS.verify`` judges a compact JWS: the algorithm first (no
 ``none``, no HMAC, only what the provider advertises or the config allows), then the key that fits it,
-then the signature. What the claims must say is ``proxy.tokens``' business.
+then the signature. What the claims must say is ``proxy.oidc.tokens``' business.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from joserfc.errors import BadSignatureError, JoseError, SecurityWarning
 from joserfc.jwk import JWKRegistry, Key
 
 from proxy.b64 import b64url_decode
-from proxy.discovery import Discovery, ProviderMetadata
+from proxy.config.model import SUPPORTED_ID_TOKEN_ALGS
 from proxy.errors import ProviderError, TokenValidationError
-from proxy.provider_http import ProviderHTTP, printable
-from proxy.settings import SUPPORTED_ID_TOKEN_ALGS
-from proxy.singleflight import SingleFlight
+from proxy.oidc.discovery import Discovery, ProviderMetadata
+from proxy.oidc.http import ProviderHTTP, printable
+from proxy.oidc.singleflight import SingleFlight
 
 log = logging.getLogger("sso_sidecar.oidc")
 

@@ -24,7 +24,7 @@ from joserfc.jwt import ClaimsOption, JWTClaimsRegistry
 
 from proxy.b64 import b64url_encode
 from proxy.errors import TokenValidationError
-from proxy.jwks import Verified
+from proxy.oidc.jwks import Verified
 
 BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # Logout tokens often carry no `exp`; refusing old ones bounds how long the caller must remember a `jti`.

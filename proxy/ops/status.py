@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import breakglass
+from proxy.auth.policy import claim_list, is_admin
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
-from proxy.login import login_url
-from proxy.policy import claim_list, is_admin
-from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.sessions import session_for
+from proxy.gate import breakglass
+from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.signin.current import session_for
+from proxy.signin.login import login_url
 
 PATH = "/oauth2/status"
 _MASK = "********"

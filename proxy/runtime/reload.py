@@ -1,6 +1,6 @@
 """Config reload: validate the new config completely, then swap it in whole, or keep the old one.
 
-Triggers: SIGHUP, and the file watcher (``proxy.watch``) on the config file and its ``*_file`` secrets.
+Triggers: SIGHUP, and the file watcher (``proxy.runtime.watch``) on the config file and its ``*_file`` secrets.
 Whatever the trigger, one reload runs at a time and goes through the same steps:
 
 1. read and validate the file (``load_settings``: every problem, each naming its key);
@@ -24,14 +24,14 @@ from dataclasses import dataclass, field, fields
 
 from aiohttp import web
 
-from proxy import logs
-from proxy.configfile import load_settings
-from proxy.discovery import ProviderMetadata
+from proxy.config.load import load_settings
+from proxy.config.model import Settings
 from proxy.errors import ConfigError, ConfigProblem, SidecarError
-from proxy.oidc import OIDCClient
-from proxy.runtime import RUNTIME, Runtime
-from proxy.settings import Settings
-from proxy.watch import FileWatcher
+from proxy.oidc.client import OIDCClient
+from proxy.oidc.discovery import ProviderMetadata
+from proxy.runtime.state import RUNTIME, Runtime
+from proxy.runtime.watch import FileWatcher
+from proxy.telemetry import logs
 
 log = logging.getLogger("sso_sidecar.reload")
 

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from proxy.cookies import CookieCodec
-from proxy.identity import IdentityHeaders
-from proxy.metrics import Metrics
-from proxy.oidc import OIDCClient
-from proxy.refresh import Refresher
+from proxy.auth.cookies import CookieCodec
+from proxy.auth.identity import IdentityHeaders
+from proxy.config.model import Settings
+from proxy.oidc.client import OIDCClient
 from proxy.sessions import SessionManager, SessionStore
-from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.sessions.refresh import Refresher
+from proxy.telemetry.metrics import Metrics
+from proxy.upstream.forward import Upstream
 
 if TYPE_CHECKING:
-    from proxy.pagesync import PageSync
+    from proxy.admin.sync import PageSync
 
 log = logging.getLogger("sso_sidecar")
 

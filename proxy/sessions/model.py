@@ -1,7 +1,7 @@
 """The session record and the pending login, and how both are sealed at rest.
 
 A session is sealed with AES-256-GCM under a key that only the user's cookie ticket holds
-(``proxy.cookies.Ticket``): the store, and anyone who dumps it, sees ciphertext only.
+(``proxy.auth.cookies.Ticket``): the store, and anyone who dumps it, sees ciphertext only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.cookies import Ticket
+from proxy.auth.cookies import Ticket
 
 # Claims that only served to validate the ID token they came in: cached copies leave them out.
 _TOKEN_ONLY_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})

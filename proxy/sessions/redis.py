@@ -28,10 +28,10 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
+from proxy.config.model import RedisSettings
+from proxy.config.redis_url import parse_redis_url
 from proxy.errors import StoreUnavailable
-from proxy.redis_url import parse_redis_url
 from proxy.sessions.fastget import Fallback, FastGet
-from proxy.settings import RedisSettings
 
 log = logging.getLogger("sso_sidecar.sessions")
 _T = TypeVar("_T")
@@ -47,7 +47,7 @@ _UNAVAILABLE = (RedisError, RedisClusterException, OSError, TimeoutError, Runtim
 
 # Compare-and-delete: release a lock only while it is still ours.
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
-# Compare-and-set on a sealed record's clear-text version (``proxy.pagerecord``): write only while the
+# Compare-and-set on a sealed record's clear-text version (``proxy.admin.record``): write only while the
 # stored version is ARGV[1] (0: nothing stored). -1: what is stored is not an envelope.
 _SET_IF_VERSION = """
 local current = redis.call('GET', KEYS[1])

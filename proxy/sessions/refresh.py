@@ -13,7 +13,7 @@ import logging
 import time
 
 from proxy.errors import LoginError, ProviderError
-from proxy.oidc import OIDCClient, TokenEndpointError
+from proxy.oidc.client import OIDCClient, TokenEndpointError
 from proxy.sessions import Session, SessionManager
 
 log = logging.getLogger("sso_sidecar.refresh")

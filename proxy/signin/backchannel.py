@@ -7,9 +7,9 @@ import logging
 from aiohttp import web
 
 from proxy.errors import ProviderError, TokenValidationError
-from proxy.runtime import RUNTIME
+from proxy.oidc.tokens import LOGOUT_TOKEN_MAX_AGE
+from proxy.runtime.state import RUNTIME
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME
-from proxy.tokens import LOGOUT_TOKEN_MAX_AGE
 
 log = logging.getLogger("sso_sidecar.backchannel")
 _HEADERS = {"Cache-Control": "no-store"}

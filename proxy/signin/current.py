@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.cookies import cookie_value
+from proxy.auth.cookies import cookie_value
 
 if TYPE_CHECKING:  # the runtime holds the session manager, so it is imported for types only
     from aiohttp import web
 
-    from proxy.runtime import Active, Runtime
+    from proxy.runtime.state import Active, Runtime
     from proxy.sessions.model import Session
 
 

@@ -1,6 +1,6 @@
 """The sidecar's own endpoints under /oauth2/: start, callback, sign-out, signed-out, userinfo.
 
-Protocol work (discovery, tokens, validation) is ``proxy.oidc``'s; this module binds it to browsers:
+Protocol work (discovery, tokens, validation) is ``proxy.oidc.client``'s; this module binds it to browsers:
 pending-login cookies, the session cookie, redirects.
 """
 
@@ -14,15 +14,17 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from proxy import admintest, pages
-from proxy.clientaddress import address_group, client_address
+from proxy import html
+from proxy.admin import trial
+from proxy.auth.clientaddress import address_group, client_address
+from proxy.auth.redirects import return_to_for
+from proxy.config.model import SIGNED_OUT_PATH
 from proxy.errors import Closed, LoginError, SidecarError, TooManySignIns, Unauthenticated
-from proxy.oidc import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
-from proxy.redirects import return_to_for
-from proxy.runtime import RUNTIME, Active, Runtime
-from proxy.sessions import PendingLogin, Session, session_for
+from proxy.oidc.client import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
+from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.sessions import PendingLogin, Session
 from proxy.sessions.revocations import ttl_for
-from proxy.settings import SIGNED_OUT_PATH
+from proxy.signin.current import session_for
 
 log = logging.getLogger("sso_sidecar.login")
 
@@ -83,7 +85,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     mine = bool(state) and active.cookies.login_belongs_to_browser(state, request.cookies)
     pending = await runtime.sessions.take_login(state) if mine else None
     if pending is not None and pending.test_digest is not None:
-        return await admintest.finish(request, runtime, pending)
+        return await trial.finish(request, runtime, pending)
     if runtime.closed is not None:
         raise Closed()
     if active.oidc is None:
@@ -175,10 +177,10 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
         token = form.get("token") if form is not None else None
         if not (isinstance(token, str) and active.cookies.check_sign_out_token(token, session.id)):
             # A cross-site link or form must not sign the user out silently: ask first.
-            return pages.render(
+            return html.render(
                 "Sign out?",
                 "Do you want to sign out of the console?",
-                form=pages.sign_out_form(active.cookies.sign_out_token(session.id), rd),
+                form=html.sign_out_form(active.cookies.sign_out_token(session.id), rd),
             )
     location = rd
     if session is not None:
@@ -225,7 +227,7 @@ async def signed_out(request: web.Request) -> web.StreamResponse:
     rd = active.cookies.decode_logout_state(request.query.get("state"))
     if rd and rd != SIGNED_OUT_PATH:
         raise web.HTTPFound(rd)
-    return pages.render(
+    return html.render(
         "Signed out",
         "You have been signed out.",
         actions=[("Sign in again", login_url("/"))],

@@ -20,7 +20,7 @@ import time as _time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy.logs import FORMAT, LOG, escape_field, iso_time
+from proxy.telemetry.logs import FORMAT, LOG, escape_field, iso_time
 
 _PROBES = frozenset({"/healthz", "/readyz"})
 

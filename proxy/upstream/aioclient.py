@@ -1,7 +1,7 @@
 """Plain HTTP to the console over aiohttp's ``ClientSession``: ``upstream_client: aiohttp``.
 
 The well-trodden fallback for ``h1``, for a console the lean client ever misbehaves with. It keeps the
-same rules (``proxy.answer``); how each one is kept on top of aiohttp:
+same rules (``proxy.upstream.answer``); how each one is kept on top of aiohttp:
 
 - nothing is decoded or invented: ``auto_decompress=False``, ``skip_auto_headers``, no cookie jar, no
   redirects followed, no proxy from the environment;
@@ -43,7 +43,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.answer import (
+from proxy.upstream.answer import (
     MAX_FIELD,
     MAX_HEAD,
     MAX_HEADERS,
@@ -318,7 +318,7 @@ class AiohttpClient:
         return _AiohttpAnswer(resp, answer_headers, reason, self._slots)
 
     def _check(self, resp: aiohttp.ClientResponse) -> tuple[str, CIMultiDict[str]]:
-        """The reason and headers as ``proxy.answer`` promises them, or ``Broken``."""
+        """The reason and headers as ``proxy.upstream.answer`` promises them, or ``Broken``."""
         if resp.status == 101:
             raise Broken("it switched protocols unasked")
         reason = resp.reason or ""

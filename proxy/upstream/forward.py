@@ -25,13 +25,13 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.aioclient import AiohttpClient
-from proxy.answer import Answer, Broken, Busy, NotForwardable, Timeout, UpstreamFailure
+from proxy.auth.identity import header_key, remove_headers
 from proxy.errors import BadRequest, UpstreamError
-from proxy.h1pool import Pool
-from proxy.identity import header_key, remove_headers
-from proxy.relay import relay_streamed, relay_whole
-from proxy.websocket import proxy_websocket
+from proxy.upstream.aioclient import AiohttpClient
+from proxy.upstream.answer import Answer, Broken, Busy, NotForwardable, Timeout, UpstreamFailure
+from proxy.upstream.h1.pool import Pool
+from proxy.upstream.relay import relay_streamed, relay_whole
+from proxy.upstream.websocket import proxy_websocket
 
 UPSTREAM_CLIENTS: Final = ("h1", "aiohttp")
 DEFAULT_MAX_CONNECTIONS: Final = 256

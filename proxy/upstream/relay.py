@@ -2,7 +2,7 @@
 
 HTTP field values are octets (RFC 9110 5.5); a console may send obs-text (bytes 0x80-0xFF) that is not
 UTF-8, e.g. a latin-1 file name in Content-Disposition. The clients hand those bytes over decoded as
-latin-1 (``proxy.answer``), one character per byte, but aiohttp's response writer encodes header strings
+latin-1 (``proxy.upstream.answer``), one character per byte, but aiohttp's response writer encodes header strings
 as UTF-8 (``http_writer._serialize_headers``; its C twin even drops lone surrogates), which would turn
 each such byte into two. So the answers relayed here write their head themselves, as latin-1: the
 client receives the very bytes the console sent. Everything aiohttp adds to the head (Date, Server,
@@ -23,8 +23,8 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
-from proxy.answer import Answer, UpstreamFailure
-from proxy.logs import request_id
+from proxy.telemetry.logs import request_id
+from proxy.upstream.answer import Answer, UpstreamFailure
 
 __all__ = ["drop_own_set_cookies", "exact_response", "relay_streamed", "relay_whole"]
 
@@ -98,7 +98,7 @@ async def relay_streamed(
 
 
 def exact_response(status: int, headers: CIMultiDict[str]) -> web.Response:
-    """A bodiless answer of the console's whose ``headers`` (latin-1, see ``proxy.answer``) go out byte-exact."""
+    """A bodiless answer of the console's whose ``headers`` (latin-1, see ``answer``) go out byte-exact."""
     response = _ExactResponse(status=status)
     response.headers.extend(headers)
     return response

@@ -19,7 +19,7 @@ from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from proxy.errors import UpstreamError
-from proxy.relay import drop_own_set_cookies, exact_response
+from proxy.upstream.relay import drop_own_set_cookies, exact_response
 
 __all__ = ["proxy_websocket"]
 

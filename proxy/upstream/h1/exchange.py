@@ -7,7 +7,7 @@ needs: write a request head and stream its body, parse the answer with llhttp (`
 Node.js uses), and hand the body on as it arrives, with back-pressure both ways. ``aioclient`` is the
 same over aiohttp, for operators who prefer the well-trodden client (``upstream_client: aiohttp``).
 
-Rules it follows (RFC 9112), beside those every client keeps (``proxy.answer``):
+Rules it follows (RFC 9112), beside those every client keeps (``proxy.upstream.answer``):
 - one exchange at a time per connection; a connection goes back to the pool only when the request was
   sent in full, the response was read in full and both sides allow keep-alive;
 - one exchange is one response: parsing stops at the end of the first final answer. Any byte after it
@@ -33,11 +33,20 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from multidict import CIMultiDict
 
-from proxy.answer import MAX_FIELD, MAX_HEAD, MAX_HEADERS, MAX_REASON, Broken, Timeout, Unreachable, UpstreamFailure
-from proxy.h1request import RequestSide, serialize
+from proxy.upstream.answer import (
+    MAX_FIELD,
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_REASON,
+    Broken,
+    Timeout,
+    Unreachable,
+    UpstreamFailure,
+)
+from proxy.upstream.h1.request import RequestSide, serialize
 
 if TYPE_CHECKING:  # the pool creates exchanges; an exchange only calls back into it
-    from proxy.h1pool import Pool
+    from proxy.upstream.h1.pool import Pool
 
 __all__ = ["ClosedEarly", "Exchange", "serialize"]
 

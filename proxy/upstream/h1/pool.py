@@ -25,8 +25,8 @@ from typing import Final
 from aiohttp import StreamReader
 from multidict import CIMultiDict
 
-from proxy.answer import Busy, Timeout, Unreachable
-from proxy.h1 import ClosedEarly, Exchange, serialize
+from proxy.upstream.answer import Busy, Timeout, Unreachable
+from proxy.upstream.h1.exchange import ClosedEarly, Exchange, serialize
 
 __all__ = ["Pool"]
 

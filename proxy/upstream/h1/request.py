@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from aiohttp import StreamReader
 
-from proxy.answer import UpstreamFailure
+from proxy.upstream.answer import UpstreamFailure
 
 
 class _BodyMismatch(Exception):

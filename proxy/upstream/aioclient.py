@@ -16,7 +16,7 @@ same rules (``proxy.upstream.answer``); how each one is kept on top of aiohttp:
   the client's bytes when they were UTF-8 (aiohttp's server decodes them so). Bytes that are not (they
   arrive as lone surrogates) cannot be written by aiohttp's writer; such a request is refused
   (``NotForwardable``, a 400), never altered. ``h1`` forwards them;
-- the body goes out exactly as declared (``_exactly``), and only once: aiohttp's own retry of an
+- the body goes out exactly as declared (``answer.exactly``), and only once: aiohttp's own retry of an
   idempotent request on a stale connection cannot resend a streamed body, so it fails (502) instead;
 - the cap on connections is a semaphore of ``max_connections``, waited for ``connect_timeout`` (``Busy``);
 - ``read_timeout`` is aiohttp's ``sock_read``, ``connect_timeout`` its ``sock_connect``.
@@ -44,10 +44,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.upstream.answer import (
+    CONTROL,
+    FRAMING_REFUSED,
     MAX_FIELD,
     MAX_HEAD,
     MAX_HEADERS,
     MAX_REASON,
+    SKIP_AUTO_HEADERS,
     Answer,
     Broken,
     Busy,
@@ -55,24 +58,21 @@ from proxy.upstream.answer import (
     Timeout,
     Unreachable,
     UpstreamFailure,
+    chunked_only,
+    dropped,
+    every_chunk,
+    exactly,
+    frame_request,
+    remove_listed,
 )
 
 __all__ = ["AiohttpClient"]
 
-_BODY_FREE_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-_SKIP_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: HTAB is the only one allowed
-_REASON_CONTROL: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
-_FRAMING: Final = frozenset({b"connection", b"transfer-encoding"})
 _BARE_CR_LF: Final = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
 
 class _Refused(Exception):
     """Raised to the reader of a connection whose answer head is over MAX_HEAD or not strictly framed."""
-
-
-class _BodyMismatch(Exception):
-    """The request body is not the length its Content-Length declared."""
 
 
 class _Handler(ResponseHandler):
@@ -250,7 +250,7 @@ class AiohttpClient:
         self._cap = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         self.waiting = 0  # requests waiting for a connection because the cap is reached
-        self._drop: frozenset[bytes] = frozenset(name.encode("latin-1") for name in drop) | _FRAMING
+        self._drop = dropped(drop)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         connector = aiohttp.TCPConnector(
             limit=max_connections, limit_per_host=0, ssl=tls if tls is not None else False, keepalive_timeout=15.0
@@ -263,7 +263,7 @@ class AiohttpClient:
             timeout=self._timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
             trust_env=False,
             max_line_size=MAX_REASON,
             max_field_size=MAX_FIELD,
@@ -274,17 +274,14 @@ class AiohttpClient:
         await self._session.close()
 
     async def request(self, method: str, target: str, headers: CIMultiDict[str], body: StreamReader | None) -> Answer:
-        """Like ``h1pool.Pool.request``: the body framed by the client's Content-Length, else chunked."""
+        """Like ``h1.pool.Pool.request``: the body framed by the client's Content-Length, else chunked."""
         if not _utf8(target) or not all(map(_utf8, headers.values())):
             raise NotForwardable("the request holds bytes that are not UTF-8 (upstream_client: aiohttp)")
-        declared = headers.get("Content-Length")
+        # aiohttp says chunked itself for a body of unknown length.
+        length = frame_request(method, headers, body is not None, self._authority, say_chunked=False)
         data: AsyncIterator[bytes] | None = None
         if body is not None:
-            data = _exactly(body, int(declared)) if declared is not None else _all(body)
-        elif method not in _BODY_FREE_METHODS and declared is None:
-            headers["Content-Length"] = "0"  # RFC 9110 8.6: a POST without a body says so
-        if "Host" not in headers:
-            headers["Host"] = self._authority
+            data = exactly(body, length) if length is not None else every_chunk(body)
         if self._slots.locked():
             self.waiting += 1
             try:
@@ -321,8 +318,9 @@ class AiohttpClient:
         """The reason and headers as ``proxy.upstream.answer`` promises them, or ``Broken``."""
         if resp.status == 101:
             raise Broken("it switched protocols unasked")
-        reason = resp.reason or ""
-        if _REASON_CONTROL.search(reason) is not None:
+        # aiohttp decoded the reason as UTF-8 (surrogateescape): back to its bytes.
+        reason = (resp.reason or "").encode("utf-8", "surrogateescape")
+        if CONTROL.search(reason) is not None:
             raise Broken("the response reason phrase holds a control character")
         headers: CIMultiDict[str] = CIMultiDict()
         listed: list[bytes] = []
@@ -336,20 +334,14 @@ class AiohttpClient:
                 elif lower == b"transfer-encoding":
                     framing.append(value)
                 continue
-            if _CONTROL.search(value) is not None:
+            if CONTROL.search(value) is not None:
                 raise Broken("a response header holds a control character")
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        if framing and (len(framing) > 1 or framing[0].strip().lower() != b"chunked" or "Content-Length" in headers):
-            # A coding before chunked would reach the client as a body without its coding; with a length
-            # as well, the framing is ambiguous (RFC 9112 6.3).
-            raise Broken("the response framing is ambiguous, or uses a transfer coding other than chunked")
-        for value in listed:
-            for token in value.decode("latin-1").split(","):
-                token = token.strip()
-                if token:
-                    headers.popall(token, None)
-        # aiohttp decoded the reason as UTF-8 (surrogateescape): back to its bytes, one character each.
-        return reason.encode("utf-8", "surrogateescape").decode("latin-1").strip(), headers
+        if framing and (len(framing) > 1 or not chunked_only(framing[0]) or "Content-Length" in headers):
+            # With a length as well, the framing is ambiguous (RFC 9112 6.3).
+            raise Broken(FRAMING_REFUSED)
+        remove_listed(headers, listed)
+        return reason.decode("latin-1").strip(), headers  # one character per byte
 
 
 def _utf8(value: str) -> bool:
@@ -360,23 +352,6 @@ def _utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-async def _exactly(body: StreamReader, length: int) -> AsyncIterator[bytes]:
-    """The body, failing (so that aiohttp aborts the request) if it is not ``length`` bytes."""
-    sent = 0
-    while chunk := await body.readany():
-        sent += len(chunk)
-        if sent > length:
-            raise _BodyMismatch
-        yield chunk
-    if sent != length:
-        raise _BodyMismatch
-
-
-async def _all(body: StreamReader) -> AsyncIterator[bytes]:
-    while chunk := await body.readany():
-        yield chunk
 
 
 def _failure(exc: Exception) -> UpstreamFailure:

@@ -7,7 +7,7 @@ decided to trust. Connection-level failures before the response has started beco
 (502; 504 for a timeout, 503 when every allowed connection stayed busy); after it has started, the
 client connection is closed so the client sees a truncated response rather than a silently short one.
 
-Plain HTTP goes through the client ``upstream_client`` names: ``h1`` (``h1pool``, the lean HTTP/1.1
+Plain HTTP goes through the client ``upstream_client`` names: ``h1`` (``h1.pool``, the lean HTTP/1.1
 client, the default) or ``aiohttp`` (``aioclient``, the well-trodden fallback), each capped at
 ``upstream_max_connections``; ``relay`` writes the answer back byte-exact. Websockets go through
 aiohttp's client, outside that cap.
@@ -28,7 +28,7 @@ from yarl import URL
 from proxy.auth.identity import header_key, remove_headers
 from proxy.errors import BadRequest, UpstreamError
 from proxy.upstream.aioclient import AiohttpClient
-from proxy.upstream.answer import Answer, Broken, Busy, NotForwardable, Timeout, UpstreamFailure
+from proxy.upstream.answer import SKIP_AUTO_HEADERS, Answer, Broken, Busy, NotForwardable, Timeout, UpstreamFailure
 from proxy.upstream.h1.pool import Pool
 from proxy.upstream.relay import relay_streamed, relay_whole
 from proxy.upstream.websocket import proxy_websocket
@@ -71,9 +71,6 @@ _PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
 # Never removed because a client listed them in Connection: without Host the sidecar would send the
 # console's own address, and without Content-Length the body would lose its framing.
 _NOT_LISTABLE: Final = frozenset({"host", "content-length"})
-# aiohttp adds these when absent; a proxy must not invent them. Accept-Encoding above all: we do not
-# decompress, so the console must only compress in encodings the browser offered.
-_SKIP_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 _DEFAULT_WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
 
@@ -93,7 +90,7 @@ class Forwarded:
 
 
 class _Client(Protocol):
-    """What ``Upstream`` needs of a plain-HTTP client (``h1pool.Pool``, ``aioclient.AiohttpClient``)."""
+    """What ``Upstream`` needs of a plain-HTTP client (``h1.pool.Pool``, ``aioclient.AiohttpClient``)."""
 
     @property
     def waiting(self) -> int: ...
@@ -172,7 +169,7 @@ class Upstream:
             timeout=self._timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
             trust_env=False,
         )
 

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client to the console: one connection and the exchange on it (``h1pool`` pools them).
+"""A lean HTTP/1.1 client to the console: one connection and the exchange on it (``pool`` pools them).
 
 Every proxied request pays for the client side of the hop, and aiohttp's general-purpose
 ``ClientSession`` spends more CPU per request than the whole rest of the sidecar (request and response
@@ -15,25 +15,32 @@ Rules it follows (RFC 9112), beside those every client keeps (``proxy.upstream.a
   connection retires that connection: such bytes are never read as an answer and the connection is
   never reused, so a console that was tricked into answering twice cannot hand one user's answer to
   the next user (response desynchronisation);
-- the request goes out byte-exact and exactly as framed (``h1request``);
+- the request head goes out byte-exact (``request.serialize``); the body exactly as framed: with the
+  client's Content-Length, exactly that many bytes (fewer or more aborts the connection, so the console
+  never reads the difference as another request), else chunked;
 - interim 1xx answers (103 Early Hints...) are skipped; HEAD, 204 and 304 answers have no body; a body
   with neither length nor chunking ends when the console closes the connection;
 - ``read_timeout`` bounds every wait for the console (head or next body bytes), not the whole body.
 
-Websockets are not handled here (``upstream`` keeps aiohttp's client for them).
+Websockets are not handled here (``forward`` keeps aiohttp's client for them).
+
+An exchange never imports its pool: it talks back through ``PoolSide``, which ``pool.Pool`` implements
+(httpcore's ``interfaces`` pattern), so the pool depends on the exchange and never the other way round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import re
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
+from aiohttp import StreamReader
 from multidict import CIMultiDict
 
 from proxy.upstream.answer import (
+    CONTROL,
+    FRAMING_REFUSED,
     MAX_FIELD,
     MAX_HEAD,
     MAX_HEADERS,
@@ -42,19 +49,36 @@ from proxy.upstream.answer import (
     Timeout,
     Unreachable,
     UpstreamFailure,
+    chunked_only,
+    every_chunk,
+    exactly,
+    remove_listed,
 )
-from proxy.upstream.h1.request import RequestSide, serialize
 
-if TYPE_CHECKING:  # the pool creates exchanges; an exchange only calls back into it
-    from proxy.upstream.h1.pool import Pool
-
-__all__ = ["ClosedEarly", "Exchange", "serialize"]
+__all__ = ["ClosedEarly", "Exchange", "PoolSide"]
 
 # Read pausing: the console is not read further while this much body waits for the client.
 _HIGH_WATER: Final = 256 * 1024
-# llhttp refuses control characters in header values, but not in the reason phrase (RFC 9112 4: HTAB,
-# SP, VCHAR and obs-text only).
-_REASON_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class PoolSide(Protocol):
+    """What an exchange needs of the pool that opened its connection (``pool.Pool`` implements it)."""
+
+    loop: asyncio.AbstractEventLoop
+    drop: frozenset[bytes]  # response header names never passed on (``answer.dropped``)
+    busy: set[Exchange]  # exchanges in flight, which the pool's one timer sweeps for read timeouts
+
+    def watch(self, exchange: Exchange) -> None:
+        """A request went out on ``exchange``: sweep it for read timeouts until its answer is complete."""
+
+    def put_back(self, exchange: Exchange) -> None:
+        """A finished exchange whose connection may be reused."""
+
+    def forget(self, exchange: Exchange) -> None:
+        """The connection closed: it is no longer pooled."""
+
+    def free_slot(self) -> None:
+        """The connection ended: its place under the pool's cap is free."""
 
 
 class ClosedEarly(Unreachable):
@@ -69,7 +93,7 @@ class _Refused(Exception):
     """Raised from a parser callback: a part of the answer head is over its limit, or not acceptable."""
 
 
-class Exchange(RequestSide, asyncio.Protocol):
+class Exchange(asyncio.Protocol):
     """One connection to the console, and the request/response exchange currently on it.
 
     After ``Pool.request`` returns, ``status``, ``reason`` and ``headers`` are known; ``complete`` says
@@ -77,7 +101,7 @@ class Exchange(RequestSide, asyncio.Protocol):
     with ``release`` (back to the pool when reusable) or ``close``.
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: PoolSide) -> None:
         self._pool = pool
         self._loop = pool.loop
         self._drop = pool.drop
@@ -238,8 +262,8 @@ class Exchange(RequestSide, asyncio.Protocol):
             elif lower == b"transfer-encoding":
                 # llhttp refuses anything but a final "chunked" (RFC 9112 6.3). A coding before it
                 # ("gzip, chunked") would reach the client as a body without its coding: refused too.
-                if self._framed or value.strip().lower() != b"chunked":
-                    raise _Refused("the response framing is ambiguous, or uses a transfer coding other than chunked")
+                if self._framed or not chunked_only(value):
+                    raise _Refused(FRAMING_REFUSED)
                 self._framed = True
             return
         if lower == b"content-length":
@@ -256,17 +280,14 @@ class Exchange(RequestSide, asyncio.Protocol):
             self._reason, self._raw_headers, self._listed, self._framed = b"", [], None, False
             self._header_count = 0
             return
-        if _REASON_CONTROL.search(self._reason) is not None:
+        # llhttp refuses control characters in header values, but not in the reason phrase.
+        if CONTROL.search(self._reason) is not None:
             raise _Refused("the response reason phrase holds a control character")
         self.status = status
         self.reason = self._reason.decode("latin-1").strip()
         headers = CIMultiDict(self._raw_headers)
         if self._listed is not None:
-            for value in self._listed:
-                for token in value.decode("latin-1").split(","):
-                    token = token.strip()
-                    if token:
-                        headers.popall(token, None)
+            remove_listed(headers, self._listed)
         self.headers = headers
         self._keep_alive = self._parser.should_keep_alive()
         if status in (204, 304):
@@ -330,12 +351,44 @@ class Exchange(RequestSide, asyncio.Protocol):
         elif (self._head_waiter is not None or self._body_waiter is not None) and now - self._last_read >= timeout:
             self._fail(Timeout("the console did not answer in time"))
 
-    # -- the exchange (sending the request: ``h1request.RequestSide``) ---------------------------------
+    # -- the exchange: sending the request, then reading the answer --------------------------------------
 
-    def _start(self, method: str) -> None:
+    def send_request(self, method: str, head: bytes, body: StreamReader | None, length: int | None) -> None:
+        """Write ``head`` (``request.serialize``), then stream ``body``: exactly ``length`` bytes, else chunked."""
+        transport = self.transport
+        assert transport is not None
         self._reset(method)
         self._last_read = self._loop.time()
         self._pool.watch(self)
+        transport.write(head)
+        if body is None:
+            self._request_sent = True
+        else:
+            self._body_task = self._loop.create_task(self._send_body(body, length))
+
+    async def _send_body(self, body: StreamReader, length: int | None) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            async for chunk in exactly(body, length) if length is not None else every_chunk(body):
+                if self._error is not None or self._lost:
+                    return
+                if length is None:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._paused_writing:
+                    self._drain = self._loop.create_future()
+                    await self._drain
+            if length is None:
+                transport.write(b"0\r\n\r\n")
+            self._request_sent = True
+        except Exception:
+            # The client's upload broke (a reset, or aiohttp's payload errors for a malformed body), its
+            # length did not match (``answer.BodyMismatch``), or the console hung up: cut the request short
+            # so the console never takes it for complete.
+            if self.transport is not None and not self._lost:
+                self.transport.abort()
 
     async def wait_head(self) -> None:
         if not self._have_head and self._error is None:

@@ -25,20 +25,21 @@ from typing import Final
 from aiohttp import StreamReader
 from multidict import CIMultiDict
 
-from proxy.upstream.answer import Busy, Timeout, Unreachable
-from proxy.upstream.h1.exchange import ClosedEarly, Exchange, serialize
+from proxy.upstream.answer import Busy, Timeout, Unreachable, dropped, frame_request
+from proxy.upstream.h1.exchange import ClosedEarly, Exchange
+from proxy.upstream.h1.request import serialize
 
 __all__ = ["Pool"]
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_BODY_FREE_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _IDLE_KEEPALIVE: Final = 15.0  # pooled connections older than this are closed, not reused
-# Never passed on whatever the proxy's list says: this client reads them for the framing and keep-alive.
-_FRAMING: Final = frozenset({b"connection", b"transfer-encoding"})
 
 
 class Pool:
-    """Keep-alive connections to one origin, most recently used first, at most ``max_connections``."""
+    """Keep-alive connections to one origin, most recently used first, at most ``max_connections``.
+
+    The ``exchange.PoolSide`` of every ``Exchange`` it opens: ``loop``, ``drop``, ``busy``, ``watch``,
+    ``put_back``, ``forget`` and ``free_slot``."""
 
     def __init__(
         self,
@@ -59,7 +60,7 @@ class Pool:
         self._authority = authority
         self.read_timeout = read_timeout
         self._connect_timeout = connect_timeout
-        self.drop: frozenset[bytes] = frozenset(name.encode("latin-1") for name in drop) | _FRAMING
+        self.drop = dropped(drop)
         self._idle: list[Exchange] = []
         self._poller = select.poll()
         self._cap = max_connections
@@ -84,17 +85,7 @@ class Pool:
         """Send a request and wait for the head of its answer. ``headers`` is sent as given, plus Host when
         missing and the body framing: the client's Content-Length when it sent one (and then exactly that
         many bytes), else chunked. ``headers`` must hold no Transfer-Encoding (it is hop-by-hop)."""
-        length: int | None = None
-        declared = headers.get("Content-Length")
-        if body is not None:
-            if declared is None:
-                headers["Transfer-Encoding"] = "chunked"
-            else:
-                length = int(declared)
-        elif method not in _BODY_FREE_METHODS and declared is None:
-            headers["Content-Length"] = "0"  # RFC 9110 8.6: a POST without a body says so
-        if "Host" not in headers:
-            headers["Host"] = self._authority
+        length = frame_request(method, headers, body is not None, self._authority, say_chunked=True)
         head = serialize(method, target, headers.items(), len(headers))
         retry = body is None and method in _IDEMPOTENT
         while True:

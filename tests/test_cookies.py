@@ -11,8 +11,9 @@ from aiohttp.test_utils import make_mocked_request
 from itsdangerous import TimestampSigner
 from multidict import CIMultiDict
 
-from proxy.auth.cookies import SET_COOKIE_CEILING, CookieCodec, Ticket, cookie_value
+from proxy.auth.cookies import SET_COOKIE_CEILING, CookieCodec, cookie_value
 from proxy.config.model import Secret, SessionSettings
+from proxy.sessions.model import Ticket
 
 SETTINGS = SessionSettings(cookie_secrets=(Secret("n" * 40), Secret("o" * 40)), lifetime=60, idle_timeout=30)
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from redis import asyncio as aioredis
 
-from proxy.auth.cookies import Ticket
 from proxy.config.model import Secret, SessionSettings
 from proxy.errors import StoreUnavailable
 from proxy.sessions import MemoryStore, PendingLogin, SessionManager
+from proxy.sessions.model import Ticket
 from proxy.sessions.redis import RedisStore
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Revocations, ttl_for
 from proxy.sessions.store import SessionStore

@@ -11,13 +11,13 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from aiohttp import web
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
 from proxy.b64 import b64url_decode, b64url_encode
 from proxy.config.model import SessionSettings
+from proxy.sessions.model import Ticket
 
 _TICKET_SALT = "sso-sidecar/session-ticket/v1"
 _LOGIN_SALT = "sso-sidecar/pending-login/v1"
@@ -31,18 +31,6 @@ _VERIFIED_MAX = 20_000  # cookie values whose signature is known good (about 4 M
 # Set-Cookie headers in one answer: about 1.5 KB with the rest of a redirect's head, well inside the 4 KB that
 # nginx buffers for an upstream's head by default (proxy_buffer_size), and far from any client's header cap.
 SET_COOKIE_CEILING = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """What the session cookie carries: where the session is, and the key that decrypts it.
-
-    Nothing else: no claims, no tokens. A Redis dump without the cookie reveals nothing, and the cookie
-    without Redis is useless.
-    """
-
-    session_id: str
-    key: bytes
 
 
 def cookie_value(request: web.BaseRequest, name: str) -> str | None:

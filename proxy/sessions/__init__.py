@@ -1,7 +1,7 @@
 """Server-side sessions and pending logins, encrypted at rest.
 
 A session is stored under its id, sealed with AES-256-GCM under a key that only the user's cookie ticket
-holds (``proxy.auth.cookies.Ticket``). The store, and anyone who dumps it, sees ciphertext only.
+holds (``model.Ticket``). The store, and anyone who dumps it, sees ciphertext only.
 Pending logins (state -> nonce, PKCE verifier, return URL) are stored the same way and taken exactly once.
 
 ``model``: the records and their sealing; ``manager``: ``SessionManager``, which stores them;

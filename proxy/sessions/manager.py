@@ -18,11 +18,10 @@ import secrets
 import time
 from typing import Any
 
-from proxy.auth.cookies import Ticket
 from proxy.config.model import SessionSettings
 from proxy.errors import StoreUnavailable
 from proxy.sessions import revocations
-from proxy.sessions.model import PendingLogin, Session, dumps, seal, unseal
+from proxy.sessions.model import PendingLogin, Session, Ticket, dumps, seal, unseal
 from proxy.sessions.revocations import Revocations
 from proxy.sessions.store import SessionStore
 

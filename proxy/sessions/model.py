@@ -1,7 +1,7 @@
 """The session record and the pending login, and how both are sealed at rest.
 
-A session is sealed with AES-256-GCM under a key that only the user's cookie ticket holds
-(``proxy.auth.cookies.Ticket``): the store, and anyone who dumps it, sees ciphertext only.
+A session is sealed with AES-256-GCM under a key that only the user's cookie ticket holds (``Ticket``, which
+``proxy.auth.cookies`` signs into the session cookie): the store, and anyone who dumps it, sees ciphertext only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from proxy.auth.cookies import Ticket
 
 # Claims that only served to validate the ID token they came in: cached copies leave them out.
 _TOKEN_ONLY_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})
@@ -80,6 +78,18 @@ class CompactClaims(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"CompactClaims({dict(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the session cookie carries: where the session is, and the key that decrypts it.
+
+    Nothing else: no claims, no tokens. A Redis dump without the cookie reveals nothing, and the cookie
+    without Redis is useless.
+    """
+
+    session_id: str
+    key: bytes
 
 
 @dataclass(slots=True)

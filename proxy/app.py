@@ -203,7 +203,8 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
             await runtime.start(settings)
             await runtime.sessions.start()
             app[RUNTIME] = runtime
-            page = runtime.page = PageSync(runtime, open_page_store(settings, runtime), settings.source)
+            page = PageSync(runtime, open_page_store(settings, runtime), settings.source)
+            runtime.source.stack(page)  # the page's layer over the config file: every reload reads through it
             if settings.admin.enabled:
                 await page.start()
             page_task = asyncio.get_running_loop().create_task(page.run())

@@ -85,7 +85,7 @@ async def _page_settings(settings: Settings, path: str) -> Settings | None:
 
 async def _check(settings: Settings, path: str) -> int:
     from proxy.oidc.client import OIDCClient
-    from proxy.runtime.reload import verify_provider
+    from proxy.oidc.verify import verify_provider
 
     problems: list[str] = []
     out = print
@@ -164,7 +164,7 @@ def cmd_run(path: str) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     # From here until the event loop (or the worker supervisor) installs its SIGHUP handler, a SIGHUP
-    # waits, blocked and pending: it neither kills the process nor is lost (``reload.triggers`` and
+    # waits, blocked and pending: it neither kills the process nor is lost (``watch.triggers`` and
     # ``workers.run_workers`` unblock it). Before the first log line, so one who saw it may reload.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
@@ -211,7 +211,7 @@ async def _draining(app: web.Application) -> None:
 def _serve(settings: Settings, path: str, *, worker: int) -> int:
     """Serve until stopped; the exit status."""
     from proxy.app import create_app
-    from proxy.runtime.reload import triggers
+    from proxy.runtime.watch import triggers
     from proxy.telemetry.accesslog import BATCH, AccessLogger
 
     app = create_app(settings, worker=worker)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.admin import sync
 from proxy.admin.record import PageRecord, PageSSO, Pinned
 from proxy.admin.sync import PageSync
 from proxy.auth import clientaddress
@@ -134,7 +135,8 @@ async def _session(request: web.Request, runtime: Runtime, active: Active) -> Se
 def _providers_before_disable(runtime: Runtime, active: Active) -> list[Pinned]:
     if active.settings.sso_source != "page":
         return []  # SSO is off by the config file itself: no page session to honour
-    pinned = runtime.page.pinned if runtime.page is not None else None
+    page = sync.of(runtime)
+    pinned = page.pinned if page is not None else None
     found = [pinned] if pinned is not None else []
     try:
         file_sso = load_settings(active.settings.source).sso
@@ -271,9 +273,10 @@ def fresh(actor: Actor, record: PageRecord | None, active: Active, now: float | 
 
 
 def page_sync(runtime: Runtime) -> PageSync:
-    if runtime.page is None:
+    page = sync.of(runtime)
+    if page is None:
         raise StoreUnavailable("The SSO settings page has no store (admin.settings_file or Redis).")
-    return runtime.page
+    return page
 
 
 async def stored_record(runtime: Runtime) -> tuple[PageRecord | None, str | None]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import access, html, login, presets, trial, view
+from proxy.admin import access, html, login, presets, sync, trial, view
 from proxy.admin.access import PATH, Actor, Refused
 from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned
 from proxy.admin.sync import PageSync, RecordUnusable
@@ -30,7 +30,7 @@ from proxy.errors import ConfigError, Forbidden, NotFound, SidecarError, StoreUn
 from proxy.oidc.client import OIDCClient
 from proxy.oidc.discovery import DocumentError
 from proxy.oidc.http import ProviderUnreadable
-from proxy.runtime.reload import verify_provider
+from proxy.oidc.verify import verify_provider
 from proxy.runtime.state import RUNTIME, Active, Runtime
 
 log = logging.getLogger("sso_sidecar.admin")
@@ -126,7 +126,7 @@ async def _render(
     notice: str | None = None,
     status: int = 200,
 ) -> web.Response:
-    page = runtime.page
+    page = sync.of(runtime)
     replicas: list[dict[str, Any]] = []
     if page is not None and page.store is not None:
         try:

@@ -3,8 +3,9 @@
 With ``admin.enabled``, every worker of every replica polls the page record (``pagestore``) once a
 second. When what it applies changes (Enable, Disable, Forget), the new effective config (the file, with
 its ``sso:`` section replaced by the page's) goes through the same validated, atomic swap as a reload
-(``reload.reload_config``, trigger ``page``), so a change reaches every replica within a few seconds and
-no request is dropped.
+(``proxy.runtime.reload.reload_config``, trigger ``page``), so a change reaches every replica within a few
+seconds and no request is dropped. ``PageSync`` is the layer the runtime's config source reads over the file
+(``proxy.runtime.source``): the reload asks it for the ``sso`` section and never knows it is the page's.
 
 Never fail open, and never go back:
 
@@ -15,8 +16,8 @@ Never fail open, and never go back:
 - a store that lost a record which replaced the file's ``sso`` section ("expected") is not an empty store:
   a process keeps what it applied, and one that has applied nothing does not proxy;
 - a process that cannot read the record (store unreachable for longer than ``STALE_AFTER``, or never read
-  since start), that cannot open it before it ever applied one, or that cannot apply what it says, sets
-  ``runtime.closed``: it answers 503 and is not ready, rather than falling back to the file.
+  since start), that cannot open it before it ever applied one, or that cannot apply what it says, holds
+  (``Runtime.hold``): it answers 503 and is not ready, rather than falling back to the file.
 
 Writes (``change``) start from the newest record this process knows: a store that lost or rolled back the
 record never makes a Save drop what is applied. "Forget page settings" and "Disable SSO" may replace a
@@ -40,12 +41,13 @@ from proxy.admin.record import Keys, PageRecord, Pinned, RecordError
 from proxy.admin.store import Conflict, FilePageStore, PageStore, RedisPageStore
 from proxy.config.model import Secret, Settings
 from proxy.errors import SidecarError, StoreUnavailable
-from proxy.runtime.reload import TRIGGER_PAGE, reload_config
+from proxy.runtime.reload import reload_config
 from proxy.runtime.state import Runtime
 from proxy.sessions.redis import RedisStore
 
 log = logging.getLogger("sso_sidecar.admin")
 
+TRIGGER_PAGE = "page"  # the reload's trigger, in its log lines and metrics
 POLL = 1.0
 STALE_AFTER = 5.0  # a record unread for this long may have changed: stop proxying until it is read
 RETRY_APPLY = 5.0
@@ -123,7 +125,15 @@ class Base:
     version: int  # the version the change gets
 
 
+def of(runtime: Runtime) -> PageSync | None:
+    """The settings page's sync in this process: the layer over the config file, when the page set one."""
+    layer = runtime.source.layer
+    return layer if isinstance(layer, PageSync) else None
+
+
 class PageSync:
+    """Reads, checks and applies the page record in this process; the ``source.Layer`` over the config file."""
+
     def __init__(self, runtime: Runtime, store: PageStore | None, path: str) -> None:
         self._runtime = runtime
         self.store = store
@@ -147,6 +157,10 @@ class PageSync:
         self._said: str | None = None  # the last lasting problem logged, so it is logged once, then on change
         self._keys: tuple[tuple[Secret, ...], Keys] | None = None
         self._lock = asyncio.Lock()
+
+    def sso_over(self, file: Settings) -> dict[str, Any] | None:
+        """The layer: the ``sso`` section the page applies, while the config file enables the page."""
+        return self.override if file.admin.enabled else None
 
     def keys(self) -> Keys:
         secrets = self._runtime.active.settings.session.cookie_secrets
@@ -422,8 +436,7 @@ class PageSync:
     def _close(self, reason: str) -> None:
         if self._runtime.closed != reason and reason != STARTING:
             log.error("settings page: not proxying: %s", reason)
-        self._runtime.closed = reason
-        self._runtime.metrics.page_settings_closed.set(1)
+        self._runtime.hold(reason)
 
     def _open_gate(self) -> None:
         closed = self._runtime.closed
@@ -431,8 +444,7 @@ class PageSync:
             log.info("settings page: record read (%s)", _in_force(self.version))
         elif closed is not None:
             log.warning("settings page: proxying again (%s)", _in_force(self.version))
-        self._runtime.closed = None
-        self._runtime.metrics.page_settings_closed.set(0)
+        self._runtime.resume()
 
     def status(self) -> dict[str, Any]:
         """For ``/oauth2/status`` and the page."""

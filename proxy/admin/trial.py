@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import html
+from proxy.admin import html, sync
 from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, TestResult
 from proxy.auth.identity import IdentityHeaders
 from proxy.auth.policy import denial_reason, display_name, is_admin
@@ -81,7 +81,7 @@ async def finish(
 ) -> web.StreamResponse:
     """The callback of a Test login: judge the response against the draft; never a session."""
     active = runtime.active
-    page = runtime.page
+    page = sync.of(runtime)
     if page is None or not active.settings.admin.enabled:
         raise LoginError("The SSO settings page is not enabled.", status=404)
     record = await page.load()

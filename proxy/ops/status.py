@@ -99,12 +99,12 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
 
 def _sso_settings(runtime: Runtime, active: Active) -> dict[str, Any]:
     """Where the effective ``sso`` section came from: the config file, or the settings page."""
-    page = runtime.page
+    layer = runtime.source.layer
     result: dict[str, Any] = {"source": active.settings.sso_source, "proxying": runtime.closed is None}
     if runtime.closed is not None:
         result["not_proxying_because"] = runtime.closed
-    if active.settings.admin.enabled and page is not None:
-        result["page"] = page.status()
+    if active.settings.admin.enabled and layer is not None:
+        result["page"] = layer.status()
     return result
 
 

@@ -4,6 +4,9 @@
 header mapping and upstream. A request reads ``runtime.active`` once at its start and uses that object to
 its end, so a reload never mixes two configs within one request.
 
+The runtime is changed through its methods only: ``swap`` (a reload), ``hold`` and ``resume`` (whether it
+proxies at all), ``pin``/``unpin``. Where its config comes from is its ``source`` (``proxy.runtime.source``).
+
 An ``Upstream`` (a connection pool) outlives the config that created it while requests still use it:
 ``pin()``/``unpin()`` count every request from its start to its last byte (a websocket until it closes), and a
 pool that a reload replaced is closed when its count reaches zero, not after a guessed grace period,
@@ -17,7 +20,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -26,13 +28,11 @@ from proxy.auth.cookies import CookieCodec
 from proxy.auth.identity import IdentityHeaders
 from proxy.config.model import Settings
 from proxy.oidc.client import OIDCClient
+from proxy.runtime.source import ConfigSource
 from proxy.sessions import SessionManager, SessionStore
 from proxy.sessions.refresh import Refresher
 from proxy.telemetry.metrics import Metrics
 from proxy.upstream.forward import Upstream
-
-if TYPE_CHECKING:
-    from proxy.admin.sync import PageSync
 
 log = logging.getLogger("sso_sidecar")
 
@@ -75,10 +75,11 @@ class Runtime:
         # when an earlier reload already carried the change (and reported it).
         self.boot_settings = settings
         self.reload_lock = asyncio.Lock()
-        # Why this process does not proxy now (the settings page's record cannot be read or applied:
-        # ``pagesync``), or None. Checked by every proxied request: never fail open to the file's config.
+        # The config file and the layer over it (the settings page's): what every reload reads.
+        self.source = ConfigSource()
+        # Why this process does not proxy now (``hold``), or None. Read by every proxied request: never fail
+        # open to the file's config. Written only by ``hold`` and ``resume``.
         self.closed: str | None = None
-        self.page: PageSync | None = None
         self._users: dict[Upstream, int] = {}
         self._retiring: set[Upstream] = set()
         self._closing: set[asyncio.Task[None]] = set()
@@ -86,6 +87,17 @@ class Runtime:
     async def start(self, settings: Settings) -> None:
         self.active = await self.build(settings)
         self.metrics.config_loaded(settings.digest, settings.sso.enabled)
+
+    def hold(self, reason: str) -> None:
+        """Stop proxying: every proxied request gets 503 and ``/readyz`` says ``reason``, until ``resume``. For a
+        config this process cannot confirm (the settings page's record cannot be read or applied)."""
+        self.closed = reason
+        self.metrics.page_settings_closed.set(1)
+
+    def resume(self) -> None:
+        """Proxy again."""
+        self.closed = None
+        self.metrics.page_settings_closed.set(0)
 
     def pin(self) -> Upstream:
         """Keep the active config's upstream pool open until ``unpin``: one request's worth."""

@@ -12,6 +12,9 @@ Polling, not inotify, and on purpose:
   every filesystem (also NFS and overlay, where inotify is unreliable), with no dependency. The files
   are a few kilobytes; reading them once a second costs nothing measurable.
 
+``triggers`` wires both reload triggers of ``sso-sidecar run``: SIGHUP, and this watcher on the config file
+and its ``*_file`` secrets.
+
 Debounce: a change is acted on only when two consecutive polls read the same new content, so a file
 caught half-written (an editor writing in place, a ``cp`` in progress) is never taken for a config; a
 burst of changes within one interval causes one reload. Comparing content (not mtime) means a
@@ -24,8 +27,14 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from proxy.runtime.reload import reload_config
+from proxy.runtime.state import RUNTIME
 
 log = logging.getLogger("sso_sidecar.watch")
 
@@ -121,3 +130,59 @@ class FileWatcher:
             except Exception:
                 log.exception("config watcher: poll failed")
             await asyncio.sleep(self._interval())
+
+
+# -- the triggers of ``sso-sidecar run`` -------------------------------------------------------------------
+
+TRIGGER_SIGHUP = "sighup"
+TRIGGER_WATCH = "watch"
+# What the triggers log goes under the reload's logger, beside the reload's own lines.
+reload_log = logging.getLogger("sso_sidecar.reload")
+
+
+def triggers(path: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` for ``sso-sidecar run``: SIGHUP and the file watcher reload ``path``.
+
+    Append it after the context that creates the runtime.
+    """
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            reload_log.info("SIGHUP: reloading %s", path)
+            task = loop.create_task(reload_config(runtime, path, trigger=TRIGGER_SIGHUP))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        async def on_change() -> None:
+            reload_log.info("config or secret file changed: reloading %s", path)
+            await reload_config(runtime, path, trigger=TRIGGER_WATCH)
+
+        def watched() -> list[str]:
+            settings = runtime.active.settings
+            return [path, *settings.secret_files]
+
+        watcher = FileWatcher(
+            watched,
+            on_change,
+            interval=lambda: runtime.active.settings.reload.watch_interval,
+            enabled=lambda: runtime.active.settings.reload.watch,
+        )
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        # A SIGHUP that came while the process started was held back (``cli``, ``workers``): handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        watch_task = loop.create_task(watcher.run())
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # shutting down: a late SIGHUP must not kill it
+            watch_task.cancel()
+            for task in (watch_task, *pending):
+                task.cancel()
+            await asyncio.gather(watch_task, *pending, return_exceptions=True)
+
+    return context

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.admin import sync
+from proxy.admin.login import begin_page_login
+from proxy.admin.origin import PATH, on_page_origin, page_origin
 from proxy.admin.record import PageRecord, PageSSO, Pinned
 from proxy.admin.sync import PageSync
-from proxy.auth import clientaddress
 from proxy.auth.policy import display_name, is_admin
 from proxy.config.load import load_settings
 from proxy.errors import BadRequest, ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
@@ -40,7 +41,6 @@ from proxy.signin.login import begin_login
 
 log = logging.getLogger("sso_sidecar.admin")
 
-PATH = "/oauth2/admin"
 # Enable, Disable and Forget by a signed-in admin on the console's origin need a sign-in this recent: a
 # script of the console's cannot make the admin type a password (see ``fresh``).
 FRESH_SIGN_IN = 600.0
@@ -67,17 +67,6 @@ class Refused(SidecarError):
     status = 409
     code = "refused"
     title = "Not possible"
-
-
-def page_origin(active: Active) -> str:
-    """The origin the page is served on: ``admin.public_url``'s, else the console's."""
-    settings = active.settings
-    return str((settings.admin.public_url or settings.public_url).origin())
-
-
-def on_page_origin(request: web.Request, active: Active) -> bool:
-    host = active.settings.admin.public_host
-    return host is None or clientaddress.names_host(request, active.settings, host)
 
 
 async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor | web.StreamResponse:
@@ -107,9 +96,7 @@ async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor
         raise Forbidden("The SSO settings page is for admins (admin.emails, admin.groups).", code="not_admin")
     if active.oidc is not None and runtime.closed is None:
         if settings.admin.public_url is not None:
-            from proxy.admin.login import begin_page_login  # the page's own origin signs in with its own URI
-
-            return await begin_page_login(request, runtime, active, PATH)
+            return await begin_page_login(request, runtime, active, PATH)  # the page origin's own redirect URI
         return await begin_login(request, runtime, active, PATH)
     return web.HTTPFound("/oauth2/break-glass?rd=" + PATH)
 

@@ -21,7 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin import access, html, login, presets, sync, trial, view
-from proxy.admin.access import PATH, Actor, Refused
+from proxy.admin.access import Actor, Refused
+from proxy.admin.origin import PATH
 from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned
 from proxy.admin.sync import PageSync, RecordUnusable
 from proxy.config.load import load_settings
@@ -32,6 +33,7 @@ from proxy.oidc.discovery import DocumentError
 from proxy.oidc.http import ProviderUnreadable
 from proxy.oidc.verify import verify_provider
 from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.signin.login import register_purpose
 
 log = logging.getLogger("sso_sidecar.admin")
 FIELDS = ("issuer_url", "client_id", "client_secret", "scopes")
@@ -498,3 +500,4 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post(PATH + "/disable", disable)
     app.router.add_post(PATH + "/forget", forget)
     login.add_routes(app)
+    register_purpose(app, trial.PURPOSE, trial.finish)  # a Test login ends on the page, never in a session

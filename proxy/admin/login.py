@@ -3,7 +3,7 @@ page's own origin (``admin.public_url``).
 
 - **Fresh sign-in.** On the console's origin a script of the console's (stored XSS, an uploaded HTML file)
   can read the page and its form token. It cannot make the admin type a password: Enable, Disable and
-  Forget need a sign-in at most ``adminaccess.FRESH_SIGN_IN`` old, and ``/oauth2/admin/reauth`` asks the
+  Forget need a sign-in at most ``access.FRESH_SIGN_IN`` old, and ``/oauth2/admin/reauth`` asks the
   provider for one (``prompt=login``, ``max_age=0``), then returns to the page.
 - **The page's own origin.** Cookies are per host, so the console's session is not the page's: the page
   signs admins in through its own redirect URI, ``admin.public_url`` + ``/oauth2/admin/callback`` (register
@@ -18,14 +18,12 @@ import logging
 
 from aiohttp import web
 
-from proxy.admin import trial
-from proxy.admin.access import PATH, on_page_origin
+from proxy.admin.origin import PATH, on_page_origin
 from proxy.config.model import Settings
 from proxy.errors import Closed, LoginError, NotFound, SidecarError
 from proxy.oidc.client import OIDCClient
 from proxy.runtime.state import RUNTIME, Active, Runtime
-from proxy.signin.login import _redeem as redeem
-from proxy.signin.login import begin_login
+from proxy.signin.login import begin_login, finish_purpose, redeem
 
 log = logging.getLogger("sso_sidecar.admin")
 
@@ -89,7 +87,7 @@ async def reauth(request: web.Request) -> web.StreamResponse:
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
-    """The page origin's redirect URI: a Test login (``admintest``) or an admin's sign-in to the page."""
+    """The page origin's redirect URI: a Test login (``trial``) or an admin's sign-in to the page."""
     runtime = request.app[RUNTIME]
     active = runtime.active
     redirect_uri = page_redirect_uri(active.settings)
@@ -99,8 +97,8 @@ async def callback(request: web.Request) -> web.StreamResponse:
     state = query.get("state", "")
     mine = bool(state) and active.cookies.login_belongs_to_browser(state, request.cookies)
     pending = await runtime.sessions.take_login(state) if mine else None
-    if pending is not None and pending.test_digest is not None:
-        return await trial.finish(request, runtime, pending, redirect_uri=redirect_uri)
+    if pending is not None and pending.purpose is not None:
+        return await finish_purpose(request, runtime, pending, redirect_uri=redirect_uri)
     if runtime.closed is not None:
         raise Closed()
     if active.oidc is None:

@@ -3,10 +3,10 @@
 ``start`` sends a new window to the draft's provider, always asking for a fresh sign-in
 (``prompt=login``), through the registered redirect URI. The pending test lives in the session store,
 where every replica finds it (the callback may land on another replica), bound to the browser (the
-pending-login cookie) and to the draft's digest. ``finish`` (called by ``login.callback``) checks the
-response's ``iss`` (RFC 9207) and the ID token against the draft, reads the claims, discards the tokens,
-records the result in the page record and shows it. It creates no session and changes nothing for anyone
-else.
+pending-login cookie) and to the draft's digest. ``finish`` (the sign-in callback hands it every pending login
+of the purpose ``PURPOSE``, which ``handlers.add_routes`` registers) checks the response's ``iss`` (RFC 9207)
+and the ID token against the draft, reads the claims, discards the tokens, records the result in the page
+record and shows it. It creates no session and changes nothing for anyone else.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from proxy.sessions import PendingLogin
 
 log = logging.getLogger("sso_sidecar.admin")
 
+PURPOSE = "test"  # what a Test login's pending login is for (``proxy.signin.login.register_purpose``)
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DESCRIPTION_MAX = 300
 
@@ -67,7 +68,15 @@ async def start(
     state, nonce = random_token(), random_token()
     verifier, challenge = new_pkce()
     pending = PendingLogin(
-        nonce, verifier, "/oauth2/admin", metadata.issuer, draft.sso.client_id, time.time(), draft.digest, by
+        nonce,
+        verifier,
+        "/oauth2/admin",
+        metadata.issuer,
+        draft.sso.client_id,
+        time.time(),
+        purpose=PURPOSE,
+        about=draft.digest,
+        by=by,
     )
     await runtime.sessions.save_login(state, pending)
     url = await client.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
@@ -86,24 +95,23 @@ async def finish(
         raise LoginError("The SSO settings page is not enabled.", status=404)
     record = await page.load()
     draft = record.draft
-    if draft is None or draft.digest != pending.test_digest:
+    if draft is None or draft.digest != pending.about:
         result = _failed(pending, "The draft was saved again after this test started: run Test login again.")
     else:
         result = await _judge(request, runtime, draft, pending, redirect_uri)
-    assert pending.test_digest is not None
     verdict = "succeeded" if result.ok else f"failed: {result.error}"
-    detail = f"test login of draft {pending.test_digest} {verdict}" + (
+    detail = f"test login of draft {pending.about} {verdict}" + (
         f" (signed in as {result.user})" if result.user else ""
     )
 
     def edit(current: PageRecord) -> PageRecord:
         if current.draft is None or current.draft.digest != result.digest:
-            return current.with_entry(pending.test_by, "tested", detail)  # the draft moved on: history only
-        return dataclasses.replace(current, test=result).with_entry(pending.test_by, "tested", detail)
+            return current.with_entry(pending.by, "tested", detail)  # the draft moved on: history only
+        return dataclasses.replace(current, test=result).with_entry(pending.by, "tested", detail)
 
     await page.change(edit)
     runtime.metrics.admin_actions.labels("test", "ok" if result.ok else "failed").inc()
-    log.warning("settings page: %s by %s", detail, pending.test_by)
+    log.warning("settings page: %s by %s", detail, pending.by)
     required = required_claims(active.settings)
     response = html.test_result(result, required, draft)
     response.headers["Cache-Control"] = "no-store"
@@ -154,7 +162,7 @@ def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, clai
     return TestResult(
         digest=draft.digest,
         at=time.time(),
-        by=pending.test_by,
+        by=pending.by,
         ok=problem is None,
         error=None if problem is None else f"This account cannot be used here: {problem}.",
         user=_plain(display_name(claims)),
@@ -169,7 +177,7 @@ def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, clai
 
 
 def _failed(pending: PendingLogin, error: str) -> TestResult:
-    return TestResult(digest=pending.test_digest or "", at=time.time(), by=pending.test_by, ok=False, error=error)
+    return TestResult(digest=pending.about, at=time.time(), by=pending.by, ok=False, error=error)
 
 
 def _shown(value: Any) -> str | None:

@@ -189,10 +189,13 @@ class PendingLogin:
     issuer: str
     client_id: str
     created_at: float
-    # A Test login from the settings page: the digest of the draft it tests, and who started it. It
-    # creates no session.
-    test_digest: str | None = None
-    test_by: str = ""
+    # What the sign-in is for, when not an ordinary one (which creates a session): a purpose that a module
+    # registered (``proxy.signin.login.register_purpose``) and that finishes it instead, with what that module
+    # keeps about it. The settings page's Test login is one: the digest of the draft it tests (``about``) and
+    # who started it (``by``); it creates no session.
+    purpose: str | None = None
+    about: str = ""
+    by: str = ""
     # The store key that counts the open sign-ins of the client's address (``SessionManager.save_login``).
     address_key: str | None = None
 
@@ -205,9 +208,10 @@ class PendingLogin:
             "c": self.client_id,
             "t": self.created_at,
         }
-        if self.test_digest is not None:
-            record["d"] = self.test_digest
-            record["b"] = self.test_by
+        if self.purpose is not None:
+            record["p"] = self.purpose
+            record["d"] = self.about
+            record["b"] = self.by
         if self.address_key is not None:
             record["a"] = self.address_key
         return record
@@ -221,7 +225,8 @@ class PendingLogin:
             record["i"],
             record["c"],
             record["t"],
-            record.get("d"),
+            record.get("p"),
+            record.get("d", ""),
             record.get("b", ""),
             record.get("a"),
         )

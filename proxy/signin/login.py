@@ -2,6 +2,10 @@
 
 Protocol work (discovery, tokens, validation) is ``proxy.oidc.client``'s; this module binds it to browsers:
 pending-login cookies, the session cookie, redirects.
+
+A sign-in may serve another purpose than a session: a module registers the purpose and how to finish it
+(``register_purpose``; the settings page's Test login is one), its pending login carries the purpose, and the
+callback hands such a sign-in to it. Sign-in itself never calls into the module that registered it.
 """
 
 from __future__ import annotations
@@ -9,13 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from yarl import URL
 
 from proxy import html
-from proxy.admin import trial
 from proxy.auth.clientaddress import address_group, client_address
 from proxy.auth.redirects import return_to_for
 from proxy.config.model import SIGNED_OUT_PATH
@@ -31,6 +34,36 @@ log = logging.getLogger("sso_sidecar.login")
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Identity claims worth showing a front end; protocol claims (nonce, at_hash, aud, ...) are left out.
 _PROTOCOL_CLAIMS = frozenset({"aud", "azp", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "jti", "sid"})
+
+
+class Finish(Protocol):
+    """How a module finishes a sign-in of its purpose, in place of a session (``register_purpose``)."""
+
+    async def __call__(
+        self, request: web.Request, runtime: Runtime, pending: PendingLogin, *, redirect_uri: str | None = None
+    ) -> web.StreamResponse: ...
+
+
+PURPOSES: web.AppKey[dict[str, Finish]] = web.AppKey("sign_in_purposes", dict)
+
+
+def register_purpose(app: web.Application, purpose: str, finish: Finish) -> None:
+    """Sign-ins whose pending login carries ``purpose`` end in ``finish``: the callback creates no session."""
+    if PURPOSES not in app:
+        app[PURPOSES] = {}
+    app[PURPOSES][purpose] = finish
+
+
+async def finish_purpose(
+    request: web.Request, runtime: Runtime, pending: PendingLogin, *, redirect_uri: str | None = None
+) -> web.StreamResponse:
+    """Hand a sign-in of a registered purpose to the module that registered it (``redirect_uri``: the one it
+    came back to, when not the console's)."""
+    assert pending.purpose is not None
+    finish = request.app.get(PURPOSES, {}).get(pending.purpose)
+    if finish is None:
+        raise LoginError("This sign-in cannot be finished here.", status=404)
+    return await finish(request, runtime, pending, redirect_uri=redirect_uri)
 
 
 def login_url(return_to: str) -> str:
@@ -75,8 +108,9 @@ async def start(request: web.Request) -> web.StreamResponse:
 async def callback(request: web.Request) -> web.StreamResponse:
     """The redirect URI: validate the authorization response, redeem the code, create the session.
 
-    A Test login from the settings page comes back here too (the one registered redirect URI); its pending
-    login says so, and ``admintest`` finishes it without creating a session."""
+    A sign-in of another purpose (the settings page's Test login) comes back here too (the one registered
+    redirect URI); its pending login says so, and the module that registered the purpose finishes it without
+    creating a session."""
     runtime = request.app[RUNTIME]
     active = runtime.active
     query = request.query
@@ -84,8 +118,8 @@ async def callback(request: web.Request) -> web.StreamResponse:
     # Login CSRF (RFC 9700 4.7): only a state this browser started counts; it is taken exactly once.
     mine = bool(state) and active.cookies.login_belongs_to_browser(state, request.cookies)
     pending = await runtime.sessions.take_login(state) if mine else None
-    if pending is not None and pending.test_digest is not None:
-        return await trial.finish(request, runtime, pending)
+    if pending is not None and pending.purpose is not None:
+        return await finish_purpose(request, runtime, pending)
     if runtime.closed is not None:
         raise Closed()
     if active.oidc is None:
@@ -107,7 +141,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         code = query.get("code")
         if not code:
             raise LoginError("The sign-in response has no authorization code.")
-        result = await _redeem(active.oidc, code, pending)
+        result = await redeem(active.oidc, code, pending)
         problem = active.identity.problem(result.claims)
         if problem is not None:
             log.warning("login refused: %s (sub=%s)", problem, _short(str(result.claims.get("sub", ""))))
@@ -140,7 +174,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:
+async def redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:
     try:
         return await oidc.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
     except TokenEndpointError as exc:

@@ -55,7 +55,7 @@ async def test_a_stored_value_that_is_not_a_record_blocks_writes_until_forgotten
     if isinstance(store, FilePageStore):
         Path(store.where.removeprefix("file ")).write_bytes(b"garbage")
     else:
-        await store._redis.set_if_version("admin:settings", 1, b"garbage")
+        await store._set_if_version("admin:settings", [1, b"garbage"])
     with pytest.raises(Conflict):
         await store.write(sealed(2), 1)
     await store.forget()

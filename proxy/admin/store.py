@@ -10,18 +10,18 @@ applied, which the page lists.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from proxy.errors import StoreUnavailable
-from proxy.sessions.redis import RedisStore
 
 _RECORD_KEY = "admin:settings"
 _REPLICAS_KEY = "admin:replicas"
@@ -55,18 +55,54 @@ class PageStore(Protocol):
         """Why others than the sidecar's user could replace the record (a world-writable file), or None."""
 
 
+# Compare-and-set on a sealed record's clear-text version (``proxy.admin.record``): write (with no TTL) only while
+# the stored version is ARGV[1] (0: nothing stored). 1: written; 0: another version is stored; -1: what is
+# stored is not an envelope.
+_SET_IF_VERSION = """
+local current = redis.call('GET', KEYS[1])
+local version = 0
+if current then
+  local ok, doc = pcall(cjson.decode, current)
+  if not ok or type(doc) ~= 'table' or type(doc['version']) ~= 'number' then return -1 end
+  version = doc['version']
+end
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class SharedRedis(Protocol):
+    """What the page store needs of the Redis the sessions live in (``proxy.sessions.redis.RedisStore``): keys
+    and an index as the session store keeps them, and a Lua script of its own. The record and its script are
+    the page's; the session store knows nothing of them."""
+
+    async def get(self, key: str, *, touch: float | None = None) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def index_add(self, key: str, member: str, ttl: float) -> int: ...
+
+    async def index_members(self, key: str) -> builtins.set[str]: ...
+
+    def script(self, source: str) -> Callable[[str, Sequence[str | int | bytes]], Awaitable[object]]: ...
+
+
 class RedisPageStore:
     shared = True
 
-    def __init__(self, redis: RedisStore, where: str) -> None:
+    def __init__(self, redis: SharedRedis, where: str) -> None:
         self._redis = redis
+        self._set_if_version = redis.script(_SET_IF_VERSION)
         self.where = f"Redis ({where})"
 
     async def read(self) -> bytes | None:
-        return await self._redis.get_lasting(_RECORD_KEY)
+        return await self._redis.get(_RECORD_KEY)  # no TTL to restart: the record lasts
 
     async def write(self, raw: bytes, expected_version: int) -> None:
-        result = await self._redis.set_if_version(_RECORD_KEY, expected_version, raw)
+        result = await self._set_if_version(_RECORD_KEY, [expected_version, raw])
         if result != 1:
             raise Conflict("the page settings changed meanwhile" if result == 0 else "the stored record is not valid")
 

@@ -30,7 +30,7 @@ from proxy.admin.login import begin_page_login
 from proxy.admin.origin import PATH, on_page_origin, page_origin
 from proxy.admin.record import PageRecord, PageSSO, Pinned
 from proxy.admin.sync import PageSync
-from proxy.auth.policy import display_name, is_admin
+from proxy.auth.policy import display_name, is_operator
 from proxy.config.load import load_settings
 from proxy.errors import BadRequest, ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
 from proxy.gate import breakglass
@@ -83,7 +83,7 @@ async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor
     session = await _session(request, runtime, active)
     if session is not None:
         claims = session.claims
-        if is_admin(claims, settings.admin, settings.access.groups_claim):
+        if is_operator(claims, settings):
             auth_time = claims.get("auth_time")
             signed_in_at = float(auth_time) if isinstance(auth_time, int | float) else session.created_at
             return Actor(display_name(claims), f"session {session.id}", False, str(claims.get("sub", "")),

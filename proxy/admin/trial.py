@@ -23,7 +23,7 @@ from aiohttp import web
 from proxy.admin import html, sync
 from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, TestResult
 from proxy.auth.identity import IdentityHeaders
-from proxy.auth.policy import denial_reason, display_name, is_admin
+from proxy.auth.policy import denial_reason, display_name, is_operator
 from proxy.config.load import load_settings
 from proxy.config.model import Settings
 from proxy.errors import ConfigError, LoginError, SidecarError, UnusableIdentity
@@ -170,7 +170,7 @@ def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, clai
         headers=tuple(headers),
         passes_access=access_reason is None,
         access_reason=access_reason,
-        is_admin=is_admin(claims, settings.admin, settings.access.groups_claim),
+        is_admin=is_operator(claims, settings),
         sub=str(claims.get("sub", "")),
         issuer=draft.sso.issuer_url,
     )

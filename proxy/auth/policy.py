@@ -1,4 +1,4 @@
-"""Who may pass once signed in (pure functions).
+"""Who may pass once signed in, and who operates the sidecar (pure functions).
 
 A user passes when any configured rule admits them: their email address, their email's domain, or one
 of their groups. With no rule configured, everyone who can sign in passes. Everything is compared
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.config.model import AccessSettings, AdminSettings
+from proxy.config.model import AccessSettings, Settings
 
 NOT_ALLOWED = "Your account is not in the list of users allowed to use this console."
 UNVERIFIED = "Your identity provider has not verified your email address, so it cannot be used to let you in."
@@ -113,11 +113,17 @@ def denial_reason(claims: Mapping[str, Any], access: AccessSettings) -> str | No
     return NOT_ALLOWED
 
 
-def is_admin(claims: Mapping[str, Any], admin: AdminSettings, groups_claim: str) -> bool:
-    """True when ``claims`` belong to an admin of the settings page: a verified email in ``admin.emails``
-    or a group (``groups_claim``) in ``admin.groups``, compared exactly like the access rules."""
-    email = verified_email(claims)
-    if email is not None and email in admin.emails:
+def is_operator(claims: Mapping[str, Any], settings: Settings, *, reading_status: bool = False) -> bool:
+    """Who operates the sidecar, for both ``/oauth2/status`` and the settings page: an admin of the page (while
+    ``admin.enabled``), that is a verified email in ``admin.emails`` or a group (``access.groups_claim``) in
+    ``admin.groups``, compared exactly like the access rules. ``reading_status`` also admits the groups of
+    ``status.admin_groups`` (deprecated), which grant the status alone, never the page."""
+    groups = claim_list(claims, settings.access.groups_claim)
+    if reading_status and groups and not set(groups).isdisjoint(settings.status.admin_groups):
         return True
-    groups = claim_list(claims, groups_claim)
-    return bool(groups) and not set(groups or ()).isdisjoint(admin.groups)
+    if not settings.admin.enabled:
+        return False
+    email = verified_email(claims)
+    if email is not None and email in settings.admin.emails:
+        return True
+    return bool(groups) and not set(groups or ()).isdisjoint(settings.admin.groups)

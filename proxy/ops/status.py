@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.auth.policy import claim_list, is_admin
+from proxy.auth.policy import is_operator
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
 from proxy.gate import breakglass
 from proxy.runtime.state import RUNTIME, Active, Runtime
@@ -36,11 +36,8 @@ async def _authorize(request: web.Request, runtime: Runtime, active: Active) -> 
     session = await session_for(request, runtime, active) if runtime.closed is None else None
     if session is None:
         raise Unauthenticated(login_url=login_url(PATH))
-    groups = claim_list(session.claims, settings.access.groups_claim) or []
-    if set(groups) & set(settings.status.admin_groups):
-        return
-    if settings.admin.enabled and is_admin(session.claims, settings.admin, settings.access.groups_claim):
-        return  # the settings page's admins may read the status too
+    if is_operator(session.claims, settings, reading_status=True):
+        return  # the settings page's admins, and status.admin_groups
     raise Forbidden("The status page is for operators (admin.groups, admin.emails or the break-glass token).")
 
 

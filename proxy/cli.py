@@ -96,7 +96,7 @@ async def _check(settings: Settings, path: str) -> int:
         except ConfigError as exc:
             problems.extend(f"(settings page) {p}" for p in exc.problems)
     out(f"public URL:        {settings.public_url}")
-    out(f"upstream:          {settings.upstream}")
+    out(f"upstream:          {settings.upstream.url}")
     out(f"session store:     {settings.session.store}"
         + (f" ({settings.session.redis_url})" if settings.session.store == "redis" else ""))  # fmt: skip
     out("")
@@ -173,7 +173,7 @@ def cmd_run(path: str) -> int:
         _cannot_listen(settings, exc)
         return 1
     log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s, %d worker(s)", __version__,
-             settings.listen_host, settings.listen_port, settings.upstream,
+             settings.listen_host, settings.listen_port, settings.upstream.url,
              "on" if settings.sso.enabled else "off", settings.workers)  # fmt: skip
     if settings.workers == 1:
         return _serve(settings, path, worker=0)

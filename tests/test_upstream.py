@@ -354,9 +354,9 @@ def test_the_upstream_client_and_the_connection_cap_are_checked_at_load() -> Non
     base = {"public_url": "http://127.0.0.1:4180", "upstream": "http://127.0.0.1:8888", "sso": {"enabled": False}}
     base["session"] = {"cookie_secret": secrets.token_urlsafe(32)}
     settings = parse_settings(yaml.safe_dump(base), environ={})
-    assert (settings.upstream_client, settings.upstream_max_connections) == ("h1", 256)
+    assert (settings.upstream.client, settings.upstream.max_connections) == ("h1", 256)
     chosen = parse_settings(yaml.safe_dump({**base, "upstream_client": "aiohttp", "upstream_max_connections": 8}), {})
-    assert (chosen.upstream_client, chosen.upstream_max_connections) == ("aiohttp", 8)
+    assert (chosen.upstream.client, chosen.upstream.max_connections) == ("aiohttp", 8)
     with pytest.raises(ConfigError) as refused:
         parse_settings(yaml.safe_dump({**base, "upstream_client": "h2", "upstream_max_connections": 0}), {})
     assert {p.key for p in refused.value.problems} == {"upstream_client", "upstream_max_connections"}

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from yarl import URL
 
@@ -215,6 +216,31 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """The console behind the sidecar and how it is reached: one field of ``Settings``, so a reload compares it
+    whole (the connection pool is kept while it is the same) and a new option cannot be left out of that.
+
+    The YAML keys stay top-level: ``upstream`` (the URL), ``upstream_timeout``, ``upstream_client``,
+    ``upstream_max_connections`` (``KEYS``)."""
+
+    url: URL
+    timeout: float = 300.0  # bounds each wait for the console's answer head and next bytes
+    client: str = "h1"  # h1 | aiohttp: the client for plain HTTP to the console
+    max_connections: int = 256  # plain-HTTP connections to the console per process, idle or in use
+
+    KEYS: ClassVar[Mapping[str, str]] = {
+        "url": "upstream",
+        "timeout": "upstream_timeout",
+        "client": "upstream_client",
+        "max_connections": "upstream_max_connections",
+    }
+
+    def changed_keys(self, new: UpstreamSettings) -> list[str]:
+        """The YAML keys whose value differs in ``new``."""
+        return [key for name, key in self.KEYS.items() if getattr(self, name) != getattr(new, name)]
+
+
+@dataclass(frozen=True)
 class SkipRule:
     methods: frozenset[str] | None  # None: any method
     pattern: re.Pattern[str]
@@ -224,7 +250,7 @@ class SkipRule:
 @dataclass(frozen=True)
 class Settings:
     public_url: URL
-    upstream: URL
+    upstream: UpstreamSettings
     sso: SSOSettings
     session: SessionSettings
     listen_host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod's interfaces
@@ -238,9 +264,6 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Hosts (host or host:port, lower case) an absolute return-to URL may name besides public_url's own.
     allowed_redirect_hosts: tuple[str, ...] = ()
-    upstream_timeout: float = 300.0
-    upstream_client: str = "h1"  # h1 | aiohttp: the client for plain HTTP to the console
-    upstream_max_connections: int = 256  # plain-HTTP connections to the console per process, idle or in use
     log_level: str = "info"
     log_format: str = "text"  # text | json
     reload: ReloadSettings = field(default_factory=ReloadSettings)

@@ -25,6 +25,7 @@ from proxy.config.model import (
     Settings,
     SkipRule,
     StatusSettings,
+    UpstreamSettings,
     is_loopback_host,
 )
 from proxy.config.reader import ConfigReader, positive_int
@@ -105,7 +106,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         listen_host=listen[0],
         listen_port=listen[1],
         public_url=public_url,
-        upstream=upstream,
+        upstream=UpstreamSettings(upstream, upstream_timeout, upstream_client, upstream_max_connections),
         sso=sso,
         session=session,
         metrics_listen=metrics_listen,
@@ -116,9 +117,6 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         skip_auth=skip_auth,
         trusted_proxies=trusted,
         allowed_redirect_hosts=redirect_hosts,
-        upstream_timeout=upstream_timeout,
-        upstream_client=upstream_client,
-        upstream_max_connections=upstream_max_connections,
         log_level=log_level.lower(),
         log_format=log_format,
         reload=reload,

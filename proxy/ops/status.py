@@ -68,7 +68,7 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
             "loaded_at": _when(active.loaded_at),
             "public_url": str(settings.public_url),
             "redirect_uri": settings.redirect_uri,
-            "upstream": str(settings.upstream),
+            "upstream": str(settings.upstream.url),
             "sso": {
                 "enabled": sso.enabled,
                 "issuer_url": sso.issuer_url or None,

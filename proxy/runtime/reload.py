@@ -36,10 +36,13 @@ _NOT_KEYS = frozenset({"source", "digest", "secret_files", "sso_source"})
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
     """Top-level config keys (``sso``, ``access``...) whose value differs, for the log and status."""
-    keys = [
-        f.name for f in fields(Settings) if f.name not in _NOT_KEYS and getattr(old, f.name) != getattr(new, f.name)
-    ]
-    return ["listen" if k in ("listen_host", "listen_port") else k for k in dict.fromkeys(keys)]
+    keys: list[str] = []
+    for f in fields(Settings):
+        if f.name == "upstream":
+            keys += old.upstream.changed_keys(new.upstream)  # its YAML keys are top-level
+        elif f.name not in _NOT_KEYS and getattr(old, f.name) != getattr(new, f.name):
+            keys.append("listen" if f.name in ("listen_host", "listen_port") else f.name)
+    return list(dict.fromkeys(keys))
 
 
 async def reload_config(runtime: Runtime, path: str, *, trigger: str = "sighup") -> bool:

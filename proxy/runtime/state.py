@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 import aiohttp
 from aiohttp import web
@@ -129,15 +128,12 @@ class Runtime:
             if oidc is None:
                 oidc = OIDCClient(settings.sso, settings.redirect_uri, self.http)
         # A reload that changes none of what the upstream is built from keeps the pool.
-        built_from = attrgetter("upstream", "upstream_timeout", "upstream_client", "upstream_max_connections")
-        if old is not None and built_from(old.settings) == built_from(settings):
+        wanted = settings.upstream
+        if old is not None and old.settings.upstream == wanted:
             upstream = old.upstream
         else:
             upstream = Upstream(
-                settings.upstream,
-                timeout=settings.upstream_timeout,
-                client=settings.upstream_client,
-                max_connections=settings.upstream_max_connections,
+                wanted.url, timeout=wanted.timeout, client=wanted.client, max_connections=wanted.max_connections
             )
             await upstream.start()
         return Active(

@@ -7,7 +7,7 @@ import pytest
 from proxy.auth.paths import normalise
 from proxy.config.model import DEFAULT_HEADERS, DEFAULT_SCOPES, SkipRule
 from proxy.errors import ConfigError
-from proxy.gate.handler import skips_auth
+from proxy.gate.decide import skips_auth
 from support.config_text import MINIMAL, parse, problems
 
 

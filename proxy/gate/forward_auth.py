@@ -28,7 +28,7 @@ from proxy.auth.paths import RequestPath, normalise
 from proxy.auth.redirects import safe_return_to
 from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, Unauthenticated
-from proxy.gate.handler import BEARER_CHALLENGE, authorize, caller, skips_auth
+from proxy.gate.decide import BEARER_CHALLENGE, authorize, caller, skips_auth
 from proxy.runtime.state import RUNTIME
 from proxy.signin.login import login_url
 

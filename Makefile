@@ -53,10 +53,12 @@ $(CHECKOV)/.installed: requirements/checkov.txt
 demo: install node
 	$(BIN)/python deploy/demo/run_demo.py
 
+# lint-imports: the layer rule and no import cycles (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: install
 	$(BIN)/ruff format .

@@ -6,7 +6,7 @@ holds an obvious placeholder word, repeats a short pattern, or carries well unde
 Two readings must both pass: the length times the bits of its alphabet (hex, base64, ...) at least 96,
 and the spread of its characters (Shannon, times the length) at least 48, which catches ``aaaa...``-like
 values. Random values of the recommended kinds (``openssl rand -base64 32``, ``-base64 24``, ``-hex 16``)
-pass with a wide margin (tests/test_secretcheck.py draws 100,000 of them).
+pass with a wide margin (tests/unit/config/test_secrets.py draws 100,000 of them).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _PLACEHOLDER_WORDS = tuple(
 )
 # ...short ones only as a word of their own ("YOUR-SECRET", "secret-xxxx", "TODO"). A random 43-character
 # base64url token then holds one by chance about once in 20 million (mostly a "todo" or "xxxx" between
-# '-', '_' or an end); case-insensitive, it was once in 4 million (tests/test_secretcheck.py).
+# '-', '_' or an end); case-insensitive, it was once in 4 million (tests/unit/config/test_secrets.py).
 _SHORT = "|".join(form for word in ("todo", "xxxx+", "your[-_]") for form in (word, word.upper(), word.capitalize()))
 _PLACEHOLDER_TOKENS = re.compile(rf"(?<![A-Za-z0-9])(?:{_SHORT})(?![A-Za-z0-9])|^(?:your|YOUR|Your)[-_]")
 MIN_ALPHABET_BITS = 96  # "well under 128 bits": random hex of 24 characters is the floor

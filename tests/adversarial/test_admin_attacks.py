@@ -45,6 +45,8 @@ from support.procs import LOOPBACK
 from support.redis_server import RedisServer
 from support.waiting import eventually
 
+pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
+
 KEY = "sso:admin:settings"
 
 

@@ -4,7 +4,7 @@ The Dockerfile passes hadolint; every kustomize overlay renders (``kubectl kusto
 ``deploy/kubernetes/sidecar.yaml``, passes ``kubernetes-validate --strict`` for Kubernetes 1.32; the rendered
 objects are hardened for Pod Security "restricted", probe the right endpoints, mount the config as a directory,
 take secrets by reference, and carry a PodDisruptionBudget and NetworkPolicy; every config they ship parses.
-The container itself is built and run by ``make test-image`` (tests/image/).
+The container itself is built and run by ``make test-image`` (tests/deploy/image/).
 """
 
 from __future__ import annotations

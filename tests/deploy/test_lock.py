@@ -12,9 +12,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from support import REPO
 from support.locks import LOCKS, pins_for, read_lock
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_read_lock_refuses_an_unpinned_or_unhashed_line(tmp_path: Path) -> None:

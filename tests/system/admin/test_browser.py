@@ -23,6 +23,8 @@ from support.procs import http_status
 from support.redis_server import RedisServer
 from support.waiting import eventually
 
+pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
+
 SHOTS = REPO / ".test-artifacts" / "admin-page"
 
 

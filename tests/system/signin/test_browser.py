@@ -9,6 +9,8 @@ from playwright.async_api import Browser, Page, expect
 
 from support.idp import DevIdP
 
+pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
+
 
 async def confirm_sign_out(page: Page, sidecar_url: str, idp: DevIdP) -> None:
     """Click through the "sign out?" pages: the sidecar's own (if it shows one), then the provider's."""

@@ -1,13 +1,13 @@
 """This replica's own memory of the settings page's record, kept where the page store cannot reach it.
 
-The record (``pagerecord``) is sealed, so nobody without a cookie secret can forge one; but every record
+The record (``proxy.admin.record``) is sealed, so nobody without a cookie secret can forge one; but every record
 ever written stays a valid seal, so whoever can write to the store (Redis, or the settings file) could put
 an older one back, or delete it, and a replica that knows nothing else would apply what it finds. The
 anchor is what it knows: a small file (``admin.state_file``, default beside ``admin.settings_file``) that
 holds
 
 - ``version``: the newest record version this replica (any of its workers) has accepted. A stored record
-  below it is a replayed or restored copy and is refused (``pagesync``);
+  below it is a replayed or restored copy and is refused (``proxy.admin.sync``);
 - ``expected``: whether that record replaces the config file's ``sso`` section (Enable or Disable on the
   page), so that an emptied store means "closed", never "back to the file";
 - ``pinned``: the provider last enabled, which break-glass may enable again (and no other).

@@ -1,10 +1,10 @@
 """``/oauth2/admin``: the SSO settings page's handlers. Configure, test, then enable; lock-out made impossible.
 
-Who may do what, and the form checks, are ``adminaccess``'s; the HTML is ``adminpage``'s. Save validates the
+Who may do what, and the form checks, are ``proxy.admin.access``'s; the HTML is ``adminpage``'s. Save validates the
 draft as a reload would (discovery, issuer, JWKS, client credentials proven at the token endpoint) and
 stores it; the running config does not change. Enable works only after a successful Test login of exactly
 the current draft by an admin under it, and applies it through the reload's validated swap on every
-replica (``pagesync``). Disable and Forget build the config they would leave in force and refuse, with the
+replica (``proxy.admin.sync``). Disable and Forget build the config they would leave in force and refuse, with the
 reason, one that could not load or whose provider does not answer: no click takes every replica down.
 Every change is logged at WARNING, counted, and listed on the page.
 """

@@ -12,7 +12,7 @@ What a page may set is only the provider part of ``sso``: issuer URL, client ID,
 scopes (``PageSSO``). Once applied, it replaces the file's whole ``sso:`` section.
 
 The record also remembers the provider last enabled (``pinned``): break-glass may re-enable exactly that
-provider, never set up another one (``adminaccess``), and no break-glass action clears it.
+provider, never set up another one (``proxy.admin.access``), and no break-glass action clears it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _INFO = b"sso-sidecar/page-settings/v1"
 _DIGEST_INFO = b"sso-sidecar/page-settings-digest/v1"
 HISTORY_MAX = 50
 _NONCE_BYTES = 12
-# The claims the product brief asks the provider to map, in the order the page shows them.
+# The claims the page asks the provider to send (the identity consoles use), in the order the page shows them.
 BRIEF_CLAIMS = ("preferred_username", "email", "given_name", "family_name", "name")
 # A test proves the draft against the provider as it is now; after this long it has to be run again.
 TEST_VALID_FOR = 3600.0

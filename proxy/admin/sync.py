@@ -1,6 +1,6 @@
 """Applying the settings page's record in every process, and never failing open.
 
-With ``admin.enabled``, every worker of every replica polls the page record (``pagestore``) once a
+With ``admin.enabled``, every worker of every replica polls the page record (``proxy.admin.store``) once a
 second. When what it applies changes (Enable, Disable, Forget), the new effective config (the file, with
 its ``sso:`` section replaced by the page's) goes through the same validated, atomic swap as a reload
 (``proxy.runtime.reload.reload_config``, trigger ``page``), so a change reaches every replica within a few
@@ -10,7 +10,7 @@ seconds and no request is dropped. ``PageSync`` is the layer the runtime's confi
 Never fail open, and never go back:
 
 - versions only rise. Each process remembers the newest record version it has accepted (its floor, kept
-  across restarts in the anchor file: ``pageanchor``) and refuses a lower one, however well sealed: a
+  across restarts in the anchor file: ``proxy.admin.anchor``) and refuses a lower one, however well sealed: a
   replayed or restored copy is logged at ERROR, shown on the page and in ``/oauth2/status``, and the running
   config is kept;
 - a store that lost a record which replaced the file's ``sso`` section ("expected") is not an empty store:

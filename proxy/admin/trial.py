@@ -46,7 +46,7 @@ def draft_settings(runtime: Runtime, draft_sso: Mapping[str, Any]) -> Settings:
 def draft_client(
     runtime: Runtime, settings: Settings, *, fresh_sign_in: bool, redirect_uri: str | None = None
 ) -> OIDCClient:
-    """The draft's relying party; ``redirect_uri``: the page origin's (``adminlogin``), else the console's."""
+    """The draft's relying party; ``redirect_uri``: the page origin's (``proxy.admin.login``), else the console's."""
     sso = settings.sso
     if fresh_sign_in:
         sso = dataclasses.replace(sso, extra_authorize_params={**sso.extra_authorize_params, "prompt": "login"})
@@ -54,7 +54,8 @@ def draft_client(
 
 
 def required_claims(settings: Settings) -> tuple[str, ...]:
-    """The brief's claims that the header mapping forwards: Enable needs the test to have received them."""
+    """The page's claims (``BRIEF_CLAIMS``) that the header mapping forwards: Enable needs the test to have
+    received them."""
     mapped = {claim for _, claim in settings.headers}
     return tuple(c for c in BRIEF_CLAIMS if c in mapped)
 

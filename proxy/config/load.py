@@ -56,7 +56,7 @@ def parse_settings(
 ) -> Settings:
     """The config in ``text``; its digest covers the text and every secret, so a rotated secret is a new version.
 
-    ``sso``, when given, replaces the file's whole ``sso:`` section (the settings page's, ``pagesync``): it is
+    ``sso``, when given, replaces the file's whole ``sso:`` section (the settings page's, ``proxy.admin.sync``): it is
     validated exactly as the file's own would be. Its values are literal: a ``${VAR}`` typed into the page
     is not expanded, so a page can never read the process environment.
     """

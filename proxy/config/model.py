@@ -1,6 +1,6 @@
 """The config model: frozen dataclasses that a running process reads and a reload swaps whole.
 
-``configfile.load_settings`` builds a ``Settings`` from the YAML file (``configreader`` reads the values,
+``load.load_settings`` builds a ``Settings`` from the YAML file (``reader`` reads the values,
 ``validate`` checks each section, ``redis_url`` parses the Redis URL); nothing here reads a file or the
 environment. ``Secret`` keeps secret values out of ``repr``, logs and tracebacks.
 """
@@ -85,7 +85,7 @@ class SSOSettings:
     # The issuer's own ID tokens as bearer credentials: off, since sign-out shows them (``id_token_hint``).
     accept_id_tokens: bool = False
     # What sign-out tells the provider about the user: "auto", "id_token_hint", or the name of the ID-token
-    # claim sent as ``logout_hint`` (with ``client_id``, never the ID token). See ``oidc.logout_hints``.
+    # claim sent as ``logout_hint`` (with ``client_id``, never the ID token). See ``proxy.oidc.client.logout_hints``.
     logout_hint: str = "auto"
 
     @property
@@ -195,7 +195,7 @@ class AdminSettings:
     emails: tuple[str, ...] = ()  # lower case; a verified email claim must be one of them
     groups: tuple[str, ...] = ()  # in access.groups_claim
     settings_file: str = ""  # where page settings live without Redis
-    # Where this replica remembers the newest page-settings version it accepted (``pageanchor``): a store that
+    # Where this replica remembers the newest page-settings version it accepted (``proxy.admin.anchor``): a store that
     # is emptied, or given an older record back, cannot roll a restarted replica back. Default: beside
     # ``settings_file``.
     state_file: str = ""
@@ -318,7 +318,7 @@ class Settings:
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """Where plain http is allowed: an issuer (``validate_sso``) and its discovered endpoints (``oidc``)."""
+    """Where plain http is allowed: an issuer (``validate_sso``) and its discovered endpoints (``proxy.oidc``)."""
     if not host:
         return False
     if host == "localhost" or host.endswith(".localhost"):

@@ -3,7 +3,7 @@
 A ``ConfigReader`` walks the parsed YAML for the section validators (``validate``). Each getter returns
 the value, or records a ``ConfigProblem`` naming the key and returns a default, so one pass lists
 everything that is wrong. Unknown keys get a did-you-mean. Environment values come in as a mapping
-(``configfile`` passes ``os.environ``); secret files are read here and remembered for the reload watcher
+(``load`` passes ``os.environ``); secret files are read here and remembered for the reload watcher
 and the config digest.
 """
 

@@ -2,7 +2,7 @@
 hold the two large ones).
 
 ``settings`` returns the ``Settings`` when the required keys could be read; every problem (each naming
-its key, an unknown key with a did-you-mean) is recorded in the ``ConfigReader``, and ``configfile``
+its key, an unknown key with a did-you-mean) is recorded in the ``ConfigReader``, and ``load``
 raises them all at once. Checks that span sections (more than one worker needs Redis) live here.
 """
 

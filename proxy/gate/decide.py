@@ -22,9 +22,10 @@ BEARER_CHALLENGE = "Bearer"
 
 
 def is_api_request(request: web.BaseRequest) -> bool:
-    """The rule in INTERFACE.md, plus: a request with a bearer token is an API client's.
-
-    Such requests get 401 JSON instead of a login redirect."""
+    """Whether a request without a session is an API call, which gets 401 JSON, rather than a browser's
+    navigation, which is sent to sign in: it has ``X-Requested-With``, a bearer token, a ``Sec-Fetch-Mode``
+    other than ``navigate``, or an ``Accept`` with none of ``text/html``, ``application/xhtml+xml``, ``*/*``
+    (a missing ``Accept`` counts as ``*/*``)."""
     headers = request.headers
     if "X-Requested-With" in headers or bearer_token(request) is not None:
         return True

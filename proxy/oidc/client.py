@@ -2,7 +2,7 @@
 
 ``OIDCClient`` is one relying party (issuer + client) for one active configuration; a reload builds a
 new one. It owns the issuer's ``Discovery`` cache and ``JWKS``, checks tokens with ``proxy.oidc.tokens``'
-rules, and knows nothing about ``aiohttp.web``: handlers in ``login.py`` call it and get plain data or
+rules, and knows nothing about ``aiohttp.web``: handlers in ``proxy.signin.login`` call it and get plain data or
 one of two errors back. ``ProviderError`` means the provider could not be reached or answered nonsense;
 ``TokenValidationError`` means a token (or the authorization response) must not be trusted. Their
 messages are shown to users, so they say *what* failed and never contain a token, a code or the secret.

@@ -6,7 +6,7 @@ the modules that count import nothing from prometheus-client.
 
 The metrics are served by a separate ``web.Application`` on its own runner rather than by a second site
 of the main runner: a site serves every route of its app, and the metrics port must not proxy to the
-console, nor the console's port answer ``/metrics`` for the console (INTERFACE.md).
+console, nor the console's port answer ``/metrics``: that path on the console's port is the console's.
 """
 
 from __future__ import annotations

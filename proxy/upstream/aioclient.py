@@ -340,7 +340,8 @@ class AiohttpClient:
         if framing and (len(framing) > 1 or not chunked_only(framing[0]) or "Content-Length" in headers):
             # With a length as well, the framing is ambiguous (RFC 9112 6.3).
             raise Broken(FRAMING_REFUSED)
-        remove_listed(headers, listed)
+        if listed:
+            remove_listed(headers, listed)
         return reason.decode("latin-1").strip(), headers  # one character per byte
 
 

@@ -4,8 +4,8 @@
 ``StreamWriter`` internals; ``proxy/upstream/aioclient.py`` puts its own ``ResponseHandler`` under aiohttp's
 ``TCPConnector``. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
 name each internal and fail with a message that says which module needs it, before the smuggling suites fail
-in ways that are harder to read. The behaviour itself is held by ``test_proxy_smuggling_responses.py`` and
-``test_upstream.py``, which run against both upstream clients; the probes below check that the two hooks
+in ways that are harder to read. The behaviour itself is held by ``tests/adversarial/test_smuggling_*.py`` and
+``tests/component/upstream/``, which run against both upstream clients; the probes below check that the two hooks
 still take effect at all.
 """
 

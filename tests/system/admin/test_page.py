@@ -2,7 +2,7 @@
 settings live, and never failing open.
 
 Real components: sidecar replicas through their CLI sharing a real redis-server, and a dev IdP
-(``oidc-provider``) with one account that lacks given/family name. ``test_admin_browser.py`` walks the
+(``oidc-provider``) with one account that lacks given/family name. ``test_browser.py`` beside it walks the
 same page in Chromium.
 """
 

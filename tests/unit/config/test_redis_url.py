@@ -1,6 +1,6 @@
 """The ``session.redis_url`` grammar: sockets, IPv6, passwords with "/" and "@", and the password never shown.
 
-The topologies as the config reads them (and their problems by key) are in ``test_redis_ha.py``.
+The topologies as the config reads them (and their problems by key) are in ``tests/system/sessions/test_redis_ha.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """In-process: the runtime's upstream pool reference counting, and reload bookkeeping that needs no
-provider (SSO off). The end-to-end behaviour is in test_reload.py."""
+provider (SSO off). The end-to-end behaviour is in tests/system/reload/."""
 
 from __future__ import annotations
 

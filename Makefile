@@ -1,4 +1,4 @@
-# sso-sidecar — see README.md.  make install | demo | test | test-image | lint | bench | bench-compare | lock
+# sso-sidecar — see README.md.  make install | demo | test | test-unit | test-image | lint | bench | bench-compare | lock
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ IMAGE ?= localhost/sso-sidecar:dev
 # part for the Dockerfile, checkov.txt checkov's own venv.
 LOCK := requirements/dev.txt
 
-.PHONY: install node system-deps image-deps checkov demo test test-image lint format bench bench-compare lock clean
+.PHONY: install node system-deps image-deps checkov demo test test-unit test-image lint format bench bench-compare lock clean
 
 install: $(VENV)/.installed
 
@@ -59,23 +59,30 @@ demo: install node
 check-demo: install
 	$(BIN)/python deploy/demo/run_demo.py --check
 
+# lint-imports: the layer rule and no import cycles (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The whole suite, every tier (CONTRIBUTING.md): unit, component, system, adversarial, deploy.
 test: install node system-deps lint
 	$(BIN)/pytest -q
 
+# The fast tier alone: pure, in-process tests (tests/unit), seconds.
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
 # The container image: built with podman on a stand-in base (scripts/image.sh), then run as containers and
-# as a `podman kube play` pod, and checkov on the manifests (tests/image). Takes minutes; not part of `test`.
+# as a `podman kube play` pod, and checkov on the manifests (tests/deploy/image). Takes minutes; not part of `test`.
 test-image: install node system-deps image-deps checkov
 	scripts/image.sh build $(IMAGE)
-	SSO_SIDECAR_IMAGE=$(IMAGE) $(BIN)/pytest -q tests/image
+	SSO_SIDECAR_IMAGE=$(IMAGE) $(BIN)/pytest -q tests/deploy/image
 
 bench: install node system-deps
 	$(BIN)/python bench/run.py

@@ -380,7 +380,7 @@ def collapse_profile(path: Path, top: int = 12) -> dict[str, Any]:
             continue
         busy += int(count)
         leaf[frames[-1]] += int(count)
-        # One count per function per stack, whatever the line: "handle (proxy/gate.py)".
+        # One count per function per stack, whatever the line: "handle (proxy/gate/handler.py)".
         for name in {f.rpartition(":")[0] + ")" for f in frames if "proxy/" in f}:
             inclusive[name] += int(count)
 

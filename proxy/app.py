@@ -15,19 +15,27 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-from proxy import __version__, admin, backchannel, bearer, breakglass, forward_auth, gate, login, metrics, pages, status
+from proxy import html
+from proxy.admin import handlers as admin
+from proxy.admin.sync import PageSync, open_page_store
+from proxy.auth import bearer
+from proxy.config.model import BACKCHANNEL_LOGOUT_PATH, Settings
 from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
-from proxy.logs import LOG, RequestLog, request_id
-from proxy.pagesync import PageSync, open_page_store
-from proxy.runtime import RUNTIME, Runtime
+from proxy.gate import breakglass, forward_auth
+from proxy.gate import handler as gate
+from proxy.gate.decide import is_api_request
+from proxy.ops import health, status
+from proxy.runtime.state import RUNTIME, Runtime
 from proxy.sessions import open_store
-from proxy.settings import BACKCHANNEL_LOGOUT_PATH, Settings
+from proxy.signin import backchannel, login
+from proxy.telemetry import metrics
+from proxy.telemetry.logs import LOG, RequestLog, request_id
 
 log = logging.getLogger("sso_sidecar")
 
 
 def _wants_json(request: web.Request) -> bool:
-    return request.path.startswith(("/oauth2/userinfo", status.PATH)) or gate.is_api_request(request)
+    return request.path.startswith(("/oauth2/userinfo", status.PATH)) or is_api_request(request)
 
 
 def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
@@ -52,7 +60,7 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
         actions.append(("Sign in", exc.login_url))
     else:
         actions.append(("Try again", request.rel_url.path_qs if request.method == "GET" else "/"))
-    response = pages.render(
+    response = html.render(
         exc.title,
         exc.message,
         status=exc.status,
@@ -130,21 +138,6 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     raise NotFound("The sidecar has no page at this address.")
 
 
-async def healthz(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"status": "ok", "version": __version__})
-
-
-async def readyz(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    if runtime.closed is not None:
-        return web.json_response({"status": "not ready", "reason": runtime.closed}, status=503)
-    try:
-        await runtime.store.ping()
-    except SidecarError:
-        return web.json_response({"status": "not ready", "session_store": "unreachable"}, status=503)
-    return web.json_response({"status": "ready", "config": runtime.active.settings.digest})
-
-
 WORKER: web.AppKey[int] = web.AppKey("worker", int)
 
 
@@ -196,7 +189,8 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
             await runtime.start(settings)
             await runtime.sessions.start()
             app[RUNTIME] = runtime
-            page = runtime.page = PageSync(runtime, open_page_store(settings, runtime), settings.source)
+            page = PageSync(runtime, open_page_store(settings, runtime), settings.source)
+            runtime.source.stack(page)  # the page's layer over the config file: every reload reads through it
             if settings.admin.enabled:
                 await page.start()
             page_task = asyncio.get_running_loop().create_task(page.run())
@@ -216,8 +210,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     if settings.metrics_listen is not None and worker == 0:
         host, port = settings.metrics_listen
         app.cleanup_ctx.append(lambda app: metrics.serve(lambda: app[RUNTIME].metrics, host, port))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    health.add_routes(app)
     app[bearer.VERIFIERS] = bearer.BearerVerifiers()
     login.add_routes(app)
     forward_auth.add_routes(app)

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from proxy import __version__, logs
-from proxy.configfile import load_public_url, load_settings, peek_log_format
+from proxy import __version__
+from proxy.config.load import load_public_url, load_settings, peek_log_format
+from proxy.config.model import Settings
 from proxy.errors import ConfigError, ConfigProblem
-from proxy.settings import Settings
+from proxy.telemetry import logs
 
 log = logging.getLogger("sso_sidecar")
 
@@ -62,7 +63,7 @@ def cmd_check(path: str) -> int:
 async def _page_settings(settings: Settings, path: str) -> Settings | None:
     """With ``admin.enabled``: say where the effective ``sso`` section comes from, and return the settings
     with the page's section when it applies one (None when the file's own applies)."""
-    from proxy.pagesync import UNREACHABLE, read_record
+    from proxy.admin.sync import UNREACHABLE, read_record
 
     where, record, problem = await read_record(settings)
     if problem == UNREACHABLE:
@@ -91,8 +92,8 @@ async def _page_settings(settings: Settings, path: str) -> Settings | None:
 
 
 async def _check(settings: Settings, path: str) -> int:
-    from proxy.oidc import OIDCClient
-    from proxy.reload import verify_provider
+    from proxy.oidc.client import OIDCClient
+    from proxy.oidc.verify import verify_provider
 
     problems: list[str] = []
     out = print
@@ -103,7 +104,7 @@ async def _check(settings: Settings, path: str) -> int:
         except ConfigError as exc:
             problems.extend(f"(settings page) {p}" for p in exc.problems)
     out(f"public URL:        {settings.public_url}")
-    out(f"upstream:          {settings.upstream}")
+    out(f"upstream:          {settings.upstream.url}")
     out(f"session store:     {settings.session.store}"
         + (f" ({settings.session.redis_url})" if settings.session.store == "redis" else ""))  # fmt: skip
     out("")
@@ -171,7 +172,7 @@ def cmd_run(path: str) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     # From here until the event loop (or the worker supervisor) installs its SIGHUP handler, a SIGHUP
-    # waits, blocked and pending: it neither kills the process nor is lost (``reload.triggers`` and
+    # waits, blocked and pending: it neither kills the process nor is lost (``watch.triggers`` and
     # ``workers.run_workers`` unblock it). Before the first log line, so one who saw it may reload.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
@@ -180,7 +181,7 @@ def cmd_run(path: str) -> int:
         _cannot_listen(settings, exc)
         return 1
     log.info("sso-sidecar %s listening on %s:%d, upstream %s, sso %s, %d worker(s)", __version__,
-             settings.listen_host, settings.listen_port, settings.upstream,
+             settings.listen_host, settings.listen_port, settings.upstream.url,
              "on" if settings.sso.enabled else "off", settings.workers)  # fmt: skip
     if settings.workers == 1:
         return _serve(settings, path, worker=0)
@@ -217,9 +218,9 @@ async def _draining(app: web.Application) -> None:
 
 def _serve(settings: Settings, path: str, *, worker: int) -> int:
     """Serve until stopped; the exit status."""
-    from proxy.accesslog import BATCH, AccessLogger
     from proxy.app import create_app
-    from proxy.reload import triggers
+    from proxy.runtime.watch import triggers
+    from proxy.telemetry.accesslog import BATCH, AccessLogger
 
     app = create_app(settings, worker=worker)
     # Everything imported and built so far lives as long as the process: keep it out of the collector's

@@ -141,7 +141,7 @@ class StoreUnavailable(SidecarError):
 
 
 class Closed(SidecarError):
-    """This process does not proxy: it cannot read or apply the settings page's record (``pagesync``)."""
+    """This process does not proxy: it cannot read or apply the settings page's record (``proxy.admin.sync``)."""
 
     status = 503
     code = "settings_unavailable"

@@ -29,7 +29,7 @@ def run_workers(count: int, serve: Callable[[int], int]) -> int:
 
     def spawn(index: int) -> None:
         # A SIGHUP for a worker that is still starting waits (blocked, pending) until its event loop
-        # handles it (``reload.triggers`` unblocks it): neither lost nor fatal. Blocked before the fork, so
+        # handles it (``watch.triggers`` unblocks it): neither lost nor fatal. Blocked before the fork, so
         # none can reach the child while it still has the parent's handler.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         pid = os.fork()

@@ -19,7 +19,7 @@ CACHE="${SSO_SIDECAR_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/sso-sidecar
 # Bump the suffix whenever the recipe below changes, so a cached base of the old recipe is not reused.
 BASE_IMAGE="localhost/sso-sidecar-base:bookworm-1"
 BASE_PACKAGES="python3,python3-venv,ca-certificates"
-export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/tests/image/containers.conf}"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/tests/deploy/image/containers.conf}"
 
 log() { printf '%s image.sh: %s\n' "$(date +%T)" "$*" >&2; }
 

@@ -1,7 +1,9 @@
 """Shared fixtures: real redis-server, dev identity provider, sample console and sidecars.
 
-Long-lived processes are session-scoped; sidecars are cheap and started per test through
-``sidecar_factory`` (or the shared default ``sidecar`` for tests that change nothing).
+Long-lived processes are session-scoped and start only when a test asks for them; sidecars are cheap and
+started per test through ``sidecar_factory`` (or the shared default ``sidecar`` for tests that change
+nothing). The browser (Playwright) is a plugin of its own, ``support.browser``, loaded by the tests that use
+it: nothing else imports Playwright.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, async_playwright
 
 from support import REPO, procs
 from support.http import HttpClient, new_client
@@ -200,31 +201,6 @@ def sidecar(idp: DevIdP, console: Console, tmp_path_factory: pytest.TempPathFact
     factory = SidecarFactory(idp, console, tmp_path_factory.mktemp("sidecar"))
     yield factory(name="sidecar-shared")
     factory.stop_all()
-
-
-# --------------------------------------------------------------------------------------------------
-# A real browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Final
 
 import hiredis
 
-from proxy.settings import RedisSettings
+from proxy.config.model import RedisSettings
 
 __all__ = ["Fallback", "FastGet"]
 

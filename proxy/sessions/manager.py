@@ -18,13 +18,12 @@ import secrets
 import time
 from typing import Any
 
-from proxy.cookies import Ticket
+from proxy.config.model import SessionSettings
 from proxy.errors import StoreUnavailable
 from proxy.sessions import revocations
-from proxy.sessions.model import PendingLogin, Session, dumps, seal, unseal
+from proxy.sessions.model import PendingLogin, Session, Ticket, dumps, seal, unseal
 from proxy.sessions.revocations import Revocations
 from proxy.sessions.store import SessionStore
-from proxy.settings import SessionSettings
 
 log = logging.getLogger("sso_sidecar.sessions")
 

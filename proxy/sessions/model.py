@@ -1,7 +1,7 @@
 """The session record and the pending login, and how both are sealed at rest.
 
-A session is sealed with AES-256-GCM under a key that only the user's cookie ticket holds
-(``proxy.cookies.Ticket``): the store, and anyone who dumps it, sees ciphertext only.
+A session is sealed with AES-256-GCM under a key that only the user's cookie ticket holds (``Ticket``, which
+``proxy.auth.cookies`` signs into the session cookie): the store, and anyone who dumps it, sees ciphertext only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from proxy.cookies import Ticket
 
 # Claims that only served to validate the ID token they came in: cached copies leave them out.
 _TOKEN_ONLY_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})
@@ -80,6 +78,18 @@ class CompactClaims(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"CompactClaims({dict(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the session cookie carries: where the session is, and the key that decrypts it.
+
+    Nothing else: no claims, no tokens. A Redis dump without the cookie reveals nothing, and the cookie
+    without Redis is useless.
+    """
+
+    session_id: str
+    key: bytes
 
 
 @dataclass(slots=True)
@@ -179,10 +189,13 @@ class PendingLogin:
     issuer: str
     client_id: str
     created_at: float
-    # A Test login from the settings page: the digest of the draft it tests, and who started it. It
-    # creates no session.
-    test_digest: str | None = None
-    test_by: str = ""
+    # What the sign-in is for, when not an ordinary one (which creates a session): a purpose that a module
+    # registered (``proxy.signin.login.register_purpose``) and that finishes it instead, with what that module
+    # keeps about it. The settings page's Test login is one: the digest of the draft it tests (``about``) and
+    # who started it (``by``); it creates no session.
+    purpose: str | None = None
+    about: str = ""
+    by: str = ""
     # The store key that counts the open sign-ins of the client's address (``SessionManager.save_login``).
     address_key: str | None = None
 
@@ -195,9 +208,10 @@ class PendingLogin:
             "c": self.client_id,
             "t": self.created_at,
         }
-        if self.test_digest is not None:
-            record["d"] = self.test_digest
-            record["b"] = self.test_by
+        if self.purpose is not None:
+            record["p"] = self.purpose
+            record["d"] = self.about
+            record["b"] = self.by
         if self.address_key is not None:
             record["a"] = self.address_key
         return record
@@ -211,7 +225,8 @@ class PendingLogin:
             record["i"],
             record["c"],
             record["t"],
-            record.get("d"),
+            record.get("p"),
+            record.get("d", ""),
             record.get("b", ""),
             record.get("a"),
         )

@@ -6,7 +6,8 @@ server without TLS). Every call is bounded by
 ``RedisSettings.timeout``; a call Redis cannot answer in time raises ``StoreUnavailable`` (a 503 page) and
 the next call simply tries again, so the sidecar recovers by itself when Redis returns.
 
-Cluster: every command and both Lua scripts touch exactly one key, so nothing ever crosses hash slots.
+Cluster: every command and every Lua script touch exactly one key, so nothing ever crosses hash slots (a
+script another module runs here, ``script``, must keep to that too).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from redis.asyncio import Redis
@@ -28,13 +29,15 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
+from proxy.config.model import RedisSettings
+from proxy.config.redis_url import parse_redis_url
 from proxy.errors import StoreUnavailable
-from proxy.redis_url import parse_redis_url
 from proxy.sessions.fastget import Fallback, FastGet
-from proxy.settings import RedisSettings
 
 log = logging.getLogger("sso_sidecar.sessions")
 _T = TypeVar("_T")
+# A registered Lua script: (key, args) -> its reply.
+Script = Callable[[str, Sequence[str | int | bytes]], Awaitable[object]]
 _PREFIX = "sso:"
 _MAX_CONNECTIONS = 512
 # How often the Sentinel master is looked up besides on every new connection (see ``_watch_master``).
@@ -47,20 +50,6 @@ _UNAVAILABLE = (RedisError, RedisClusterException, OSError, TimeoutError, Runtim
 
 # Compare-and-delete: release a lock only while it is still ours.
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
-# Compare-and-set on a sealed record's clear-text version (``proxy.pagerecord``): write only while the
-# stored version is ARGV[1] (0: nothing stored). -1: what is stored is not an envelope.
-_SET_IF_VERSION = """
-local current = redis.call('GET', KEYS[1])
-local version = 0
-if current then
-  local ok, doc = pcall(cjson.decode, current)
-  if not ok or type(doc) ~= 'table' or type(doc['version']) ~= 'number' then return -1 end
-  version = doc['version']
-end
-if version ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
 # An index is a sorted set of member -> expiry (ms since the epoch). Expired members are dropped on every
 # add, so the index of a user who signs in daily and never signs out stays as small as their live
 # sessions; the key's own TTL covers its longest-lived member. ARGV: member, now (ms), ttl (ms).
@@ -109,7 +98,6 @@ class RedisStore:
         self._fast = FastGet(target, self._timeout) if target.mode == "single" and not target.tls else None
         self._delete_if = self._redis.register_script(_DELETE_IF)
         self._index_add = self._redis.register_script(_INDEX_ADD)
-        self._set_if_version = self._redis.register_script(_SET_IF_VERSION)
 
     def _connect(self, target: RedisSettings) -> Redis | RedisCluster:
         # Half the budget per attempt, so one retry on a fresh connection still fits in it: the retry
@@ -224,16 +212,15 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(lambda: self._redis.set(_PREFIX + key, value, px=_ms(ttl)))
 
-    async def get_lasting(self, key: str) -> bytes | None:
-        """A key written by ``set_if_version`` (no TTL)."""
-        return _as_bytes(await self._call(lambda: self._redis.get(_PREFIX + key)))
+    def script(self, source: str) -> Script:
+        """A Lua script on one key, for a module that keeps records of its own beside the sessions (the settings
+        page's, ``proxy.admin.store``): run like every other call, bounded, ``StoreUnavailable`` on failure."""
+        registered = self._redis.register_script(source)
 
-    async def set_if_version(self, key: str, expected: int, value: bytes) -> int:
-        """Write a lasting (no TTL) sealed record while the stored one's version is ``expected`` (0: none).
+        async def run(key: str, args: Sequence[str | int | bytes]) -> object:
+            return await self._call(lambda: registered(keys=[_PREFIX + key], args=list(args)))
 
-        1: written; 0: another version is stored; -1: what is stored is not a record."""
-        result = await self._call(lambda: self._set_if_version(keys=[_PREFIX + key], args=[expected, value]))
-        return int(result)
+        return run
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         created = await self._call(lambda: self._redis.set(_PREFIX + key, value, px=_ms(ttl), nx=True))

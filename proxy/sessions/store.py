@@ -10,8 +10,8 @@ import builtins
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from proxy.config.model import SessionSettings
 from proxy.sessions.memory import MemoryStore
-from proxy.settings import SessionSettings
 
 
 class SessionStore(Protocol):

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from proxy.configfile import parse_settings
+from proxy.config.load import parse_settings
+from proxy.config.model import Settings
 from proxy.errors import ConfigError
-from proxy.settings import Settings
 
 SECRET = "q3V9xKp7LmZ2wR8tY4nB6cJ1hF5gD0sA-uE_oIiT"
 ENV = {"COOKIE_SECRET": SECRET, "OIDC_SECRET": "client-secret-value"}

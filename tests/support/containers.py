@@ -1,7 +1,7 @@
-"""Containers of the sidecar's image, through podman, for the image tests (``tests/image``, ``make test-image``).
+"""Containers of the sidecar's image, through podman, for the image tests (``tests/deploy/image``, ``make test-image``).
 
 Containers use the host's network, because the dev identity provider, the console and Redis of the shared
-fixtures listen on loopback. ``CONTAINERS_CONF`` defaults to ``tests/image/containers.conf``.
+fixtures listen on loopback. ``CONTAINERS_CONF`` defaults to ``tests/deploy/image/containers.conf``.
 """
 
 from __future__ import annotations

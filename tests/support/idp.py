@@ -27,7 +27,7 @@ IDP_DIR = REPO / "deploy" / "dev-idp"
 SERVER = IDP_DIR / "server.mjs"
 READY_LINE = r"dev-idp listening on (\S+)"
 
-# The sidecar's fixed paths (INTERFACE.md, proxy/settings.py); repeated here so the test helpers do not
+# The sidecar's fixed paths (proxy/config/model.py); repeated here so the test helpers do not
 # import the code under test.
 CALLBACK_PATH = "/oauth2/callback"
 SIGNED_OUT_PATH = "/oauth2/signed_out"

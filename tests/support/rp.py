@@ -1,5 +1,5 @@
 """The relying party against badop, in process: a scripted browser and helpers for the tests of
-``proxy.discovery``, ``proxy.jwks``, ``proxy.tokens`` and ``proxy.oidc``; their fixtures are in
+``proxy.oidc.discovery``, ``proxy.oidc.jwks``, ``proxy.oidc.tokens`` and ``proxy.oidc.client``; their fixtures are in
 ``support.rp_fixtures``.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from yarl import URL
 
 from proxy.errors import TokenValidationError
-from proxy.oidc import LoginResult, OIDCClient, new_pkce, random_token
+from proxy.oidc.client import LoginResult, OIDCClient, new_pkce, random_token
 from support.badop import DEFAULT_CLIENT_SECRET
 
 REDIRECT_URI = "https://console.example.com/oauth2/callback"

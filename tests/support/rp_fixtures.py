@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.oidc import OIDCClient
-from proxy.settings import Secret, SSOSettings
+from proxy.config.model import Secret, SSOSettings
+from proxy.oidc.client import OIDCClient
 from support.badop import BadOP, running_badop
 from support.rp import REDIRECT_URI, Flow, MakeRP
 

@@ -1,0 +1,149 @@
+"""Every request that is not the sidecar's own: decide, then proxy.
+
+Top to bottom: normalise the path (``paths``) -> strip spoofable identity headers -> SSO off? pass
+through -> skip-auth rule? pass without identity -> who is calling (session cookie, else a bearer token)
+-> (login redirect | 401 JSON | 403 page | proxy with identity headers). The path that rules were
+matched against is the path forwarded, with the raw query.
+
+The decision's pieces (``decide``: ``caller``, ``authorize``, ``skips_auth``) are shared with the
+forward-auth endpoint (``forward_auth``), which answers the same questions for nginx and Traefik.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from aiohttp import HttpVersion11, web
+from multidict import CIMultiDict
+
+from proxy.auth.clientaddress import is_trusted_proxy, names_host, proxied_chain
+from proxy.auth.paths import RequestPath, absolute_authority, normalise
+from proxy.config.model import Settings
+from proxy.errors import BadRequest, Closed, NotFound, Unauthenticated
+from proxy.gate import breakglass
+from proxy.gate.decide import BEARER_CHALLENGE, authorize, caller, is_api_request, skips_auth
+from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.signin.login import begin_login, login_url
+from proxy.telemetry.logs import LOG, RequestLog
+from proxy.upstream.forward import Forwarded
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Host and forwarded headers
+
+
+def request_host(request: web.BaseRequest, settings: Settings) -> str:
+    """The host the client asked for, as the console will see it in Host and X-Forwarded-Host.
+
+    RFC 9112 3.2: a request with two Host fields, an invalid one, or (HTTP/1.1) none is refused with 400,
+    so that no two parties can read a different host out of one request. An absolute-form target's
+    authority is the host (3.2.2). An HTTP/1.0 request without Host is taken as meant for ``public_url``.
+    """
+    values = request.headers.getall("Host", ())
+    if len(values) > 1:
+        raise BadRequest("The request has more than one Host header.")
+    target = request.raw_path
+    host = None if target[:1] == "/" else absolute_authority(target)  # origin form, the usual case: no authority
+    if host is None:
+        if not values:
+            if request.version >= HttpVersion11:
+                raise BadRequest("The request has no Host header.")
+            return settings.public_url.raw_authority
+        host = values[0]
+    if host not in _VALID_HOSTS:
+        if not _HOST.match(host):
+            raise BadRequest("The request's host is not a valid host name.")
+        if len(_VALID_HOSTS) < 256:  # the few names the sidecar is reached by, not whatever clients invent
+            _VALID_HOSTS.add(host)
+    return host
+
+
+_VALID_HOSTS: set[str] = set()
+
+
+def forwarded_for(request: web.BaseRequest, settings: Settings, host: str) -> Forwarded:
+    """What the console is told about the client.
+
+    From a trusted proxy, its X-Forwarded-For chain is extended with the proxy's own address and the
+    client is the right-most address that is not a trusted proxy (``clientaddress.proxied_chain``);
+    X-Forwarded-Proto and X-Forwarded-Host are taken when well-formed. From anyone else, all of them are
+    replaced: the client is the connected address, the scheme is ``public_url``'s.
+    """
+    remote = request.remote or ""
+    if not is_trusted_proxy(remote, settings):
+        return Forwarded(for_=remote, proto=settings.public_url.scheme, host=host, client=remote)
+    chain, client = proxied_chain(request, settings, remote)
+    proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
+    forwarded_host = _first(request.headers.get("X-Forwarded-Host"))
+    return Forwarded(
+        for_=", ".join(chain),
+        proto=proto if proto in ("http", "https") else settings.public_url.scheme,
+        host=forwarded_host if _HOST.match(forwarded_host) else host,
+        client=client,
+    )
+
+
+def _first(value: str | None) -> str:
+    return (value or "").split(",", 1)[0].strip()
+
+
+async def _identity(
+    request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
+) -> Sequence[tuple[str, str]] | web.StreamResponse:
+    """The identity headers for the console, or the login redirect a browser without a session gets.
+
+    Also notes the route kind and the subject for the access log."""
+    if active.oidc is None:
+        entry.route = "passthrough"
+        return []
+    if skips_auth(active.settings.skip_auth, request.method, target):
+        entry.route = "public"
+        return []
+    claims = await caller(request, runtime, active)
+    if claims is None:
+        if is_api_request(request):
+            raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
+        entry.route = "login"
+        return await begin_login(request, runtime, active, target.path_qs)
+    subject = claims.get("sub")
+    if isinstance(subject, str):
+        entry.user = subject
+    authorize(claims, active.settings)
+    return active.identity.values(claims)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    if runtime.closed is not None:
+        raise Closed()  # never fail open: the settings page's record could not be read or applied
+    active = runtime.active
+    target = normalise(request.raw_path)
+    host = request_host(request, active.settings)
+    if active.admin_host is not None and names_host(request, active.settings, active.admin_host):
+        # The settings page's own origin serves the page alone: a console page there would be a script on
+        # the page's origin, the very thing the origin of its own keeps out.
+        raise NotFound("This address serves only the SSO settings page, at /oauth2/admin.")
+    headers = CIMultiDict(request.headers)
+    headers["Host"] = host
+    entry = request[LOG]
+    entry.route = "proxy"  # until the decision below says which kind
+    headers["X-Request-Id"] = entry.id
+    active.identity.strip(headers)
+    # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
+    emergency = breakglass.admit(request, runtime, active, headers)
+    if emergency is not None:
+        entry.route, entry.user = "break_glass", active.settings.break_glass.user
+    decided = emergency if emergency is not None else await _identity(request, runtime, active, target, entry)
+    if isinstance(decided, web.StreamResponse):
+        return decided
+    return await active.upstream.forward(
+        request,
+        headers=headers,
+        path_qs=target.path_qs,
+        set_headers=decided,
+        remove_cookies=breakglass.own_cookies(active),
+        forwarded=forwarded_for(request, active.settings, host),
+    )

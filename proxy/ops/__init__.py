@@ -1,0 +1,1 @@
+"""For operators: ``/oauth2/status``, ``/healthz`` and ``/readyz``."""

@@ -1,0 +1,96 @@
+"""Transparent token refresh: at most one refresh per session at a time, across workers and replicas.
+
+A request whose session is near its access token's expiry tries to take the session's refresh lock in
+the store. The winner refreshes and saves; everyone else (other requests, other replicas) carries on
+with the current session, which is still valid — so a user never waits on somebody else's refresh, and
+a rotating refresh token is never spent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from proxy.errors import LoginError, ProviderError
+from proxy.oidc.client import OIDCClient, TokenEndpointError
+from proxy.sessions import Session, SessionManager
+
+log = logging.getLogger("sso_sidecar.refresh")
+
+LOCK_TTL = 30.0  # longer than any refresh takes (http_timeout), short enough to recover from a crash
+RETRY_AFTER = 30.0  # after a provider outage, how long a session waits before trying again
+
+
+class Refresher:
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
+        self._running: dict[str, asyncio.Task[Session | None]] = {}
+        self._retry_at: dict[str, float] = {}
+
+    async def fresh(self, session: Session, oidc: OIDCClient) -> Session | None:
+        """``session``, refreshed if due; None when the provider refused the refresh (session ended)."""
+        now = time.time()
+        if not session.refresh_due(now) or self._retry_at.get(session.id, 0.0) > now:
+            return session
+        task = self._running.get(session.id)
+        if task is None:
+            # Requests of one session on this worker share one attempt.
+            task = asyncio.ensure_future(self._refresh(session, oidc))
+            self._running[session.id] = task
+            task.add_done_callback(lambda _: self._running.pop(session.id, None))
+        return await asyncio.shield(task)
+
+    async def _refresh(self, session: Session, oidc: OIDCClient) -> Session | None:
+        lock = await self._sessions.lock_refresh(session.id, LOCK_TTL)
+        if lock is None:
+            return session  # another worker or replica is refreshing this session right now
+        try:
+            # Read it again under the lock: another replica may have refreshed it since we loaded it,
+            # and its refresh token may already be spent.
+            current = await self._sessions.load(
+                session.ticket, issuer=session.issuer, client_id=session.client_id, use_cache=False
+            )
+            if current is None or not current.refresh_due(time.time()):
+                return current
+            return await self._renew(current, oidc)
+        finally:
+            # Only after the new tokens are saved, so the next lock holder sees them.
+            await self._sessions.unlock_refresh(session.id, lock)
+
+    async def _renew(self, session: Session, oidc: OIDCClient) -> Session | None:
+        assert session.refresh_token is not None
+        try:
+            result = await oidc.refresh_login(session.refresh_token, previous_claims=session.claims)
+        except TokenEndpointError as exc:
+            if exc.error in ("invalid_grant", "invalid_token", "unauthorized_client"):
+                log.info("refresh refused (%s): ending the session", exc.error)
+                await self._sessions.end(session)
+                return None
+            return self._later(session, exc.message)
+        except ProviderError as exc:
+            return self._later(session, exc.message)
+        except LoginError as exc:
+            # A refreshed token that fails validation (another sub, bad signature): do not trust the session.
+            log.warning("refresh returned an invalid token, ending the session: %s", exc.message)
+            await self._sessions.end(session)
+            return None
+        tokens = result.tokens
+        session.claims = result.claims
+        session.access_token = tokens.access_token
+        session.refresh_token = tokens.refresh_token or session.refresh_token
+        session.id_token = tokens.id_token or session.id_token
+        session.access_expires_at = tokens.expires_at
+        session.refreshed_at = time.time()
+        await self._sessions.update(session)
+        self._retry_at.pop(session.id, None)
+        return session
+
+    def _later(self, session: Session, reason: str) -> Session:
+        # The provider is down or confused: keep the session (it is within its lifetime) and retry later.
+        log.warning("refresh failed, keeping the session and retrying in %ds: %s", RETRY_AFTER, reason)
+        if len(self._retry_at) > 10_000:
+            now = time.time()
+            self._retry_at = {k: v for k, v in self._retry_at.items() if v > now}
+        self._retry_at[session.id] = time.time() + RETRY_AFTER
+        return session

@@ -1,0 +1,25 @@
+"""Which session a request belongs to: the ticket in its cookie, the stored session, refreshed when due."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.auth.cookies import cookie_value
+
+if TYPE_CHECKING:  # the runtime holds the session manager, so it is imported for types only
+    from aiohttp import web
+
+    from proxy.runtime.state import Active, Runtime
+    from proxy.sessions.model import Session
+
+
+async def session_for(request: web.Request, runtime: Runtime, active: Active) -> Session | None:
+    """The session the request's cookie points at, if it is live and from the configured provider."""
+    ticket = active.cookies.decode_ticket(cookie_value(request, active.cookies.session_name))
+    if ticket is None or active.oidc is None:
+        return None
+    sso = active.settings.sso
+    session = await runtime.sessions.load(ticket, issuer=sso.issuer_url, client_id=sso.client_id)
+    if session is None:
+        return None
+    return await runtime.refresher.fresh(session, active.oidc)

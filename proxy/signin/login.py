@@ -1,0 +1,292 @@
+"""The sidecar's own endpoints under /oauth2/: start, callback, sign-out, signed-out, userinfo.
+
+Protocol work (discovery, tokens, validation) is ``proxy.oidc.client``'s; this module binds it to browsers:
+pending-login cookies, the session cookie, redirects.
+
+A sign-in may serve another purpose than a session: a module registers the purpose and how to finish it
+(``register_purpose``; the settings page's Test login is one), its pending login carries the purpose, and the
+callback hands such a sign-in to it. Sign-in itself never calls into the module that registered it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any, Protocol
+
+from aiohttp import web
+from yarl import URL
+
+from proxy import html
+from proxy.auth.clientaddress import address_group, client_address
+from proxy.auth.redirects import return_to_for
+from proxy.config.model import SIGNED_OUT_PATH
+from proxy.errors import Closed, LoginError, SidecarError, TooManySignIns, Unauthenticated
+from proxy.oidc.client import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
+from proxy.runtime.state import RUNTIME, Active, Runtime
+from proxy.sessions import PendingLogin, Session
+from proxy.sessions.revocations import ttl_for
+from proxy.signin.current import session_for
+
+log = logging.getLogger("sso_sidecar.login")
+
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Identity claims worth showing a front end; protocol claims (nonce, at_hash, aud, ...) are left out.
+_PROTOCOL_CLAIMS = frozenset({"aud", "azp", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "jti", "sid"})
+
+
+class Finish(Protocol):
+    """How a module finishes a sign-in of its purpose, in place of a session (``register_purpose``)."""
+
+    async def __call__(
+        self, request: web.Request, runtime: Runtime, pending: PendingLogin, *, redirect_uri: str | None = None
+    ) -> web.StreamResponse: ...
+
+
+PURPOSES: web.AppKey[dict[str, Finish]] = web.AppKey("sign_in_purposes", dict)
+
+
+def register_purpose(app: web.Application, purpose: str, finish: Finish) -> None:
+    """Sign-ins whose pending login carries ``purpose`` end in ``finish``: the callback creates no session."""
+    if PURPOSES not in app:
+        app[PURPOSES] = {}
+    app[PURPOSES][purpose] = finish
+
+
+async def finish_purpose(
+    request: web.Request, runtime: Runtime, pending: PendingLogin, *, redirect_uri: str | None = None
+) -> web.StreamResponse:
+    """Hand a sign-in of a registered purpose to the module that registered it (``redirect_uri``: the one it
+    came back to, when not the console's)."""
+    assert pending.purpose is not None
+    finish = request.app.get(PURPOSES, {}).get(pending.purpose)
+    if finish is None:
+        raise LoginError("This sign-in cannot be finished here.", status=404)
+    return await finish(request, runtime, pending, redirect_uri=redirect_uri)
+
+
+def login_url(return_to: str) -> str:
+    return str(URL("/oauth2/start").with_query(rd=return_to))
+
+
+async def begin_login(request: web.Request, runtime: Runtime, active: Active, return_to: str) -> web.Response:
+    """Send the browser to the provider, with a fresh pending login bound to this browser."""
+    return_to = return_to_for(return_to, active.settings)
+    if active.oidc is None:
+        raise web.HTTPFound(return_to)
+    try:
+        # Fails with a clear page before anyone is sent to a misconfigured issuer.
+        metadata = await active.oidc.metadata()
+    except SidecarError as exc:
+        exc.return_to = return_to
+        raise
+    state, nonce = random_token(), random_token()
+    verifier, challenge = new_pkce()
+    sso = active.settings.sso
+    address = address_group(client_address(request, active.settings))
+    pending = PendingLogin(nonce, verifier, return_to, metadata.issuer, sso.client_id, time.time())
+    if not await runtime.sessions.save_login(state, pending, address=address):
+        # Every start is stored until it finishes or login_timeout passes: bounded per address, so that
+        # anonymous requests cannot fill the store. Several tabs of one user are far below the bound.
+        log.warning("sign-in refused: too many open sign-ins from %s", address)
+        raise TooManySignIns(retry_after=int(min(60.0, active.settings.session.login_timeout)))
+    url = await active.oidc.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
+    response = web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
+    active.cookies.set_login(response, state, request.cookies)
+    return response
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    if runtime.closed is not None:
+        raise Closed()
+    active = runtime.active
+    return await begin_login(request, runtime, active, return_to_for(request.query.get("rd"), active.settings))
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    """The redirect URI: validate the authorization response, redeem the code, create the session.
+
+    A sign-in of another purpose (the settings page's Test login) comes back here too (the one registered
+    redirect URI); its pending login says so, and the module that registered the purpose finishes it without
+    creating a session."""
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    query = request.query
+    state = query.get("state", "")
+    # Login CSRF (RFC 9700 4.7): only a state this browser started counts; it is taken exactly once.
+    mine = bool(state) and active.cookies.login_belongs_to_browser(state, request.cookies)
+    pending = await runtime.sessions.take_login(state) if mine else None
+    if pending is not None and pending.purpose is not None:
+        return await finish_purpose(request, runtime, pending)
+    if runtime.closed is not None:
+        raise Closed()
+    if active.oidc is None:
+        raise LoginError("Single sign-on is switched off.", status=404)
+    if "error" in query:
+        error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
+        raise LoginError(f"The identity provider refused the sign-in ({error}).", code="provider_denied")
+    if not state:
+        raise LoginError("The sign-in response has no state parameter.")
+    if not mine:
+        raise LoginError("This sign-in was not started in this browser, or it has expired.")
+    if pending is None:
+        raise LoginError("This sign-in has expired or was already used.")
+    try:
+        if (pending.issuer, pending.client_id) != active.settings.sso.identity:
+            raise LoginError("The sign-in settings changed while you were signing in.")
+        metadata = await active.oidc.metadata()
+        active.oidc.check_authorization_response_iss(query.get("iss"), metadata)
+        code = query.get("code")
+        if not code:
+            raise LoginError("The sign-in response has no authorization code.")
+        result = await redeem(active.oidc, code, pending)
+        problem = active.identity.problem(result.claims)
+        if problem is not None:
+            log.warning("login refused: %s (sub=%s)", problem, _short(str(result.claims.get("sub", ""))))
+            raise LoginError(
+                f"Your account cannot be used to sign in here: {problem}. "
+                "Ask the administrator of your identity provider to correct it.",
+                code="unusable_identity",
+            )
+    except SidecarError as exc:
+        exc.return_to = pending.return_to
+        raise
+    previous = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
+    if previous is not None:
+        # A fresh session id on every login: a cookie planted before login is worth nothing after it.
+        await runtime.sessions.delete(previous.session_id)
+    tokens = result.tokens
+    session = await runtime.sessions.create(
+        claims=result.claims,
+        id_token=tokens.id_token,
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        access_expires_at=tokens.expires_at,
+        issuer=active.settings.sso.issuer_url,
+        client_id=active.settings.sso.client_id,
+    )
+    log.info("login ok sub=%s", _short(session.subject))
+    response = web.Response(status=302, headers={"Location": pending.return_to, "Cache-Control": "no-store"})
+    active.cookies.set_session(response, session.ticket)
+    active.cookies.clear_login(response, state)
+    return response
+
+
+async def redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:
+    try:
+        return await oidc.login(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+    except TokenEndpointError as exc:
+        if exc.error != "invalid_grant":
+            raise
+        # RFC 6749 5.2: the code is used, expired, or was issued for another PKCE verifier or redirect URI,
+        # e.g. a code swapped in from another sign-in. The request's fault, not a provider outage: 400.
+        raise LoginError(
+            "The identity provider did not accept this sign-in's authorization code: it was used already, "
+            "has expired, or belongs to another sign-in. Please start again.",
+            code="invalid_grant",
+        ) from None
+
+
+def _same_site_request(request: web.Request, public_origin: str) -> bool:
+    """True when the browser says this request came from our own pages (or was typed by the user)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    return origin is not None and origin == public_origin
+
+
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    """End the session here, then at the provider (RP-Initiated Logout 1.0), then land on ``rd``."""
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    form = await request.post() if request.method == "POST" else None
+    rd_value = (form.get("rd") if form is not None else None) or request.query.get("rd")
+    rd = return_to_for(rd_value if isinstance(rd_value, str) else None, active.settings, default=SIGNED_OUT_PATH)
+    session = await session_for(request, runtime, active)
+    public_origin = str(active.settings.public_url.origin())
+    if session is not None and not _same_site_request(request, public_origin):
+        token = form.get("token") if form is not None else None
+        if not (isinstance(token, str) and active.cookies.check_sign_out_token(token, session.id)):
+            # A cross-site link or form must not sign the user out silently: ask first.
+            return html.render(
+                "Sign out?",
+                "Do you want to sign out of the console?",
+                form=html.sign_out_form(active.cookies.sign_out_token(session.id), rd),
+            )
+    location = rd
+    if session is not None:
+        sso = active.settings.sso
+        if session.tokens_elided:  # a cached copy: the ID token for id_token_hint is in the store record
+            stored = await runtime.sessions.load(
+                session.ticket, issuer=sso.issuer_url, client_id=sso.client_id, use_cache=False
+            )
+            session = stored or session
+        # First the ID tokens, then the session: a sign-out that fails half-way (the store down) leaves the
+        # user signed in to try again, never signed out with a token that still works.
+        await runtime.sessions.revocations.revoke(
+            session.issuer,
+            sid=session.provider_session,
+            sub=session.subject,
+            issued_before=time.time() + sso.clock_skew,
+            ttl=ttl_for(session.claims, sso.clock_skew),
+        )
+        await runtime.sessions.end(session)
+        log.info("sign-out sub=%s", _short(session.subject))
+        location = await _provider_logout_url(active, session, rd) or rd
+    response = web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+    active.cookies.clear_session(response)
+    return response
+
+
+async def _provider_logout_url(active: Active, session: Session, rd: str) -> str | None:
+    if active.oidc is None:
+        return None
+    try:
+        metadata = await active.oidc.metadata()
+    except SidecarError:
+        return None  # the local session is gone; a provider outage must not block signing out
+    return active.oidc.end_session_url(
+        metadata,
+        **logout_hints(active.settings.sso.logout_hint, session.claims, session.id_token),
+        post_logout_redirect_uri=active.settings.post_logout_redirect_uri,
+        state=active.cookies.encode_logout_state(rd),
+    )
+
+
+async def signed_out(request: web.Request) -> web.StreamResponse:
+    active = request.app[RUNTIME].active
+    rd = active.cookies.decode_logout_state(request.query.get("state"))
+    if rd and rd != SIGNED_OUT_PATH:
+        raise web.HTTPFound(rd)
+    return html.render(
+        "Signed out",
+        "You have been signed out.",
+        actions=[("Sign in again", login_url("/"))],
+    )
+
+
+async def userinfo(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    session = await session_for(request, runtime, active)
+    if session is None:
+        raise Unauthenticated(login_url=login_url("/"))
+    claims: dict[str, Any] = {k: v for k, v in session.claims.items() if k not in _PROTOCOL_CLAIMS}
+    return web.json_response(claims, headers={"Cache-Control": "no-store"})
+
+
+def _short(value: str) -> str:
+    """Enough of an identifier to correlate log lines, not to reveal it."""
+    return value[:8] + "…" if len(value) > 12 else value
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/oauth2/start", start)
+    app.router.add_get("/oauth2/callback", callback)
+    app.router.add_route("GET", "/oauth2/sign_out", sign_out)
+    app.router.add_route("POST", "/oauth2/sign_out", sign_out)
+    app.router.add_get(SIGNED_OUT_PATH, signed_out)
+    app.router.add_get("/oauth2/userinfo", userinfo)

@@ -1,0 +1,156 @@
+"""The console's answer, relayed to the client: the head byte-exact, the body streamed.
+
+HTTP field values are octets (RFC 9110 5.5); a console may send obs-text (bytes 0x80-0xFF) that is not
+UTF-8, e.g. a latin-1 file name in Content-Disposition. The clients hand those bytes over decoded as
+latin-1 (``proxy.upstream.answer``), one character per byte, but aiohttp's response writer encodes header strings
+as UTF-8 (``http_writer._serialize_headers``; its C twin even drops lone surrogates), which would turn
+each such byte into two. So the answers relayed here write their head themselves, as latin-1: the
+client receives the very bytes the console sent. Everything aiohttp adds to the head (Date, Server,
+Content-Length, chunked framing, Connection) is ASCII and comes out the same either way; the sidecar's
+own responses (error pages, redirects) keep aiohttp's writer.
+
+Also here: the console may not set the sidecar's own cookies, and a body cut off upstream is cut off for
+the client too (never a complete-looking short one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from aiohttp import web
+from aiohttp.http_writer import StreamWriter
+from multidict import CIMultiDict
+
+from proxy.telemetry.logs import request_id
+from proxy.upstream.answer import Answer, UpstreamFailure
+
+__all__ = ["drop_own_set_cookies", "exact_response", "relay_streamed", "relay_whole"]
+
+log = logging.getLogger(__name__)
+
+
+class _ExactHead(web.StreamResponse):
+    """A response whose status line and headers go out as latin-1: each character is one byte."""
+
+    async def _write_headers(self) -> None:
+        headers = self._headers
+        if self._reason.isascii() and "".join(headers.values()).isascii() and "".join(headers).isascii():
+            # The usual answer: all ASCII, for which aiohttp's own (compiled) writer gives the same bytes.
+            await super()._write_headers()
+            return
+        # What StreamResponse._write_headers and StreamWriter.write_headers do (aiohttp >= 3.12 keeps the
+        # head to send it with the first body bytes), with latin-1 instead of UTF-8.
+        request = self._req
+        assert request is not None
+        writer = cast(StreamWriter, self._payload_writer)
+        version = request.version
+        lines = "\r\n".join(map(": ".join, headers.items()))
+        head = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}\r\n{lines}\r\n\r\n"
+        # Each line ends in the one CRLF written here: the clients refuse line breaks in the console's
+        # head, and this keeps it so whatever reaches this point (aiohttp's writer raises the same way).
+        lines_expected = len(headers) + 2
+        if head.count("\n") != lines_expected or head.count("\r") != lines_expected:
+            raise ValueError("a response header contains a line break")
+        writer._headers_buf = head.encode("latin-1")
+        writer._headers_written = False
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+class _ExactResponse(_ExactHead, web.Response):
+    """A whole answer (the body arrived with the head): head and body in one write."""
+
+
+def relay_whole(answer: Answer, request: web.Request, own_cookie: Callable[[str], bool] | None) -> web.Response:
+    """The response for an answer whose whole body arrived with its head (most small ones): head and body
+    in one write, and the pooled connection handed back before answering."""
+    if own_cookie is not None and "Set-Cookie" in answer.headers:
+        drop_own_set_cookies(answer.headers, own_cookie, request)
+    whole = _ExactResponse(status=answer.status, reason=answer.reason or None, body=answer.take_body())
+    whole.headers.extend(answer.headers)
+    answer.release()
+    return whole
+
+
+async def relay_streamed(
+    answer: Answer, request: web.Request, own_cookie: Callable[[str], bool] | None
+) -> web.StreamResponse:
+    """Stream the answer's body to the client as it arrives; the answer is released or closed in every case."""
+    released = False
+    try:
+        if own_cookie is not None and "Set-Cookie" in answer.headers:
+            drop_own_set_cookies(answer.headers, own_cookie, request)
+        resp = _ExactHead(status=answer.status, reason=answer.reason or None)
+        resp.headers.extend(answer.headers)
+        try:
+            await resp.prepare(request)
+        except OSError:
+            return resp  # the client left before the head went out; nothing to tell it
+        if await _pump_body(answer, resp, request):
+            answer.release()
+            released = True
+        return resp
+    finally:
+        if not released:
+            answer.close()  # mid-body: the connection cannot be reused
+
+
+def exact_response(status: int, headers: CIMultiDict[str]) -> web.Response:
+    """A bodiless answer of the console's whose ``headers`` (latin-1, see ``answer``) go out byte-exact."""
+    response = _ExactResponse(status=status)
+    response.headers.extend(headers)
+    return response
+
+
+def drop_own_set_cookies(headers: CIMultiDict[str], own_cookie: Callable[[str], bool], request: web.Request) -> None:
+    """Remove, in place, every Set-Cookie for one of the sidecar's cookie names.
+
+    A console page that could set the session, pending-login or break-glass cookie could fix a session
+    on the browser (session fixation) or sign the user out; those names belong to the sidecar.
+    """
+    values = headers.getall("Set-Cookie")
+    kept = [v for v in values if not own_cookie(v.split("=", 1)[0].strip())]
+    if len(kept) == len(values):
+        return
+    del headers["Set-Cookie"]
+    for value in kept:
+        headers.add("Set-Cookie", value)
+    dropped = sorted({v.split("=", 1)[0].strip() for v in values} - {k.split("=", 1)[0].strip() for k in kept})
+    log.warning("the console tried to set the sidecar's own cookie(s) %s on %s %s; dropped [%s]",
+                ", ".join(dropped), request.method, request.raw_path.partition("?")[0],
+                request_id(request))  # fmt: skip
+
+
+async def _pump_body(answer: Answer, resp: web.StreamResponse, request: web.Request) -> bool:
+    """Copy the upstream body to the client; True when it all arrived and the connection may be reused."""
+    read = answer.read
+    write = resp.write
+    while True:
+        try:
+            chunk = await read()
+        except UpstreamFailure as exc:
+            # The head is out, so no error page is possible: cut the client connection so it sees a
+            # truncated body instead of a complete-looking short one.
+            log.warning("upstream response aborted mid-body for %s %s: %s", request.method, request.path, exc)
+            _abort_client(resp, request)
+            return False
+        if not chunk:
+            break
+        try:
+            await write(chunk)
+        except OSError:
+            return False  # the client went away; the upstream connection is closed by the caller
+    try:
+        await resp.write_eof()
+    except OSError:
+        return True  # the body was read in full; only the client is gone
+    return True
+
+
+def _abort_client(resp: web.StreamResponse, request: web.Request) -> None:
+    resp.force_close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()

@@ -1,0 +1,154 @@
+"""A guard on the private aiohttp API that the proxy path relies on.
+
+``proxy/upstream/relay.py`` writes a relayed answer's head itself (latin-1, byte-exact) through ``StreamResponse`` and
+``StreamWriter`` internals; ``proxy/upstream/aioclient.py`` puts its own ``ResponseHandler`` under aiohttp's
+``TCPConnector``. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
+name each internal and fail with a message that says which module needs it, before the smuggling suites fail
+in ways that are harder to read. The behaviour itself is held by ``tests/adversarial/test_smuggling_*.py`` and
+``tests/component/upstream/``, which run against both upstream clients; the probes below check that the two hooks
+still take effect at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+
+import aiohttp
+from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_writer import StreamWriter
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.upstream import aioclient, relay
+
+
+def _missing(obj: object, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not hasattr(obj, name)]
+
+
+def _explain(where: str, missing: list[str], needed_by: str) -> str:
+    return (
+        f"aiohttp {aiohttp.__version__} no longer has {', '.join(f'{where}.{name}' for name in missing)}, "
+        f"which {needed_by} relies on. Pin aiohttp back in requirements/ (make lock UPGRADE=none after "
+        "restoring the old pin) or port the module to the new internals."
+    )
+
+
+def test_stream_response_internals_that_relay_writes_the_head_through() -> None:
+    """relay._ExactHead overrides _write_headers and reads the response's head state."""
+    response = web.StreamResponse()
+    needed = ("_write_headers", "_headers", "_reason", "_status", "_req", "_payload_writer")
+    needed += ("_send_headers_immediately",)
+    missing = _missing(response, needed)
+    assert not missing, _explain("web.StreamResponse", missing, "proxy/upstream/relay.py (_ExactHead)")
+    assert asyncio.iscoroutinefunction(web.StreamResponse._write_headers), _explain(
+        "web.StreamResponse", ["_write_headers (as a coroutine)"], "proxy/upstream/relay.py (_ExactHead)"
+    )
+
+
+async def test_stream_writer_internals_that_relay_fills_with_a_latin1_head() -> None:
+    """relay._ExactHead sets StreamWriter._headers_buf / _headers_written and calls send_headers()."""
+    writer = StreamWriter(ResponseHandler(asyncio.get_running_loop()), asyncio.get_running_loop())
+    missing = _missing(writer, ("_headers_buf", "_headers_written", "send_headers"))
+    assert not missing, _explain("http_writer.StreamWriter", missing, "proxy/upstream/relay.py (_ExactHead)")
+
+
+async def test_response_handler_internals_that_aioclient_overrides() -> None:
+    """aioclient._Handler subclasses ResponseHandler and reads its per-request state."""
+    handler = ResponseHandler(asyncio.get_running_loop())
+    needed = (
+        "set_response_params",
+        "data_received",
+        "feed_data",
+        "is_connected",
+        "should_close",
+        "set_exception",
+        "transport",
+        "_skip_payload",
+        "_should_close",
+    )
+    missing = _missing(handler, needed)
+    assert not missing, _explain("client_proto.ResponseHandler", missing, "proxy/upstream/aioclient.py (_Handler)")
+
+
+async def test_connector_factory_that_aioclient_replaces() -> None:
+    """AiohttpClient swaps TCPConnector._factory (a partial of ResponseHandler) for its own handler."""
+    connector = aiohttp.TCPConnector()
+    try:
+        factory = getattr(connector, "_factory", None)
+        assert isinstance(factory, functools.partial) and factory.func is ResponseHandler, _explain(
+            "TCPConnector",
+            ["_factory (a functools.partial of ResponseHandler)"],
+            "proxy/upstream/aioclient.py (AiohttpClient)",
+        )
+    finally:
+        await connector.close()
+
+
+async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_used() -> None:
+    """Both hooks take effect: a header byte 0xE9 reaches the client as one byte, and the aiohttp upstream
+    client's connections are aioclient._Handler, not aiohttp's own ResponseHandler."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = relay._ExactResponse(status=200, body=b"ok")
+        response.headers["Content-Disposition"] = "attachment; filename=caf\xe9.txt"  # latin-1 0xE9
+        return response
+
+    release = asyncio.Event()
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 2
+        await response.prepare(request)
+        await response.write(b"o")
+        await release.wait()  # the answer stays open, so its connection is the client's to inspect
+        await response.write(b"k")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    app.router.add_get("/streaming", streaming)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        loop = asyncio.get_running_loop()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = b""
+            while chunk := await loop.run_in_executor(None, sock.recv, 65536):
+                raw += chunk
+        assert b"filename=caf\xe9.txt\r\n" in raw, (
+            f"aiohttp {aiohttp.__version__}: relay._ExactHead no longer writes the head as latin-1 "
+            f"(got {raw[:300]!r}); see proxy/upstream/relay.py"
+        )
+
+        client = aioclient.AiohttpClient(
+            origin=URL(f"http://127.0.0.1:{port}"),
+            tls=None,
+            read_timeout=5,
+            connect_timeout=5,
+            max_connections=4,
+            drop=frozenset(),
+        )
+        try:
+            answer = await client.request("GET", "/streaming", CIMultiDict(), None)
+            connection = answer._resp.connection  # type: ignore[attr-defined]
+            protocol = connection.protocol if connection is not None else None
+            release.set()
+            await answer.read()
+            answer.release()
+            assert isinstance(protocol, aioclient._Handler), (
+                f"aiohttp {aiohttp.__version__}: TCPConnector no longer builds its connections with _factory, so "
+                "proxy/upstream/aioclient.py's _Handler (strict heads, one answer per request) is not in use "
+                f"({protocol!r})"
+            )
+        finally:
+            await client.close()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,193 @@
+"""Headers: hop-by-hop ones dropped both ways, X-Forwarded-* replaced, identity set, the rest byte-exact.
+
+The echo console and the in-process sidecar are in ``rig.py``, their fixtures in ``conftest.py``. Every test
+runs once per upstream client.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from multidict import CIMultiDict
+
+from proxy.upstream.forward import HOP_BY_HOP
+
+from .rig import COOKIE_NAME, GZIPPED, Echo, MakeProxy, echoed, header_names, header_values
+
+
+async def test_hop_by_hop_request_headers_are_not_forwarded(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    headers = {
+        "Connection": "keep-alive, X-Hop-Req",
+        "X-Hop-Req": "1",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic eDp5",
+        "Proxy-Connection": "keep-alive",
+        "TE": "trailers",
+        "Trailer": "X-Checksum",
+        "Upgrade": "foo/1",
+        "Transfer_Encoding": "chunked",
+        "X-Kept": "yes",
+    }
+    async with client.get(proxy / "echo" / "hop", headers=headers) as resp:
+        data = await echoed(resp)
+    names = header_names(data)
+    assert not names & (HOP_BY_HOP | {"x-hop-req", "transfer_encoding"})
+    assert header_values(data, "X-Kept") == ["yes"]
+
+
+async def test_hop_by_hop_response_headers_are_not_returned(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "hop") as resp:
+        assert await resp.text() == "ok"
+        names = {k.lower() for k in resp.headers}
+        assert "x-hop-resp" not in names
+        assert not names & {"keep-alive", "proxy-authenticate", "trailer"}
+        assert resp.headers.get("Connection") is None
+        assert resp.headers["X-Kept"] == "yes"
+        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
+
+
+async def test_forwarded_headers_replace_client_sent_ones(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    spoof = CIMultiDict(
+        [
+            ("Host", "console.test:8443"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-For", "7.7.7.7"),
+            ("x_forwarded_for", "8.8.8.8"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.test"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("X.Forwarded.For", "9.9.9.9"),  # PHP reads "." as "_", and CGI "_" as "-"
+            ("Forwarded", "for=6.6.6.6;proto=https"),
+        ]
+    )
+    async with client.get(proxy / "echo" / "fwd", headers=spoof) as resp:
+        data = await echoed(resp)
+    assert header_values(data, "Host") == ["console.test:8443"]  # the client's Host is passed through
+    assert header_values(data, "X-Forwarded-For") == ["127.0.0.1"]
+    assert header_values(data, "X-Forwarded-Proto") == ["http"]
+    assert header_values(data, "X-Forwarded-Host") == ["console.test:8443"]
+    assert header_values(data, "X-Real-IP") == ["127.0.0.1"]
+    assert not header_names(data) & {"forwarded", "x_forwarded_for", "x_real_ip", "x.forwarded.for"}
+
+
+async def test_no_headers_are_invented(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """No Accept-Encoding (we never decompress), User-Agent or Content-Type the client did not send."""
+    proxy = await make_proxy(echo_console.url, claims=None)
+    async with client.post(proxy / "echo" / "x", data=b"raw", skip_auto_headers=("Content-Type", "Accept")) as resp:
+        data = await echoed(resp)
+    assert not header_names(data) & {"accept-encoding", "user-agent", "content-type", "accept"}
+
+
+async def test_spoofed_identity_headers_are_stripped_in_every_spelling(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url, claims={"preferred_username": "alice"})
+    spoof = CIMultiDict(
+        [
+            ("X-Forwarded-User", "admin"),
+            ("x-forwarded-user", "admin2"),
+            ("X_Forwarded_User", "admin3"),
+            ("X-FORWARDED-EMAIL", "boss@example.com"),
+            ("x_forwarded_groups", "admins"),
+            ("X-Forwarded-Access-Token", "t"),
+            ("X-Forwarded-Preferred-Username", "admin"),
+            ("X-Auth-Request-User", "admin"),
+            ("x_auth_request_email", "boss@example.com"),
+        ]
+    )
+    async with client.get(proxy / "echo" / "spoof", headers=spoof) as resp:
+        data = await echoed(resp)
+    identity_names = {n for n in header_names(data) if n.replace("_", "-").startswith(("x-forwarded-", "x-auth"))}
+    assert identity_names == {"x-forwarded-user", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    assert header_values(data, "X-Forwarded-User") == ["alice"]
+
+
+async def test_pass_through_strips_identity_headers_and_adds_none(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url, claims=None)
+    async with client.get(proxy / "echo" / "p", headers={"X_Forwarded_User": "admin"}) as resp:
+        data = await echoed(resp)
+    assert not any(n.replace("_", "-") == "x-forwarded-user" for n in header_names(data))
+
+
+async def test_identity_values_reach_the_console(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    mapping = (
+        ("X-Forwarded-User", "preferred_username"),
+        ("X-Forwarded-Groups", "cognito:groups"),
+        ("X-Roles", "https://example.com/roles"),
+        ("X-Forwarded-Name", "name"),
+        ("X-Forwarded-Email", "email"),  # claim missing: no header
+        ("X-Note", "note"),
+    )
+    claims = {
+        "preferred_username": "alice",
+        "cognito:groups": ["a", "b"],
+        "https://example.com/roles": ["r1", "r2"],
+        "name": "Zoë 日本",
+        "note": "a note",
+    }
+    proxy = await make_proxy(echo_console.url, claims=claims, mapping=mapping)
+    async with client.get(proxy / "echo" / "id") as resp:
+        data = await echoed(resp)
+    assert header_values(data, "X-Forwarded-User") == ["alice"]
+    assert header_values(data, "X-Forwarded-Groups") == ["a,b"]
+    assert header_values(data, "X-Roles") == ["r1,r2"]
+    assert header_values(data, "X-Forwarded-Name") == ["Zoë 日本"]  # raw UTF-8 on the wire
+    assert header_values(data, "X-Note") == ["a note"]
+    assert header_values(data, "X-Forwarded-Email") == []
+
+
+async def test_session_cookies_are_removed_and_others_kept(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """The session, pending-login and break-glass cookies stay with the sidecar; a look-alike passes."""
+    proxy = await make_proxy(echo_console.url)
+    own = f"{COOKIE_NAME}_login_0123456789abcdef=more; {COOKIE_NAME}_break_glass=bg"
+    cookie = f"a=1; {make_proxy.cookie}; b=two=2;{own}; {COOKIE_NAME}_1=look-alike; c="
+    async with client.get(proxy / "echo" / "c", headers={"Cookie": cookie}) as resp:
+        data = await echoed(resp)
+    assert header_values(data, "Cookie") == [f"a=1; b=two=2; {COOKIE_NAME}_1=look-alike; c="]
+    assert header_values(data, "X-Forwarded-User") == ["alice"]
+
+
+async def test_cookie_header_dropped_when_only_session_cookies(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "echo" / "c", headers={"Cookie": make_proxy.cookie}) as resp:
+        data = await echoed(resp)
+    assert "cookie" not in header_names(data)
+    assert header_values(data, "X-Forwarded-User") == ["alice"]
+
+
+async def test_content_encoding_and_length_preserved_without_decompression(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy / "gzip", headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert resp.headers["Content-Length"] == str(len(GZIPPED))
+        assert await resp.read() == GZIPPED
+
+
+async def test_unknown_length_response_is_chunked(
+    echo_console: Echo, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(echo_console.url)
+    async with client.get(proxy.with_path("/download").with_query(n="300000")) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert len(await resp.read()) == 300000

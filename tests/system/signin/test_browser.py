@@ -1,0 +1,72 @@
+"""The whole sign-in and sign-out, once, in a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from playwright.async_api import Browser, Page, expect
+
+from support.idp import DevIdP
+
+pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
+
+
+async def confirm_sign_out(page: Page, sidecar_url: str, idp: DevIdP) -> None:
+    """Click through the "sign out?" pages: the sidecar's own (if it shows one), then the provider's."""
+    for _ in range(4):
+        await page.wait_for_load_state()
+        if page.url.startswith(idp.issuer):
+            yes = page.get_by_role("button", name="Yes, sign me out")
+            if await yes.count() == 0:
+                return
+            await yes.click()
+        elif "/oauth2/sign_out" in page.url:
+            submit = page.locator("form button, form input[type=submit]").first
+            if await submit.count() == 0:
+                return
+            await submit.click()
+        else:
+            return
+
+
+async def test_sign_in_lands_on_original_page_and_sign_out_requires_login_again(
+    browser: Browser, sidecar_factory, idp: DevIdP, tmp_path: Path
+) -> None:
+    sidecar = sidecar_factory()
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{sidecar.url}/reports?id=7")
+
+        # At the provider's sign-in form.
+        await expect(page).to_have_url(re.compile(re.escape(idp.issuer) + r"/interaction/"))
+        await page.fill("#login", "alice.smith")
+        await page.fill("#password", "any password")
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Allow").click()
+
+        # Back on the console, at the path and query first asked for, with the identity headers.
+        await expect(page).to_have_url(f"{sidecar.url}/reports?id=7")
+        await expect(page).to_have_title("Data Platform Console")
+        identity = page.locator("#identity")
+        await expect(identity).to_contain_text("Alice Smith")
+        await expect(identity).to_contain_text("alice.smith@example.com")
+
+        # Sign out through the console's own link, here and at the provider.
+        await page.get_by_role("link", name="Sign out").click()
+        await confirm_sign_out(page, sidecar.url, idp)
+        await page.wait_for_load_state()
+        assert not page.url.startswith(f"{sidecar.url}/reports"), page.url
+
+        # The protected page asks for a sign-in again (the provider's session is gone too).
+        await page.goto(f"{sidecar.url}/reports?id=7")
+        await expect(page).to_have_url(re.compile(re.escape(idp.issuer) + r"/interaction/"))
+        await expect(page.locator("#login")).to_be_visible()
+    except Exception:
+        shot = tmp_path / "failure.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}\nurl: {page.url}\n{(await page.content())[:3000]}")
+        raise
+    finally:
+        await context.close()

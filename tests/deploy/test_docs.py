@@ -99,3 +99,17 @@ def test_the_readmes_minimal_config_is_valid_with_the_defaults_it_names():
         "X-Forwarded-Name",
         "X-Forwarded-Groups",
     ]
+
+
+def test_the_image_tests_and_the_image_script_name_a_podman_config_that_exists() -> None:
+    """scripts/image.sh and tests/support/containers.py each default CONTAINERS_CONF to a path in the tree: when
+    a move leaves one behind, podman fails on every command and the image tests read it as a missing image."""
+    script = (REPO / "scripts" / "image.sh").read_text()
+    support = (REPO / "tests" / "support" / "containers.py").read_text()
+    named = re.search(r'CONTAINERS_CONF:-\$PWD/([^}"]+)', script)
+    assert named, "scripts/image.sh no longer defaults CONTAINERS_CONF"
+    assert (REPO / named.group(1)).is_file(), f"scripts/image.sh names {named.group(1)}, which does not exist"
+    parts = re.search(r'"CONTAINERS_CONF", str\(REPO((?: / "[^"]+")+)\)', support)
+    assert parts, "tests/support/containers.py no longer defaults CONTAINERS_CONF"
+    path = REPO.joinpath(*re.findall(r'"([^"]+)"', parts.group(1)))
+    assert path.is_file(), f"tests/support/containers.py names {path}, which does not exist"

@@ -21,7 +21,7 @@ import yaml
 from support import REPO
 from support.procs import LOOPBACK, http_status
 
-os.environ.setdefault("CONTAINERS_CONF", str(REPO / "tests" / "image" / "containers.conf"))
+os.environ.setdefault("CONTAINERS_CONF", str(REPO / "tests" / "deploy" / "image" / "containers.conf"))
 IMAGE = os.environ.get("SSO_SIDECAR_IMAGE", "localhost/sso-sidecar:dev")
 # Where the Kubernetes examples mount things; the containers here use the same paths.
 CONFIG_DIR = "/etc/sso-sidecar/config"

@@ -7,6 +7,7 @@ image or podman fails the tests, it does not skip them.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from support.containers import IMAGE, ContainerFactory, podman
 @pytest.fixture(scope="session")
 def image() -> str:
     assert shutil.which("podman"), "podman is not installed: run make test-image"
+    conf = Path(os.environ["CONTAINERS_CONF"])
+    assert conf.is_file(), f"CONTAINERS_CONF names {conf}, which does not exist"
     assert podman("image", "exists", IMAGE, check=False).returncode == 0, f"no image {IMAGE}: run make test-image"
     return IMAGE
 

@@ -148,9 +148,10 @@ class Session:
         """
         if not self.refresh_token:
             return False
-        if self.access_expires_at is not None:
-            lifetime = self.access_expires_at - (self.refreshed_at or self.created_at)
-            if now >= self.access_expires_at - _refresh_margin(lifetime):
+        expires = self.access_expires_at
+        if expires is not None:
+            lifetime = expires - (self.refreshed_at or self.created_at)
+            if now >= expires - min(60.0, max(1.0, lifetime / 4)):  # _refresh_margin, inline: every request asks
                 return True
         if id_token:
             expires, issued = _number(self.claims.get("exp")), _number(self.claims.get("iat"))

@@ -89,9 +89,11 @@ bench: install node system-deps
 
 # The working tree's sidecar variants against BASELINE's (a git ref or another checkout), interleaved in
 # one run: new/old req/s must stay >= 0.95. HEAD = the last commit, i.e. your uncommitted change.
+# BENCH_ARGS=--identity runs the session sidecars with `assertion: {}` and `roles` (bench/README.md).
 BASELINE ?= HEAD
+BENCH_ARGS ?=
 bench-compare: install node system-deps
-	$(BIN)/python bench/run.py --baseline $(BASELINE) --only sidecars
+	$(BIN)/python bench/run.py --baseline $(BASELINE) --only sidecars $(BENCH_ARGS)
 
 # Upgrade the locks on purpose (requirements/README.md): every package to the newest release pyproject.toml and
 # requirements/*.in allow. UPGRADE=redis (or "redis aiohttp") upgrades only those; UPGRADE=none re-resolves

@@ -46,13 +46,19 @@ from report import OLD
 from stack import Running, SidecarSource
 from wrkbench import WrkResult, WrkSettings
 
-from support.procs import LOOPBACK, ProcessError, free_port
+from support.procs import LOOPBACK, ProcessError, free_port, http_status
 
 APACHE_COOKIE = "mod_auth_openidc_session"
 SIDECAR_COOKIE = "sso_sidecar"
 # API clients: RFC 9068 access tokens from bench/issuer.py, one of the sidecar's sso.extra_issuers.
 BEARER = "sidecar-bearer"
 BEARER_AUDIENCE = "api://sso-sidecar-bench"
+# --identity: the signed assertion (every default) and roles from groups (the dev IdP puts admin* users in "admins").
+IDENTITY: dict[str, Any] = {
+    "assertion": {},
+    "roles": {"rules": [{"role": "admin", "groups": ["admins"]}], "default": ["viewer"]},
+}
+IDENTITY_VARIANTS = ("sidecar-redis-cache", "sidecar-redis-nocache", "sidecar-memory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,6 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sidecars.json for the partial runs, so they never overwrite the full run's)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
+    p.add_argument(
+        "--identity",
+        action="store_true",
+        help="run the cookie-session sidecars (Redis cache on and off, memory) with `assertion: {}` and `roles`; "
+        "a baseline that refuses these keys runs without them, and its new/old row says so",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         # No warm-up: a smoke run checks the harness, not speed (and wrk rounds 0.5 s up to a whole second).
@@ -148,6 +160,7 @@ class Bench:
         self.sources()
         self.start_shared()
         self.start_systems()
+        self.check_identity()
         asyncio.run(self.collect_sessions())
         wrk = self.wrk_settings()
         self.out["wrk"] = {**wrk.__dict__, "generator": "wrk" if self.use_wrk else "python (wrk not installed)"}
@@ -290,11 +303,11 @@ class Bench:
         self.start_bearer_sidecar(upstream)
 
         def memory(source: SidecarSource, key: str) -> Running:
-            return stack.start_sidecar(
+            return self.with_identity("sidecar-memory-1w" + key, source, lambda extra: stack.start_sidecar(
                 self.work, "sidecar-memory" + key, idp=self.idp, client=self.clients["memory"], upstream=upstream,
                 cookie_secret=self.secret, store="memory", redis_url=None, workers=1, cache_ttl=None,
-                port=self.ports["memory" + key], log_level=a.log_level, source=source,
-            )  # fmt: skip
+                port=self.ports["memory" + key], log_level=a.log_level, extra=extra, source=source,
+            ))  # fmt: skip
 
         self.add(memory(self.new_source(), ""), "sidecar-memory-1w")
         self.add_twin("sidecar-memory-1w", lambda old: memory(old, OLD))
@@ -311,6 +324,18 @@ class Bench:
                 self.note(f"Apache event MPM: {apache.extra['mpm']}, MaxKeepAliveRequests 0 (unlimited)")
         for name, run in self.systems.items():
             log(f"{name}: {run.url}, {run.workers} worker(s){'; ' + '; '.join(run.notes) if run.notes else ''}")
+
+    def check_identity(self) -> None:
+        """With ``--identity``: each sidecar that runs with it publishes its keys (``/oauth2/jwks.json``), so the
+        measurement is of what it claims to be."""
+        running = {name: run for name, run in self.systems.items() if run.extra.get("identity")}
+        for name, run in running.items():
+            status = http_status(run.url + "/oauth2/jwks.json")
+            if status != 200:
+                raise SystemExit(f"{name} runs with --identity but /oauth2/jwks.json answers {status}")
+        if self.args.identity:
+            self.out["identity"] = {"config": IDENTITY, "variants": sorted(running)}
+            log(f"identity on: {', '.join(sorted(running)) or 'no variant'}")
 
     def start_redis_sidecars(self, upstream: str) -> None:
         a = self.args
@@ -402,12 +427,34 @@ class Bench:
         source: SidecarSource,
         sso_extra: dict[str, Any] | None,
     ) -> Running:
-        return stack.start_sidecar(
+        return self.with_identity(name, source, lambda extra: stack.start_sidecar(
             self.work, name, idp=self.idp, client=self.clients["redis"], upstream=upstream,
             cookie_secret=self.secret, store="redis", redis_url=self.redis.url, workers=workers,
             cache_ttl=ttl, port=self.ports[key], log_level=self.args.log_level, sso_extra=sso_extra,
-            source=source,
-        )  # fmt: skip
+            extra=extra, source=source,
+        ))  # fmt: skip
+
+    def with_identity(
+        self, name: str, source: SidecarSource, start: Callable[[dict[str, Any] | None], Running]
+    ) -> Running:
+        """``start`` with ``IDENTITY`` when ``--identity`` asks for it on this variant. A baseline that refuses its
+        keys (it predates them) runs without them: its row compares the identity's cost with none at all."""
+        extra = IDENTITY if self.args.identity and name.startswith(IDENTITY_VARIANTS) else None
+        try:
+            run = start(extra)
+        except ProcessError as exc:
+            refused = set(stack.refused_keys(exc))
+            if extra is None or source.label != "old" or not refused or not refused <= set(IDENTITY):
+                raise
+            variant = name.removesuffix(OLD)
+            self.config_differs[variant] = "old without assertion and roles (it has neither)"
+            self.note(f"{name}: the baseline refuses {', '.join(sorted(refused))}; it runs without them")
+            extra = None
+            run = start(extra)
+        if extra is not None:
+            run.extra["identity"] = True
+            run.notes.append("assertion: {} and roles on")
+        return run
 
     def new_source(self) -> SidecarSource:
         assert self.new is not None

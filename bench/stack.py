@@ -369,12 +369,13 @@ def start_sidecar(
     log_level: str = "info",
     sso_enabled: bool = True,
     sso_extra: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
     source: SidecarSource | None = None,
 ) -> Running:
     """``sso-sidecar run`` through its real CLI, from ``source`` (default: the working tree, as the tests
     start it). ``workers`` and ``session.cache_ttl`` are left out of the config when None; ``sso_extra``
-    adds keys to ``sso`` (``extra_issuers``); a config the sidecar refuses raises ``ProcessError`` with its
-    log."""
+    adds keys to ``sso`` (``extra_issuers``), ``extra`` top-level sections (``assertion``, ``roles``); a config
+    the sidecar refuses raises ``ProcessError`` with its log."""
     port = port or free_port()
     session: dict[str, Any] = {
         "store": store,
@@ -399,6 +400,7 @@ def start_sidecar(
         },
         "session": session,
         "log_level": log_level,
+        **(extra or {}),
     }
     if workers != 1:
         config["workers"] = workers

@@ -24,7 +24,7 @@ from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthen
 from proxy.gate import breakglass, forward_auth
 from proxy.gate import handler as gate
 from proxy.gate.decide import is_api_request
-from proxy.ops import health, status
+from proxy.ops import health, jwks, status
 from proxy.runtime.state import RUNTIME, Runtime
 from proxy.sessions import open_store
 from proxy.signin import backchannel, login
@@ -216,6 +216,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     forward_auth.add_routes(app)
     breakglass.add_routes(app)
     status.add_routes(app)
+    jwks.add_routes(app)
     admin.add_routes(app, settings)
     app.router.add_post(BACKCHANNEL_LOGOUT_PATH, backchannel.backchannel_logout)
     # Routes of the sidecar's own go above this line: /oauth2/ is ours, an unknown path there is a 404

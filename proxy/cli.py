@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import errno
 import gc
+import json
 import logging
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -141,6 +142,7 @@ async def _check(settings: Settings, path: str) -> int:
     out("Identity headers sent to the upstream:")
     for header, claim in settings.headers:
         out(f"  {header}: {claim}")
+    _check_console_identity(settings, out)
     if problems:
         print("", file=sys.stderr)
         print(f"sso-sidecar: {len(problems)} problem(s):", file=sys.stderr)
@@ -150,6 +152,55 @@ async def _check(settings: Settings, path: str) -> int:
     out("")
     out("OK: the config is usable.")
     return 0
+
+
+# Who the sample assertion of ``check`` is about: nobody real (check signs no one in).
+SAMPLE_IDENTITY = {
+    "sub": "sample-subject",
+    "preferred_username": "sample.user",
+    "email": "sample.user@example.com",
+    "email_verified": True,
+    "name": "Sample User",
+    "groups": ["sample-group"],
+}
+
+
+def _check_console_identity(settings: Settings, out: Callable[[str], None]) -> None:
+    """What the console is told besides the headers: the assertion (settings, JWKS URL, a sample's claims, never a
+    signature), the roles, the tokens passed."""
+    from proxy.auth.console import ConsoleIdentity
+    from proxy.auth.identity import IdentityHeaders
+    from proxy.config.model import JWKS_PATH
+
+    a, roles, tokens = settings.assertion, settings.roles, settings.pass_tokens
+    if a is None and roles is None and not tokens.enabled:
+        return
+    console = ConsoleIdentity(settings, IdentityHeaders(settings.headers, settings.header_list_separator))
+    out("")
+    out("Identity for the console:")
+    if a is not None and console.keyring is not None:
+        keyring = console.keyring
+        out(f"  signed assertion:  {a.header}{' (Bearer)' if a.header == 'Authorization' else ''}, {a.algorithm}")
+        out(f"    keys:            {keyring.source}")
+        out(f"    signing key:     {keyring.signing.kid}")
+        if a.algorithm != "HS256":
+            out(f"    JWKS:            {settings.url_for(JWKS_PATH)} ({len(keyring.jwks['keys'])} key(s) published)")
+        out(f"    issuer (iss):    {str(settings.public_url).rstrip('/')}")
+        out(f"    audience (aud):  {a.audience}")
+        out(f"    lifetime:        {int(a.lifetime)}s, never past the session's end")
+        sample = console.sample(SAMPLE_IDENTITY, time.time())
+        out("    sample claims (for a made-up user; nothing is signed here):")
+        for line in json.dumps(sample, indent=2, ensure_ascii=False).splitlines():
+            out("      " + line)
+    if roles is not None:
+        default = ", ".join(roles.default) or "(none)"
+        out(f"  roles:             {roles.header}, {len(roles.rules)} rule(s), default: {default}")
+        for rule in roles.rules:
+            who = [*(f"group {g}" for g in rule.groups), *(f"email {e}" for e in rule.emails)]
+            out(f"    {rule.role}: {', '.join(who)}")
+    for what, header in (("access token", tokens.access_token), ("ID token", tokens.id_token)):
+        if header:
+            out(f"  {what}:{' ' * (17 - len(what))}{header}{' (Bearer)' if header == 'Authorization' else ''}")
 
 
 def cmd_run(path: str) -> int:

@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         idp.wait_until(lambda: "dev-idp listening on" in idp.log_path.read_text(errors="replace"), "readiness")
 
         console = Child("console", [sys.executable, str(REPO / "deploy" / "demo" / "console.py"),
-                                    "--host", HOST, "--port", str(CONSOLE_PORT)], state)  # fmt: skip
+                                    "--host", HOST, "--port", str(CONSOLE_PORT),
+                                    "--sidecar", f"http://{HOST}:{SIDECAR_PORT}"], state)  # fmt: skip
         children.append(console)
         console.wait_until(lambda: http_ok(f"http://{HOST}:{CONSOLE_PORT}/api/whoami"), "readiness")
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -54,6 +56,8 @@ class Actor:
     sub: str = ""  # a signed-in admin's subject at ``issuer``
     issuer: str = ""
     signed_in_at: float | None = None  # the admin's last sign-in (auth_time), when known
+    # A signed-in admin's identity, for the page's sample assertion (not part of who the actor is).
+    claims: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -87,7 +91,7 @@ async def actor(request: web.Request, runtime: Runtime, active: Active) -> Actor
             auth_time = claims.get("auth_time")
             signed_in_at = float(auth_time) if isinstance(auth_time, int | float) else session.created_at
             return Actor(display_name(claims), f"session {session.id}", False, str(claims.get("sub", "")),
-                         session.issuer, signed_in_at)  # fmt: skip
+                         session.issuer, signed_in_at, claims)  # fmt: skip
         signed_in_non_admin = True
     grant = breakglass.holder(request, runtime, active)
     if grant is not None:

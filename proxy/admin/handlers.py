@@ -22,6 +22,7 @@ from aiohttp import web
 
 from proxy.admin import access, html, login, presets, sync, trial, view
 from proxy.admin.access import Actor, Refused
+from proxy.admin.identity_view import identity_view
 from proxy.admin.origin import PATH
 from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned
 from proxy.admin.sync import PageSync, RecordUnusable
@@ -157,6 +158,7 @@ async def _render(
         page_redirect_uri=login.page_redirect_uri(settings),
         warnings=_warnings(page),
         unusable=access.unusable(runtime, problem),
+        identity=identity_view(active, actor.claims),
     )
     return view.render(shown, status=status)
 

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.admin import html
+from proxy.admin.identity_view import IdentityView, render_identity
 from proxy.admin.presets import PRESETS
 from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
 from proxy.config.model import Settings
@@ -41,6 +42,7 @@ class View:
     page_redirect_uri: str | None = None  # the page's own origin's redirect URI (admin.public_url)
     warnings: Sequence[str] = ()  # files others could replace, a state file that cannot be written
     unusable: bool = False  # closed, or the stored page settings cannot be used: the way out is shown
+    identity: IdentityView | None = None  # what the console is told besides the headers (assertion, roles, tokens)
 
 
 # -- the page --------------------------------------------------------------------------------------------
@@ -52,6 +54,7 @@ def render(view: View, *, status: int = 200) -> web.Response:
         _register(view),
         _provider(view),
         _test_and_enable(view),
+        render_identity(view.identity) if view.identity is not None else "",
         _replicas(view),
         _export(view),
         _history(view),

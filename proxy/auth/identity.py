@@ -15,7 +15,7 @@ breaks, as OpenID Connect Core allows; they are never forwarded.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -25,8 +25,14 @@ from proxy.config.model import DEFAULT_HEADERS
 from proxy.errors import UnusableIdentity
 
 # Headers oauth2-proxy sends or consoles commonly read; stripped even when not mapped, so a console that
-# was built against oauth2-proxy cannot be fooled by a client sending them through this sidecar.
-_ALWAYS_STRIPPED = ("x-forwarded-access-token", "x-forwarded-preferred-username")
+# was built against oauth2-proxy cannot be fooled by a client sending them through this sidecar. The default
+# assertion and roles headers likewise: a console left reading them must not believe a client while they are off.
+_ALWAYS_STRIPPED = (
+    "x-forwarded-access-token",
+    "x-forwarded-preferred-username",
+    "x-sso-assertion",
+    "x-forwarded-roles",
+)
 _STRIPPED_PREFIX = "x-auth-request-"
 
 # C0 controls (CR, LF, NUL, TAB, ...), DEL and C1 controls (U+0085 NEL is a line break to some parsers).
@@ -93,7 +99,15 @@ class IdentityHeaders:
 
     __slots__ = ("_checked", "_first_chars", "_groups_claim", "_mapping", "_remembered", "_separator", "_stripped")
 
-    def __init__(self, mapping: Sequence[tuple[str, str]], separator: str = ",", groups_claim: str = "groups") -> None:
+    def __init__(
+        self,
+        mapping: Sequence[tuple[str, str]],
+        separator: str = ",",
+        groups_claim: str = "groups",
+        also_stripped: Iterable[str] = (),
+    ) -> None:
+        """``also_stripped``: the other headers the sidecar writes for the console (the assertion, roles and
+        token headers), removed from every incoming request like the identity headers."""
         self._mapping: tuple[tuple[str, str], ...] = tuple((str(h), str(c)) for h, c in mapping)
         self._separator = separator
         self._groups_claim = groups_claim
@@ -101,6 +115,7 @@ class IdentityHeaders:
         stripped = {header_key(h) for h, _ in self._mapping}
         stripped.update(header_key(h) for h, _ in DEFAULT_HEADERS)
         stripped.update(_ALWAYS_STRIPPED)
+        stripped.update(header_key(h) for h in also_stripped)
         self._stripped = frozenset(stripped)
         # Most request headers (Accept, Cookie, User-Agent, Sec-*) are rejected on their first
         # character without building a lower-cased copy.

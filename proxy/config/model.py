@@ -18,6 +18,7 @@ from yarl import URL
 CALLBACK_PATH = "/oauth2/callback"
 SIGNED_OUT_PATH = "/oauth2/signed_out"
 BACKCHANNEL_LOGOUT_PATH = "/oauth2/backchannel-logout"
+JWKS_PATH = "/oauth2/jwks.json"  # the signed assertion's public keys
 
 DEFAULT_SCOPES = ("openid", "profile", "email")
 DEFAULT_HEADERS: tuple[tuple[str, str], ...] = (
@@ -247,6 +248,56 @@ class SkipRule:
     source: str
 
 
+ASSERTION_ALGORITHMS = ("ES256", "RS256", "EdDSA", "HS256")
+DEFAULT_ASSERTION_CLAIMS = ("sub", "preferred_username", "email", "name", "groups")
+
+
+@dataclass(frozen=True)
+class AssertionSettings:
+    """``assertion:``, a signed JWT about the caller on every request that reaches the console (off while
+    ``Settings.assertion`` is None). ``proxy.config.validate_identity`` reads it, ``proxy.auth.assertion`` signs."""
+
+    header: str = "X-Sso-Assertion"  # "Authorization": the value is "Bearer <jwt>"
+    algorithm: str = "ES256"
+    key_files: tuple[str, ...] = ()  # newest first: the first signs, every one is published
+    keys: tuple[Secret, ...] = ()  # the PEM text of each key file, in the same order
+    secret: Secret | None = None  # HS256 only: the shared secret (never published)
+    secret_file: str | None = None
+    audience: str = ""  # "": the upstream URL
+    lifetime: float = 300.0
+    claims: tuple[str, ...] = DEFAULT_ASSERTION_CLAIMS
+
+
+@dataclass(frozen=True)
+class RoleRule:
+    """One rule of ``roles.rules``: a user in one of ``groups`` or with one of ``emails`` has ``role``."""
+
+    role: str
+    groups: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()  # lower case; matched against a verified email only
+
+
+@dataclass(frozen=True)
+class RolesSettings:
+    """``roles:``, console roles from the user's groups and emails (off while ``Settings.roles`` is None)."""
+
+    header: str = "X-Forwarded-Roles"
+    rules: tuple[RoleRule, ...] = ()
+    default: tuple[str, ...] = ()  # the roles of a user no rule matched
+
+
+@dataclass(frozen=True)
+class PassTokensSettings:
+    """``pass_tokens:``, the headers that carry the user's own tokens ("" sends none; "Authorization": Bearer)."""
+
+    access_token: str = ""
+    id_token: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.access_token or self.id_token)
+
+
 @dataclass(frozen=True)
 class Settings:
     public_url: URL
@@ -270,6 +321,10 @@ class Settings:
     break_glass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    # Identity for the console beyond the headers (``proxy.config.validate_identity``): None while off.
+    assertion: AssertionSettings | None = None
+    roles: RolesSettings | None = None
+    pass_tokens: PassTokensSettings = field(default_factory=PassTokensSettings)
     # Where the effective ``sso`` section came from: "file", or "page" (the settings page replaced it).
     sso_source: str = "file"
     source: str = ""

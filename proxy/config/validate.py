@@ -15,7 +15,7 @@ from typing import Any
 
 from yarl import URL
 
-from proxy.config import validate_session, validate_sso
+from proxy.config import validate_identity, validate_session, validate_sso
 from proxy.config.model import (
     DEFAULT_HEADERS,
     AccessSettings,
@@ -46,7 +46,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
             "listen", "public_url", "upstream", "sso", "headers", "header_list_separator", "session",
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
             "log_level", "log_format", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
-            "upstream_client", "upstream_max_connections",
+            "upstream_client", "upstream_max_connections", "assertion", "roles", "pass_tokens",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -72,6 +72,9 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         r.problem("workers", "more than one worker needs session.store: redis (memory sessions stay in one process)")
     headers = parse_headers(r, raw)
     separator = r.string(raw, "header_list_separator", "header_list_separator") or ","
+    assertion, roles, pass_tokens = validate_identity.parse_identity(
+        r, raw, headers=headers, headers_given="headers" in raw, upstream=str(upstream or ""), separator=separator
+    )
     access = parse_access(r, raw)
     skip_auth = parse_skip_auth(r, raw)
     trusted = parse_trusted_proxies(r, raw)
@@ -123,6 +126,9 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         break_glass=break_glass,
         status=status,
         admin=admin,
+        assertion=assertion,
+        roles=roles,
+        pass_tokens=pass_tokens,
     )
 
 

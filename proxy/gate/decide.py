@@ -14,6 +14,7 @@ from proxy.auth.policy import denial_reason
 from proxy.config.model import Settings, SkipRule
 from proxy.errors import Forbidden, InvalidToken
 from proxy.runtime.state import Active, Runtime
+from proxy.sessions import Session
 from proxy.signin.current import session_for
 
 _BROWSER_ACCEPT = ("text/html", "application/xhtml+xml", "*/*")
@@ -56,10 +57,18 @@ async def caller(request: web.Request, runtime: Runtime, active: Active) -> Mapp
 
     None when the request carries neither; ``InvalidToken`` for a bearer token that is not valid.
     """
+    found = await identify(request, runtime, active)
+    return None if found is None else found[0]
+
+
+async def identify(
+    request: web.Request, runtime: Runtime, active: Active
+) -> tuple[Mapping[str, Any], Session | None] | None:
+    """``caller`` with the session the claims come from (None for a bearer token's)."""
     assert active.oidc is not None
     session = await session_for(request, runtime, active)
     if session is not None:
-        return session.claims
+        return session.claims, session
     token = bearer_token(request)
     if token is None:
         return None
@@ -70,7 +79,7 @@ async def caller(request: web.Request, runtime: Runtime, active: Active) -> Mapp
     problem = active.identity.problem(claims)
     if problem is not None:
         raise InvalidToken(f"The token cannot be used as an identity here: {problem}.")
-    return claims
+    return claims, None
 
 
 def authorize(claims: Mapping[str, Any], settings: Settings) -> None:

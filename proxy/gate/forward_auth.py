@@ -22,13 +22,15 @@ import logging
 import re
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.auth.clientaddress import is_trusted_proxy
 from proxy.auth.paths import RequestPath, normalise
 from proxy.auth.redirects import safe_return_to
 from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, Unauthenticated
-from proxy.gate.decide import BEARER_CHALLENGE, authorize, caller, skips_auth
+from proxy.gate.console import console_values
+from proxy.gate.decide import BEARER_CHALLENGE, authorize, identify, skips_auth
 from proxy.runtime.state import RUNTIME
 from proxy.signin.login import login_url
 
@@ -75,13 +77,20 @@ async def auth(request: web.Request) -> web.StreamResponse:
         return web.Response(status=202, headers=_NO_STORE)
     if target is not None and skips_auth(active.settings.skip_auth, method, target):
         return web.Response(status=202, headers=_NO_STORE)
-    claims = await caller(request, runtime, active)
-    if claims is None:
+    found = await identify(request, runtime, active)
+    values = None
+    if found is not None:
+        authorize(found[0], active.settings)
+        console = active.console
+        if console is None:
+            values = active.identity.values(found[0])
+        else:  # the roles, the assertion and the tokens too, for auth_request_set / authResponseHeaders
+            values = await console_values(request, runtime, active, console, *found)
+    if values is None:
         return_to = safe_return_to(target.path_qs if target is not None else "/")
         raise Unauthenticated(login_url=login_url(return_to), challenge=BEARER_CHALLENGE)
-    authorize(claims, active.settings)
-    headers = dict(_NO_STORE)
-    headers.update(active.identity.values(claims))
+    headers = CIMultiDict(_NO_STORE)
+    headers.extend(values)
     return web.Response(status=202, headers=headers)
 
 

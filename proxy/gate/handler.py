@@ -22,7 +22,8 @@ from proxy.auth.paths import RequestPath, absolute_authority, normalise
 from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, NotFound, Unauthenticated
 from proxy.gate import breakglass
-from proxy.gate.decide import BEARER_CHALLENGE, authorize, caller, is_api_request, skips_auth
+from proxy.gate.console import console_values
+from proxy.gate.decide import BEARER_CHALLENGE, authorize, identify, is_api_request, skips_auth
 from proxy.runtime.state import RUNTIME, Active, Runtime
 from proxy.signin.login import begin_login, login_url
 from proxy.telemetry.logs import LOG, RequestLog
@@ -102,17 +103,29 @@ async def _identity(
     if skips_auth(active.settings.skip_auth, request.method, target):
         entry.route = "public"
         return []
-    claims = await caller(request, runtime, active)
-    if claims is None:
-        if is_api_request(request):
-            raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
-        entry.route = "login"
-        return await begin_login(request, runtime, active, target.path_qs)
+    found = await identify(request, runtime, active)
+    if found is None:
+        return await _sign_in(request, runtime, active, target, entry)
+    claims = found[0]
     subject = claims.get("sub")
     if isinstance(subject, str):
         entry.user = subject
     authorize(claims, active.settings)
-    return active.identity.values(claims)
+    console = active.console
+    if console is None:
+        return active.identity.values(claims)
+    values = await console_values(request, runtime, active, console, claims, found[1])
+    return values if values is not None else await _sign_in(request, runtime, active, target, entry)
+
+
+async def _sign_in(
+    request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
+) -> web.StreamResponse:
+    """No session: a browser is sent to sign in, an API call gets 401."""
+    if is_api_request(request):
+        raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
+    entry.route = "login"
+    return await begin_login(request, runtime, active, target.path_qs)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.auth.policy import is_operator
+from proxy.config.model import JWKS_PATH
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
 from proxy.gate import breakglass
 from proxy.runtime.state import RUNTIME, Active, Runtime
@@ -80,6 +81,7 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
             "session_store": settings.session.store,
             "break_glass": {"enabled": settings.break_glass.enabled, "ttl_seconds": settings.break_glass.ttl},
             "watch": {"enabled": settings.reload.watch, "interval_seconds": settings.reload.watch_interval},
+            "console_identity": _console_identity(active),
         },
         "reload": {
             "last_attempt": _when(reload.last_attempt),
@@ -91,6 +93,33 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
         },
         "discovery": await discovery_status(active),
         "sso_settings": _sso_settings(runtime, active),
+    }
+
+
+def _console_identity(active: Active) -> dict[str, Any]:
+    """The assertion, roles and tokens the console gets (no key, secret or token, only their names)."""
+    settings = active.settings
+    a, roles, tokens = settings.assertion, settings.roles, settings.pass_tokens
+    keyring = active.console.keyring if active.console is not None else None
+    assertion = None
+    if a is not None and keyring is not None:
+        assertion = {
+            "header": a.header,
+            "algorithm": a.algorithm,
+            "keys": keyring.source,
+            "signing_kid": keyring.signing.kid,
+            "published_kids": [k["kid"] for k in keyring.jwks["keys"]],
+            "jwks_url": settings.url_for(JWKS_PATH),
+            "audience": a.audience,
+            "lifetime_seconds": a.lifetime,
+            "claims": list(a.claims),
+        }
+    return {
+        "assertion": assertion,
+        "roles": None
+        if roles is None
+        else {"header": roles.header, "rules": len(roles.rules), "default": list(roles.default)},
+        "pass_tokens": {"access_token": tokens.access_token or None, "id_token": tokens.id_token or None},
     }
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from proxy.auth.console import ConsoleIdentity
 from proxy.auth.cookies import CookieCodec
 from proxy.auth.identity import IdentityHeaders
-from proxy.config.model import Settings
+from proxy.config.model import PassTokensSettings, Settings
 from proxy.oidc.client import OIDCClient
 from proxy.runtime.source import ConfigSource
 from proxy.sessions import SessionManager, SessionStore
@@ -46,6 +47,10 @@ class Active:
     loaded_at: float = field(default_factory=time.time)
     # The settings page's own host (``admin.public_url``): it serves the page, never the console.
     admin_host: str | None = None
+    # What the console is told besides the identity headers (assertion, roles, tokens): None while all are off.
+    console: ConsoleIdentity | None = None
+    # The tokens the console is given (``pass_tokens``), which a session must keep valid; None while off.
+    passed_tokens: PassTokensSettings | None = None
 
 
 @dataclass
@@ -136,13 +141,18 @@ class Runtime:
                 wanted.url, timeout=wanted.timeout, client=wanted.client, max_connections=wanted.max_connections
             )
             await upstream.start()
+        identity = IdentityHeaders(
+            settings.headers, settings.header_list_separator, settings.access.groups_claim, console_headers(settings)
+        )
         return Active(
             settings=settings,
             cookies=CookieCodec(settings.session, secure=settings.secure_cookies),
-            identity=IdentityHeaders(settings.headers, settings.header_list_separator, settings.access.groups_claim),
+            identity=identity,
             oidc=oidc,
             upstream=upstream,
             admin_host=settings.admin.public_host if settings.admin.enabled else None,
+            console=_console(settings, identity, old),
+            passed_tokens=settings.pass_tokens if settings.pass_tokens.enabled else None,
         )
 
     def swap(self, new: Active) -> None:
@@ -176,6 +186,33 @@ class Runtime:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self.store.close()
+
+
+def console_headers(settings: Settings) -> tuple[str, ...]:
+    """The headers ``assertion``, ``roles`` and ``pass_tokens`` write: every request is stripped of them."""
+    names = [settings.pass_tokens.access_token, settings.pass_tokens.id_token]
+    if settings.assertion is not None:
+        names.append(settings.assertion.header)
+    if settings.roles is not None:
+        names.append(settings.roles.header)
+    return tuple(n for n in names if n)
+
+
+def _identity_inputs(settings: Settings) -> tuple[object, ...]:
+    """Everything a ``ConsoleIdentity`` is built from: while it is equal, a reload keeps the object (and the
+    assertions it has signed)."""
+    return (
+        settings.assertion, settings.roles, settings.pass_tokens, settings.session.cookie_secrets, settings.public_url,
+        settings.headers, settings.header_list_separator, settings.access.groups_claim,
+    )  # fmt: skip
+
+
+def _console(settings: Settings, identity: IdentityHeaders, old: Active | None) -> ConsoleIdentity | None:
+    if settings.assertion is None and settings.roles is None and not settings.pass_tokens.enabled:
+        return None
+    if old is not None and old.console is not None and _identity_inputs(old.settings) == _identity_inputs(settings):
+        return old.console
+    return ConsoleIdentity(settings, identity)
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)

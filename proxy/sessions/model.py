@@ -140,16 +140,43 @@ class Session:
         sid = self.claims.get("sid")
         return sid if isinstance(sid, str) and sid else None
 
-    def refresh_due(self, now: float) -> bool:
-        """Near the access token's expiry, with a refresh token to renew it.
+    def refresh_due(self, now: float, *, id_token: bool = False) -> bool:
+        """Near the access token's expiry (with ``id_token``, also the ID token's), with a refresh token to renew it.
 
-        Without a refresh token nothing is due: access-token expiry alone never ends a session.
+        Without a refresh token nothing is due: access-token expiry alone never ends a session (unless the
+        console is given the tokens: ``tokens_expired``).
         """
-        if not self.refresh_token or self.access_expires_at is None:
+        if not self.refresh_token:
             return False
-        lifetime = self.access_expires_at - (self.refreshed_at or self.created_at)
-        margin = min(60.0, max(1.0, lifetime / 4))
-        return now >= self.access_expires_at - margin
+        expires = self.access_expires_at
+        if expires is not None:
+            lifetime = expires - (self.refreshed_at or self.created_at)
+            if now >= expires - min(60.0, max(1.0, lifetime / 4)):  # _refresh_margin, inline: every request asks
+                return True
+        if id_token:
+            expires, issued = _number(self.claims.get("exp")), _number(self.claims.get("iat"))
+            if expires is not None and now >= expires - _refresh_margin(expires - (issued or expires)):
+                return True
+        return False
+
+    def tokens_expired(self, now: float, *, access_token: bool, id_token: bool) -> bool:
+        """Whether a token the console is given (``pass_tokens``) has expired: the access token (when its
+        lifetime is known) or the ID token (its ``exp``, which the session's claims carry)."""
+        if access_token and self.access_expires_at is not None and now >= self.access_expires_at:
+            return True
+        if id_token:
+            expires = _number(self.claims.get("exp"))
+            return expires is not None and now >= expires
+        return False
+
+    def tokens_expire_at(self, *, access_token: bool, id_token: bool) -> float | None:
+        """When the first token the console is given expires; None when unknown."""
+        times = []
+        if access_token and self.access_expires_at is not None:
+            times.append(self.access_expires_at)
+        if id_token and (expires := _number(self.claims.get("exp"))) is not None:
+            times.append(expires)
+        return min(times) if times else None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -230,6 +257,15 @@ class PendingLogin:
             record.get("b", ""),
             record.get("a"),
         )
+
+
+def _refresh_margin(lifetime: float) -> float:
+    """How long before a token's expiry it is renewed: a quarter of its lifetime, at least 1 s, at most 60 s."""
+    return min(60.0, max(1.0, lifetime / 4))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

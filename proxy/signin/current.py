@@ -22,4 +22,4 @@ async def session_for(request: web.Request, runtime: Runtime, active: Active) ->
     session = await runtime.sessions.load(ticket, issuer=sso.issuer_url, client_id=sso.client_id)
     if session is None:
         return None
-    return await runtime.refresher.fresh(session, active.oidc)
+    return await runtime.refresher.fresh(session, active.oidc, active.passed_tokens)

@@ -275,6 +275,8 @@ async def userinfo(request: web.Request) -> web.StreamResponse:
     if session is None:
         raise Unauthenticated(login_url=login_url("/"))
     claims: dict[str, Any] = {k: v for k, v in session.claims.items() if k not in _PROTOCOL_CLAIMS}
+    if active.console is not None and active.settings.roles is not None:
+        claims["roles"] = list(active.console.roles_of(session.claims))  # as the console's headers have them
     return web.json_response(claims, headers={"Cache-Control": "no-store"})
 
 

@@ -114,6 +114,7 @@ class Behaviour:
     token_error: str | None = None  # answer every token request with this OAuth error
     token_response_override: dict[str, Any] = field(default_factory=dict)
     refresh_id_token: bool = True  # a refresh grant returns a new ID token
+    jwt_access_tokens: bool = False  # True: access tokens are RFC 9068 JWTs signed like the ID token (else opaque)
     # userinfo
     userinfo_status: int = 200
     userinfo_format: str = "json"  # json | jwt | html
@@ -498,7 +499,17 @@ class BadOP:
         b = self.behaviour
         sid = sid or "sid-" + secrets.token_urlsafe(8)
         self.last_sid = sid
+        expires_in = b.token_response_override.get("expires_in", 300)
         access_token = "at-" + secrets.token_urlsafe(24)
+        if b.jwt_access_tokens:
+            now = int(time.time())
+            access_token = self.sign(
+                {
+                    "iss": self.issuer, "sub": b.sub, "aud": self.client_id, "client_id": self.client_id,
+                    "iat": now, "exp": now + int(expires_in or 300), "scope": scope, "jti": secrets.token_urlsafe(12),
+                },
+                typ="at+jwt",
+            )  # fmt: skip
         refresh_token = "rt-" + secrets.token_urlsafe(24)
         self._access_tokens[access_token] = {"sub": b.sub}
         self._refresh_tokens[refresh_token] = {"sub": b.sub, "sid": sid, "scope": scope}

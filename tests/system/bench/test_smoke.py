@@ -183,3 +183,31 @@ def test_non2xx_answers_flag_a_system_and_invalidate_its_comparison() -> None:
     table = report.markdown(out)
     assert "**INVALID: non-2xx answers from sidecar-bearer (1,234)." in table
     assert "| sidecar-bearer | 9,000 | 5,000 | 1.800 | 1.80 |" in table and "**invalid** (non-2xx answers)" in table
+
+
+# The last commit before ``assertion`` and ``roles`` existed: a baseline that refuses them.
+BEFORE_IDENTITY = "16693924d561218a7e1d02c2322c5139ddf33fa7"
+
+
+@pytest.mark.timeout(240)
+def test_smoke_identity_runs_the_session_sidecars_with_assertion_and_roles(tmp_path: Path) -> None:
+    """--identity: the cookie-session sidecars run with ``assertion: {}`` and ``roles`` (each proves it by its
+    JWKS before any load); a baseline from before these keys runs without them, and its row says so."""
+    known = subprocess.run(["git", "cat-file", "-e", BEFORE_IDENTITY], cwd=REPO, capture_output=True)
+    spec = BEFORE_IDENTITY if known.returncode == 0 else _baseline(tmp_path)[0]
+    out = tmp_path / "identity.json"
+    args = ["--smoke", "--no-install", "--only", "sidecars", "--identity", "--baseline", spec, "--out", str(out)]
+    proc = subprocess.run([sys.executable, str(RUN), *args], cwd=REPO, capture_output=True, text=True, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["identity"]["variants"] == (
+        ["sidecar-memory-1w"] if known.returncode == 0 else ["sidecar-memory-1w", "sidecar-memory-1w@old"]
+    )
+    assert results["identity"]["config"]["assertion"] == {}
+    for row in results["throughput"].values():
+        assert row["non2xx"] == 0
+    rows = {row["variant"]: row for row in results["comparison"]}
+    if known.returncode == 0:
+        assert rows["sidecar-memory-1w"]["config_differs"] == "old without assertion and roles (it has neither)"
+        assert "old without assertion and roles" in proc.stdout
+    assert rows["sidecar-bearer"]["config_differs"] is None  # API clients: not an identity variant

@@ -73,6 +73,35 @@ def test_check_prints_everything_to_register_and_what_discovery_found(tmp_path, 
     assert client.client_secret not in out
 
 
+def test_check_shows_the_assertion_its_jwks_url_and_a_sample_of_its_claims(tmp_path, idp):
+    client = idp.register_client("https://console.example.com")
+    config = good_config(idp, client) | {
+        "assertion": {"lifetime": "2m"},
+        "roles": {"rules": [{"role": "admin", "groups": ["sample-group"]}], "default": ["viewer"]},
+        "pass_tokens": {"access_token": "Authorization"},
+    }
+    result = run("check", config=write(tmp_path, config))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in (
+        "signed assertion:  X-Sso-Assertion, ES256",
+        "keys:            derived from session.cookie_secret",
+        "JWKS:            https://console.example.com/oauth2/jwks.json (1 key(s) published)",
+        "issuer (iss):    https://console.example.com\n",
+        "audience (aud):  http://127.0.0.1:8888",
+        "lifetime:        120s",
+        '"preferred_username": "sample.user"',
+        '"roles": [',
+        "roles:             X-Forwarded-Roles, 1 rule(s), default: viewer",
+        "admin: group sample-group",
+        "access token:     Authorization (Bearer)",
+    ):
+        assert expected in out, expected
+    claims = out[out.index("sample claims") : out.index("roles:")]
+    assert '"iat"' in claims and '"exp"' in claims and "eyJ" not in out  # claims, never a signed token
+    assert COOKIE_SECRET not in out
+
+
 def test_check_reports_rejected_client_credentials(tmp_path, idp):
     client = idp.register_client("https://console.example.com")
     config = good_config(idp, client)

@@ -74,3 +74,34 @@ def test_sealed_records_open_only_with_their_key_and_context():
     assert unseal(b"k" * 32, sealed, b"another") is None
     assert unseal(b"k" * 32, sealed[:-1] + bytes([sealed[-1] ^ 1]), b"context") is None
     assert unseal(b"k" * 32, b"short", b"context") is None
+
+
+def token_session(**changes: object) -> Session:
+    """Access token 300 s (issued at 1000), ID token 600 s (iat 1000), with a refresh token."""
+    values: dict = dict(
+        id="sid", key=b"k" * 32, claims={"sub": "alice", "iat": 1000, "exp": 1600}, id_token="id",
+        access_token="at", refresh_token="rt", access_expires_at=1300.0, created_at=1000.0, issuer="https://idp",
+        client_id="console", refreshed_at=1000.0,
+    )  # fmt: skip
+    values.update(changes)
+    return Session(**values)
+
+
+def test_a_refresh_is_due_near_the_access_tokens_expiry_and_with_pass_tokens_near_the_id_tokens():
+    session = token_session(access_expires_at=2000.0)  # the access token outlives the ID token
+    assert not session.refresh_due(1400.0) and not session.refresh_due(1400.0, id_token=True)
+    assert not session.refresh_due(1540.0) and session.refresh_due(1540.0, id_token=True)  # the last minute of 600 s
+    assert session.refresh_due(1940.0)
+    assert not token_session(refresh_token=None).refresh_due(1599.0, id_token=True)  # nothing to refresh with
+
+
+def test_a_passed_token_has_expired_from_its_expiry_on():
+    session = token_session()
+    assert not session.tokens_expired(1299.9, access_token=True, id_token=True)
+    assert session.tokens_expired(1300.0, access_token=True, id_token=False)
+    assert not session.tokens_expired(1300.0, access_token=False, id_token=True)
+    assert session.tokens_expired(1600.0, access_token=False, id_token=True)
+    assert not token_session(access_expires_at=None).tokens_expired(10**10, access_token=True, id_token=False)
+    assert session.tokens_expire_at(access_token=True, id_token=True) == 1300.0
+    assert session.tokens_expire_at(access_token=False, id_token=True) == 1600.0
+    assert token_session(access_expires_at=None).tokens_expire_at(access_token=True, id_token=False) is None

@@ -8,12 +8,15 @@ The front proxy sends each request's headers (cookies, ``Authorization``, ``Acce
 - 401 when there is no session: JSON for API clients, and for browsers a page that goes on to the login
   (Traefik shows the answer as it is). Both carry ``X-Login-URL`` (``/oauth2/start?rd=...``, the
   original URI properly encoded), which nginx's ``error_page 401`` location redirects to;
-- 403 when the policy says no; 400 for an original URI that cannot be read safely.
+- 403 when the policy says no; 400 for an original URI that cannot be read safely;
+- 401 with ``WWW-Authenticate: Bearer error="insufficient_user_authentication"`` (RFC 9470) when a route of
+  the original request needs a more recent or stronger sign-in: its ``X-Login-URL`` asks for that sign-in.
 
 The original request is known only from the front proxy's ``X-Forwarded-Uri`` (Traefik) or
 ``X-Original-URI`` (nginx) and ``X-Forwarded-Method`` / ``X-Original-Method``, and those are read only
 here and only from ``trusted_proxies``: from anyone else they could claim a ``skip_auth`` path for a
-request to another one. Without them no ``skip_auth`` rule applies and the return-to is ``/``.
+request to another one. Without them no ``skip_auth`` rule applies, the return-to is ``/``, and with
+``routes`` every route may apply (an unknown path could be any of them; an unknown method any method).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from proxy.auth.paths import RequestPath, normalise
 from proxy.auth.redirects import safe_return_to
 from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, Unauthenticated
-from proxy.gate.decide import BEARER_CHALLENGE, authorize, caller, skips_auth
+from proxy.gate.decide import BEARER_CHALLENGE, admit, caller, skips_auth, step_up_required
 from proxy.runtime.state import RUNTIME
 from proxy.signin.login import login_url
 
@@ -77,12 +80,17 @@ async def auth(request: web.Request) -> web.StreamResponse:
         return web.Response(status=202, headers=_NO_STORE)
     claims = await caller(request, runtime, active)
     if claims is None:
-        return_to = safe_return_to(target.path_qs if target is not None else "/")
-        raise Unauthenticated(login_url=login_url(return_to), challenge=BEARER_CHALLENGE)
-    authorize(claims, active.settings)
+        raise Unauthenticated(login_url=login_url(_return_to(target)), challenge=BEARER_CHALLENGE)
+    short = admit(request, runtime, active.settings, claims, method, target)
+    if short is not None:
+        raise step_up_required(*short, _return_to(target))
     headers = dict(_NO_STORE)
     headers.update(active.identity.values(claims))
     return web.Response(status=202, headers=headers)
+
+
+def _return_to(target: RequestPath | None) -> str:
+    return safe_return_to(target.path_qs if target is not None else "/")
 
 
 def add_routes(app: web.Application) -> None:

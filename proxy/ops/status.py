@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.auth import routes
 from proxy.auth.policy import is_operator
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
 from proxy.gate import breakglass
@@ -80,6 +81,7 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
             "session_store": settings.session.store,
             "break_glass": {"enabled": settings.break_glass.enabled, "ttl_seconds": settings.break_glass.ttl},
             "watch": {"enabled": settings.reload.watch, "interval_seconds": settings.reload.watch_interval},
+            "routes": routes.table(settings.routes, settings.access),
         },
         "reload": {
             "last_attempt": _when(reload.last_attempt),
@@ -91,7 +93,17 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
         },
         "discovery": await discovery_status(active),
         "sso_settings": _sso_settings(runtime, active),
+        "denials": _denials(runtime),
     }
+
+
+def _denials(runtime: Runtime) -> list[dict[str, Any]]:
+    """This process's last refusals, newest first, with the routes that made them (never a token or a query)."""
+    return [
+        {"at": _when(d.at), "kind": d.kind, "routes": list(d.routes), "method": d.method, "path": d.path,
+         "user": d.user}
+        for d in runtime.denials.latest()
+    ]  # fmt: skip
 
 
 def _sso_settings(runtime: Runtime, active: Active) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import html
+from proxy.admin import html, routes_view
 from proxy.admin.presets import PRESETS
 from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
 from proxy.config.model import Settings
@@ -52,6 +52,7 @@ def render(view: View, *, status: int = 200) -> web.Response:
         _register(view),
         _provider(view),
         _test_and_enable(view),
+        routes_view.section(view.settings),
         _replicas(view),
         _export(view),
         _history(view),

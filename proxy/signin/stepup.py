@@ -32,7 +32,7 @@ from proxy.signin.current import session_for
 
 log = logging.getLogger("sso_sidecar.login")
 
-# OpenID Connect Core 1.0 (errata set 2) 3.1.2.6: the provider could not meet acr_values or max_age.
+# OpenID Connect Unmet Authentication Requirements 1.0: the provider could not meet acr_values or max_age.
 UNMET = "unmet_authentication_requirements"
 
 

@@ -85,16 +85,60 @@ def hits(
     access applies too). The request must pass all of them.
 
     ``methods`` None: the method is not known (forward auth without ``X-Forwarded-Method``), so it may be any;
-    ``target`` None: the path is not known, so every route (of those methods) may apply."""
+    ``target`` None: the path is not known, so every route (of those methods) may apply.
+
+    What a table picked for a method and path is remembered (``_Picked``): a console's requests repeat their
+    paths, and a table of twenty routes would otherwise search twenty regexes for each of them again."""
     if methods is None:
         # Any method: each method some route names, and one that none names.
         methods = (*dict.fromkeys(m for route in routes for m in route.methods or ()), "")
     if target is None:
         return (*(route for route in routes if any(_names(route, m) for m in methods)), None)
     readings = target.readings
+    key = (tuple(methods), readings)
+    picked = _PICKED.get(routes, key)
+    if picked is not None:
+        return picked
     if len(methods) == 1 and len(readings) == 1:  # nearly every request
-        return (first(routes, methods[0], readings[0]),)
-    return tuple(dict.fromkeys(first(routes, m, reading) for m in methods for reading in readings))
+        picked = (first(routes, methods[0], readings[0]),)
+    else:
+        picked = tuple(dict.fromkeys(first(routes, m, reading) for m in methods for reading in readings))
+    _PICKED.put(routes, key, picked)
+    return picked
+
+
+class _Picked:
+    """The routes picked per (methods, readings) for the table in use, up to a bound: the few paths a console
+    serves are found again with one dictionary lookup, and any number of invented paths costs only the
+    searches they would have cost anyway (the memory is cleared when full, and long paths are not kept)."""
+
+    MAX_ENTRIES = 4096
+    MAX_PATH = 512
+
+    def __init__(self) -> None:
+        self._table: object = None  # the routes tuple the entries belong to; a reload brings another
+        self._entries: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Route | None, ...]] = {}
+
+    def get(
+        self, routes: Sequence[Route], key: tuple[tuple[str, ...], tuple[str, ...]]
+    ) -> tuple[Route | None, ...] | None:
+        if routes is not self._table:
+            self._table = routes
+            self._entries = {}
+            return None
+        return self._entries.get(key)
+
+    def put(
+        self, routes: Sequence[Route], key: tuple[tuple[str, ...], tuple[str, ...]], picked: tuple[Route | None, ...]
+    ) -> None:
+        if routes is not self._table or len(key[1][0]) > self.MAX_PATH:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries = {}
+        self._entries[key] = picked
+
+
+_PICKED = _Picked()
 
 
 def _names(route: Route, method: str) -> bool:
@@ -219,8 +263,10 @@ class Requirement:
         return cls(tuple(data["r"]), tuple(tuple(s) for s in data["a"]), data["m"])
 
 
-def requirement(picked: Iterable[Route | None]) -> Requirement | None:
+def requirement(picked: Sequence[Route | None]) -> Requirement | None:
     """What the picked routes ask of a sign-in together; None when they ask nothing."""
+    if len(picked) == 1 and (picked[0] is None or not picked[0].steps_up):  # nearly every request
+        return None
     routes = [route for route in picked if route is not None and route.steps_up]
     if not routes:
         return None

@@ -199,3 +199,24 @@ def test_recent_denials_are_few_newest_first_and_hold_no_query_or_token():
     latest = denials.latest()
     assert [d.path for d in latest] == ["/admin/4", "/admin/3", "/admin/2"]
     assert latest[0].user == "e@example.com" and latest[0].routes == ("routes[0]",)
+
+
+def test_what_a_table_picked_is_remembered_for_that_table_only_and_within_bounds(monkeypatch):
+    memo = routes._Picked()
+    monkeypatch.setattr(routes, "_PICKED", memo)
+    target = normalise("/admin/x")
+    assert routes.hits(TABLE, ("GET",), target) == (TABLE[0],)
+    assert memo._entries == {(("GET",), ("/admin/x",)): (TABLE[0],)}
+    assert routes.hits(TABLE, ("GET",), normalise("/admin/x")) == (TABLE[0],)  # found again: one lookup
+    # Another table (a reload) starts afresh.
+    other = (Route(0, None, re.compile("^/admin/"), AccessSettings()),)
+    assert routes.hits(other, ("GET",), target) == (other[0],)
+    assert list(memo._entries.values()) == [(other[0],)]
+    # Long paths are not kept, and the memory is emptied when full rather than grown.
+    long = normalise("/" + "a" * (routes._Picked.MAX_PATH + 1))
+    assert routes.hits(other, ("GET",), long) == (None,)
+    assert len(memo._entries) == 1
+    monkeypatch.setattr(routes._Picked, "MAX_ENTRIES", 3)
+    for i in range(7):
+        routes.hits(other, ("GET",), normalise(f"/p{i}"))
+    assert len(memo._entries) <= 3

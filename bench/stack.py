@@ -370,11 +370,12 @@ def start_sidecar(
     sso_enabled: bool = True,
     sso_extra: Mapping[str, Any] | None = None,
     source: SidecarSource | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Running:
     """``sso-sidecar run`` through its real CLI, from ``source`` (default: the working tree, as the tests
     start it). ``workers`` and ``session.cache_ttl`` are left out of the config when None; ``sso_extra``
-    adds keys to ``sso`` (``extra_issuers``); a config the sidecar refuses raises ``ProcessError`` with its
-    log."""
+    adds keys to ``sso`` (``extra_issuers``), ``extra`` top-level keys (``routes``); a config the sidecar
+    refuses raises ``ProcessError`` with its log."""
     port = port or free_port()
     session: dict[str, Any] = {
         "store": store,
@@ -402,6 +403,7 @@ def start_sidecar(
     }
     if workers != 1:
         config["workers"] = workers
+    config.update(extra or {})
     sidecar = (
         Sidecar(config, work / name, name=name)
         if source is None

@@ -39,6 +39,7 @@ import issuer
 import logins
 import probes
 import report
+import routes
 import stack
 import wrkbench
 from baseline import Baseline, BaselineError
@@ -95,6 +96,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never run apt-get")
     p.add_argument("--log-level", default="info", help="the sidecars' log_level (info: access log on)")
     p.add_argument("--profile", type=float, default=0.0, help="py-spy seconds per sidecar variant (if installed)")
+    p.add_argument(
+        "--routes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run sidecar-routesN: the Redis sidecar with session cache (in --smoke: the memory one) with N "
+        "routes, N-1 that never match the benchmark's path and one that does; its baseline twin runs without "
+        "routes when the baseline has none",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -250,16 +260,21 @@ class Bench:
         keys = ["cache", "nocache", "replica", "memory", "apache", "bearer"]
         if self.baseline is not None:
             keys += ["cache" + OLD, "nocache" + OLD, "memory" + OLD, "bearer" + OLD]
+        if a.routes > 0:
+            keys += ["routes"] + (["routes" + OLD] if self.baseline is not None else [])
         self.ports = {k: free_port() for k in keys}
         base = {k: f"http://{LOOPBACK}:{p}" for k, p in self.ports.items()}
-        redis_bases = [base[k] for k in keys if k.startswith(("cache", "nocache", "replica"))]
+        # The routes variant is a Redis sidecar, or (--smoke, no Redis) a memory one: either client has its URIs.
+        redis_bases = [base[k] for k in keys if k.startswith(("cache", "nocache", "replica", "routes"))]
         self.clients = {
             # Every Redis-backed sidecar (the baseline's too) shares one client (and the cookie secret and the
             # store), so one set of sessions serves all of them; back-channel logout goes to the first.
             "redis": stack.static_client(
                 "bench-sidecar-redis", redis_bases, backchannel=base["cache"] + "/oauth2/backchannel-logout"
             ),
-            "memory": stack.static_client("bench-sidecar-memory", [base[k] for k in keys if k.startswith("memory")]),
+            "memory": stack.static_client(
+                "bench-sidecar-memory", [base[k] for k in keys if k.startswith(("memory", "routes"))]
+            ),
             "apache": stack.static_client("bench-apache", [base["apache"]]),
         }
         self.idp = stack.start_idp(self.work, list(self.clients.values()))
@@ -301,6 +316,8 @@ class Bench:
         if self.redis is not None:
             self.start_redis_sidecars(upstream)
         self.start_bearer_sidecar(upstream)
+        if a.routes > 0:
+            self.start_routes_sidecar(upstream)
 
         def memory(source: SidecarSource, key: str) -> Running:
             return self.with_identity("sidecar-memory-1w" + key, source, lambda extra: stack.start_sidecar(
@@ -395,6 +412,42 @@ class Bench:
         self.add_twin(BEARER, bearer)
         for name in (BEARER, BEARER + OLD):
             self.headers[name] = "Authorization"
+
+    def start_routes_sidecar(self, upstream: str) -> None:
+        """``sidecar-routesN`` (``--routes N``): ``sidecar-redis-cache`` with N routes (``bench/routes.py``), or
+        without Redis (``--smoke``) ``sidecar-memory-1w`` with them. A baseline that refuses ``routes`` (one from
+        before them) runs its twin without routes, and the row says so: new with N routes against old with
+        none is what routes cost; the other variants' rows show that a config without routes pays nothing."""
+        a = self.args
+        name = routes.name(a.routes)
+
+        def variant(source: SidecarSource, *, with_routes: bool = True) -> Running:
+            old = source.label == "old"
+            key, label = "routes" + (OLD if old else ""), name + (OLD if old else "")
+            extra = {"routes": routes.table(a.routes)} if with_routes else {}
+            redis = self.redis is not None
+            return stack.start_sidecar(
+                self.work, label, idp=self.idp, client=self.clients["redis" if redis else "memory"],
+                upstream=upstream, cookie_secret=self.secret, store="redis" if redis else "memory",
+                redis_url=self.redis.url if redis else None, workers=a.workers if redis else 1,
+                cache_ttl=a.cache_ttl if redis else None, port=self.ports[key], log_level=a.log_level,
+                source=source, extra=extra,
+            )  # fmt: skip
+
+        self.add(variant(self.new_source()), name)
+        if self.baseline is None:
+            return
+        try:
+            twin = variant(self.baseline.source)
+        except ProcessError as exc:
+            if "routes" not in stack.refused_keys(exc):
+                raise BaselineError(
+                    f"the baseline's sidecar did not start as {name}{OLD}:\n{exc}\n" + self.baseline.hint()
+                ) from None
+            twin = variant(self.baseline.source, with_routes=False)
+            self.config_differs[name] = "old without routes (the baseline has none)"
+            self.note(f"{name}{OLD} ran without routes: the baseline refuses the key")
+        self.add(twin, name + OLD)
 
     def redis_sidecar(
         self,
@@ -495,15 +548,22 @@ class Bench:
         baseline's too, when it accepts the working tree's cookies). A memory store is its process's own,
         so the baseline's memory sidecar gets logins of its own (the same users)."""
         self.out["logins"] = {}
+        shares_redis = self.redis is not None and "sidecar-redis-cache" in self.systems
         for label in list(self.systems):
             if label.startswith(("bare", "passthrough", "sidecar-redis-nocache", BEARER)):
                 continue  # they forward the Redis sidecar's cookies, share its sessions, or have tokens
+            if label.startswith(routes.PREFIX) and shares_redis:
+                continue  # the Redis sidecar's client, cookie secret and store: its sessions
             if label.startswith("sidecar-redis") and label.endswith(OLD):
                 continue  # the working tree's sessions, if the baseline accepts them (below)
             await self.login(label)
         if "sidecar-redis-cache" in self.cookies:
             self.cookies["sidecar-redis-nocache"] = self.cookies["sidecar-redis-cache"]
         await self.share_redis_sessions_with_baseline()
+        if shares_redis:
+            for label in [n for n in self.systems if n.startswith(routes.PREFIX)]:
+                twin = "sidecar-redis-cache" + (OLD if label.endswith(OLD) else "")
+                self.cookies[label] = self.cookies.get(twin) or self.cookies["sidecar-redis-cache"]
         for label in self.systems:
             if label.startswith(("bare", "passthrough")):
                 # The same Cookie headers as the sidecar gets: these proxies forward them untouched.
@@ -511,6 +571,26 @@ class Bench:
             elif label.startswith(BEARER) and self.issuer is not None:
                 self.cookies[label] = self.issuer.tokens  # no cookie: "Bearer <JWT>" lines (self.headers)
         await self.check_bearer_tokens()
+        await self.check_routes()
+
+    async def check_routes(self) -> None:
+        """Before any load, the routes variant must have applied its table: a path of a route that refuses the
+        benchmark's users gets 403, ``/`` gets 200. A sidecar that ignored its routes would look free."""
+        a = self.args
+        name, path = routes.name(a.routes), routes.probe(a.routes)
+        if a.routes <= 0 or name not in self.systems:
+            return
+        cookie = self.cookies[name].read_text().split()[0]
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            statuses = {}
+            for target in [p for p in (path, "/") if p is not None]:
+                headers = {"Cookie": cookie, "Accept": "text/html"}
+                async with http.get(self.systems[name].url + target, headers=headers, allow_redirects=False) as resp:
+                    statuses[target] = resp.status
+        wanted = {**({path: 403} if path else {}), "/": 200}
+        if statuses != wanted:
+            raise SystemExit(f"{name} does not apply its {a.routes} routes: answers {statuses}, wanted {wanted}")
+        self.out["routes"] = {"variant": name, "routes": a.routes, "checked": statuses}
 
     async def check_bearer_tokens(self) -> None:
         """Before any load, a few of the access tokens on each bearer sidecar: each must get 2xx. A sidecar

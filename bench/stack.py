@@ -374,8 +374,8 @@ def start_sidecar(
 ) -> Running:
     """``sso-sidecar run`` through its real CLI, from ``source`` (default: the working tree, as the tests
     start it). ``workers`` and ``session.cache_ttl`` are left out of the config when None; ``sso_extra``
-    adds keys to ``sso`` (``extra_issuers``), ``extra`` top-level sections (``assertion``, ``roles``); a config
-    the sidecar refuses raises ``ProcessError`` with its log."""
+    adds keys to ``sso`` (``extra_issuers``), ``extra`` top-level keys (``assertion``, ``roles``, ``routes``); a
+    config the sidecar refuses raises ``ProcessError`` with its log."""
     port = port or free_port()
     session: dict[str, Any] = {
         "store": store,

@@ -20,14 +20,14 @@ from proxy.admin import handlers as admin
 from proxy.admin.sync import PageSync, open_page_store
 from proxy.auth import bearer
 from proxy.config.model import BACKCHANNEL_LOGOUT_PATH, Settings
-from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, Unauthenticated
+from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, StepUpRequired, Unauthenticated
 from proxy.gate import breakglass, forward_auth
 from proxy.gate import handler as gate
 from proxy.gate.decide import is_api_request
 from proxy.ops import health, jwks, status
 from proxy.runtime.state import RUNTIME, Runtime
 from proxy.sessions import open_store
-from proxy.signin import backchannel, login
+from proxy.signin import backchannel, login, stepup
 from proxy.telemetry import metrics
 from proxy.telemetry.logs import LOG, RequestLog, request_id
 
@@ -50,6 +50,8 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
         body: dict[str, Any] = {"error": exc.code, "message": exc.message, "request_id": the_id}
         if isinstance(exc, Unauthenticated):
             body["login_url"] = exc.login_url
+        if isinstance(exc, StepUpRequired):
+            body.update(exc.details)  # RFC 9470's acr_values and max_age
         return web.json_response(body, status=exc.status, headers=headers)
     actions: list[tuple[str, str]] = []
     if isinstance(exc, LoginError):
@@ -213,6 +215,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     health.add_routes(app)
     app[bearer.VERIFIERS] = bearer.BearerVerifiers()
     login.add_routes(app)
+    login.register_purpose(app, login.STEP_UP, stepup.finish)  # a step-up sign-in upgrades the session
     forward_auth.add_routes(app)
     breakglass.add_routes(app)
     status.add_routes(app)

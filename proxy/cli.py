@@ -139,6 +139,8 @@ async def _check(settings: Settings, path: str) -> int:
                 if found.credentials_ok:
                     out("  client credentials:        accepted by the token endpoint")
     out("")
+    _print_routes(settings)
+    out("")
     out("Identity headers sent to the upstream:")
     for header, claim in settings.headers:
         out(f"  {header}: {claim}")
@@ -201,6 +203,24 @@ def _check_console_identity(settings: Settings, out: Callable[[str], None]) -> N
     for what, header in (("access token", tokens.access_token), ("ID token", tokens.id_token)):
         if header:
             out(f"  {what}:{' ' * (17 - len(what))}{header}{' (Bearer)' if header == 'Authorization' else ''}")
+
+
+def _print_routes(settings: Settings) -> None:
+    """Who may reach which paths, in the order a request is matched (the first matching route wins)."""
+    from proxy.auth import routes
+
+    rows = routes.table(settings.routes, settings.access)
+    if not settings.routes:
+        print(f"Access (every path): {rows[-1]['access']}")
+        return
+    print("Routes, as they will be applied (the first that matches a request wins):")
+    for row in rows:
+        path = row["path"] if row["path"] is not None else "(any other path)"
+        methods = ",".join(row["methods"]) if row["methods"] else "any method"
+        print(f"  {row['route']:<11} {path}  [{methods}]")
+        print(f"              who: {row['access']}")
+        if row["route"] != routes.TOP_LEVEL:
+            print(f"              sign-in: {routes.sign_in_words(row)}")
 
 
 def cmd_run(path: str) -> int:

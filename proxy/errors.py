@@ -68,6 +68,19 @@ class InvalidToken(Unauthenticated):
         )
 
 
+class StepUpRequired(Unauthenticated):
+    """A session or bearer token whose sign-in is too old or too weak for the route (RFC 9470): 401 with
+    ``WWW-Authenticate: Bearer error="insufficient_user_authentication"`` and ``details`` (the ``acr_values``
+    and ``max_age`` a new sign-in must meet) in the JSON answer."""
+
+    code = "insufficient_user_authentication"
+    title = "A stronger or more recent sign-in is required"
+
+    def __init__(self, message: str, *, login_url: str, challenge: str, details: dict[str, object]) -> None:
+        super().__init__(message, login_url=login_url, challenge=challenge)
+        self.details = details
+
+
 class BadRequest(SidecarError):
     """A request the sidecar refuses to interpret, e.g. a path that means different things to different servers."""
 
@@ -80,6 +93,15 @@ class Forbidden(SidecarError):
     status = 403
     code = "forbidden"
     title = "Access denied"
+
+
+class StepUpFailed(Forbidden):
+    """A route asks for a sign-in the identity provider did not deliver (an ``acr`` it never sends, or one that
+    no sign-in can meet): one page that says what is required, never another round trip. The session stays
+    as it was for every other path."""
+
+    code = "step_up_failed"
+    title = "A stronger sign-in is required"
 
 
 class NotFound(SidecarError):

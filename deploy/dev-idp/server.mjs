@@ -16,6 +16,13 @@
 //                               false: only when offline_access was requested (and granted)
 //   accounts                    {"username": {claim overrides}} e.g. {"bob": {"groups": ["ops"]}}
 //   jwks_file                   keep the signing keys in this file so they survive a restart
+//   acr                         {"password": ACR, "one_time_code": ACR}: authentication levels (acr_values_supported).
+//                               The sign-in form gets a "One-time code" field (any digits); a sign-in with one
+//                               has the second acr (amr pwd, otp), without one the first (amr pwd); every ID
+//                               token carries its acr. A request whose acr_values name only levels above the
+//                               session's asks to sign in again (step-up); acr_values naming no supported level
+//                               are ignored, as OIDC Core allows for a voluntary claim. Without this key no acr
+//                               is issued.
 //
 // Accounts: the username is the login. sub is a stable opaque id derived from it; given/family names
 // come from "first.last" ("alice" gets family name "Example"); email is username@example.com, or the
@@ -28,7 +35,7 @@ import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 
-import { Provider } from 'oidc-provider';
+import { interactionPolicy, Provider } from 'oidc-provider';
 
 const HOST = '127.0.0.1';
 
@@ -126,7 +133,13 @@ button.secondary{background:#e5e7eb;color:#111}ul{padding-left:20px}
 </style></head><body><main>${body}</main></body></html>`;
 }
 
-function loginPage(uid, clientId, loginHint) {
+function loginPage(uid, clientId, loginHint, acr, acrValues) {
+  const asked = acr && String(acrValues || '').split(' ').includes(acr.one_time_code);
+  const otp = acr ? `
+<label for="otp">One-time code</label>
+<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code">
+<p class="note">${asked ? '<b>This application asks for a sign-in with a one-time code.</b> ' : ''}Any digits
+sign in with acr <b>${esc(acr.one_time_code)}</b>; without a code the acr is <b>${esc(acr.password)}</b>.</p>` : '';
   return page('Sign in - dev IdP', `
 <h1>Sign in</h1>
 <p class="note">Local development identity provider for <b>${esc(clientId)}</b>.
@@ -136,7 +149,7 @@ Any username signs in; the password is not checked.</p>
 <label for="login">Username</label>
 <input id="login" name="login" required autofocus value="${esc(loginHint || '')}">
 <label for="password">Password</label>
-<input id="password" name="password" type="password">
+<input id="password" name="password" type="password">${otp}
 <button type="submit">Sign in</button>
 </form>
 <form method="post" action="/interaction/${esc(uid)}/abort"><button class="secondary" type="submit">Cancel</button></form>`);
@@ -192,7 +205,7 @@ function send(res, status, html) {
   res.end(html);
 }
 
-async function interaction(provider, req, res, uid, action) {
+async function interaction(provider, acr, req, res, uid, action) {
   let details;
   try {
     details = await provider.interactionDetails(req, res);
@@ -213,7 +226,7 @@ async function interaction(provider, req, res, uid, action) {
     return;
   }
   if (req.method === 'GET') {
-    if (prompt.name === 'login') send(res, 200, loginPage(uid, params.client_id, params.login_hint));
+    if (prompt.name === 'login') send(res, 200, loginPage(uid, params.client_id, params.login_hint, acr, params.acr_values));
     else if (prompt.name === 'consent') send(res, 200, consentPage(uid, params.client_id, prompt.details));
     else send(res, 501, page('Error - dev IdP', `<h1>Unsupported prompt ${esc(prompt.name)}</h1>`));
     return;
@@ -228,7 +241,12 @@ async function interaction(provider, req, res, uid, action) {
     }
     const accountId = subFor(username);
     accountsById.set(accountId, username);
-    await provider.interactionFinished(req, res, { login: { accountId } }, { mergeWithLastSubmission: false });
+    const login = { accountId };
+    if (acr) {
+      const code = (form.get('otp') || '').trim();
+      Object.assign(login, code ? { acr: acr.one_time_code, amr: ['pwd', 'otp'] } : { acr: acr.password, amr: ['pwd'] });
+    }
+    await provider.interactionFinished(req, res, { login }, { mergeWithLastSubmission: false });
     return;
   }
   if (form.get('prompt') === 'consent' && prompt.name === 'consent') {
@@ -276,8 +294,31 @@ function clientMetadata(c) {
   };
 }
 
+// Step-up (OIDC Core 3.1.2.1 acr_values): the library leaves voluntary acr_values to the provider's policy.
+// This one ranks its levels (a one-time code above a password alone, as Keycloak's levels of authentication
+// are ranked) and asks to sign in again when the lowest level acr_values name is above the session's.
+function stepUpPolicy(acr) {
+  const policy = interactionPolicy.base();
+  const rank = { [acr.password]: 1, [acr.one_time_code]: 2 };
+  policy.get('login').checks.add(new interactionPolicy.Check(
+    'acr_step_up',
+    'acr_values name a level above the session\'s',
+    (ctx) => {
+      const { oidc } = ctx;
+      const wanted = String(oidc.params.acr_values || '').split(' ').filter((v) => v in rank);
+      if (!wanted.length || !oidc.session.accountId || ctx.oidc.result?.login) {
+        return interactionPolicy.Check.NO_NEED_TO_PROMPT;
+      }
+      const needed = Math.min(...wanted.map((v) => rank[v]));
+      return (rank[oidc.acr] || 0) < needed ? interactionPolicy.Check.REQUEST_PROMPT : interactionPolicy.Check.NO_NEED_TO_PROMPT;
+    },
+  ));
+  return policy;
+}
+
 function buildProvider(cfg, issuer) {
   const refreshAlways = cfg.refresh_tokens !== false;
+  const acr = cfg.acr;
   const configuration = {
     clients: (cfg.clients || []).map(clientMetadata),
     clientDefaults: {
@@ -290,7 +331,9 @@ function buildProvider(cfg, issuer) {
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     findAccount: makeFindAccount(cfg.accounts || {}),
     claims: {
-      openid: ['sub'],
+      // With authentication levels, every ID token says which one (as Keycloak's and Okta's do), not only
+      // those whose request named acr_values.
+      openid: acr ? ['sub', 'acr', 'amr'] : ['sub'],
       profile: ['name', 'given_name', 'family_name', 'preferred_username', 'groups'],
       email: ['email', 'email_verified'],
       groups: ['groups'],
@@ -299,7 +342,11 @@ function buildProvider(cfg, issuer) {
     // Profile and email claims in the ID token itself, as many enterprise providers do.
     conformIdTokenClaims: false,
     pkce: { required: () => true },
-    interactions: { url: (_ctx, i) => `/interaction/${i.uid}` },
+    interactions: {
+      url: (_ctx, i) => `/interaction/${i.uid}`,
+      ...(acr ? { policy: stepUpPolicy(acr) } : {}),
+    },
+    ...(acr ? { acrValues: [acr.password, acr.one_time_code] } : {}),
     features: {
       devInteractions: { enabled: false },
       rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
@@ -347,6 +394,10 @@ async function main() {
   });
   await new Promise((resolve) => server.listen(cfg.port ?? 9000, HOST, resolve));
   const issuer = cfg.issuer || `http://${HOST}:${server.address().port}`;
+  if (cfg.acr && !(typeof cfg.acr.password === 'string' && typeof cfg.acr.one_time_code === 'string')) {
+    console.error('dev-idp: acr must be {"password": ACR, "one_time_code": ACR}');
+    process.exit(2);
+  }
   const provider = buildProvider(cfg, issuer);
   const callback = provider.callback();
   const route = /^\/interaction\/([A-Za-z0-9_-]+)(\/abort)?$/;
@@ -357,7 +408,7 @@ async function main() {
       callback(req, res);
       return;
     }
-    interaction(provider, req, res, m[1], m[2] ? 'abort' : undefined).catch((err) => {
+    interaction(provider, cfg.acr, req, res, m[1], m[2] ? 'abort' : undefined).catch((err) => {
       console.error('dev-idp: interaction failed', err);
       if (!res.headersSent) send(res, 500, page('Error - dev IdP', '<h1>Internal error</h1>'));
       else res.end();

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import html
+from proxy.admin import html, routes_view
 from proxy.admin.identity_view import IdentityView, render_identity
 from proxy.admin.presets import PRESETS
 from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
@@ -55,6 +55,7 @@ def render(view: View, *, status: int = 200) -> web.Response:
         _provider(view),
         _test_and_enable(view),
         render_identity(view.identity) if view.identity is not None else "",
+        routes_view.section(view.settings),
         _replicas(view),
         _export(view),
         _history(view),

@@ -299,6 +299,28 @@ class PassTokensSettings:
 
 
 @dataclass(frozen=True)
+class Route:
+    """One entry of ``routes`` (``validate_routes``): who may reach the paths it matches, and how recent or strong
+    their sign-in must be. Matched like a ``SkipRule`` (``proxy.auth.routes``); the first match wins."""
+
+    index: int
+    methods: frozenset[str] | None  # None: any method; GET brings HEAD
+    pattern: re.Pattern[str]
+    access: AccessSettings | None = None  # None: the top-level ``access`` applies
+    max_age: float | None = None  # seconds: the sign-in (``auth_time``) may be at most this old
+    acr_values: tuple[str, ...] = ()  # the sign-in's ``acr`` must be one of these
+
+    @property
+    def name(self) -> str:
+        return f"routes[{self.index}]"
+
+    @property
+    def steps_up(self) -> bool:
+        """Whether the route asks more of a sign-in than that it exists."""
+        return self.max_age is not None or bool(self.acr_values)
+
+
+@dataclass(frozen=True)
 class Settings:
     public_url: URL
     upstream: UpstreamSettings
@@ -312,6 +334,7 @@ class Settings:
     header_list_separator: str = ","
     access: AccessSettings = field(default_factory=AccessSettings)
     skip_auth: tuple[SkipRule, ...] = ()
+    routes: tuple[Route, ...] = ()  # per-path rules, first match wins (``proxy.auth.routes``)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Hosts (host or host:port, lower case) an absolute return-to URL may name besides public_url's own.
     allowed_redirect_hosts: tuple[str, ...] = ()

@@ -15,7 +15,7 @@ from typing import Any
 
 from yarl import URL
 
-from proxy.config import validate_identity, validate_session, validate_sso
+from proxy.config import validate_identity, validate_routes, validate_session, validate_sso
 from proxy.config.model import (
     DEFAULT_HEADERS,
     AccessSettings,
@@ -30,6 +30,7 @@ from proxy.config.model import (
 )
 from proxy.config.reader import ConfigReader, positive_int
 from proxy.config.secrets import weakness
+from proxy.config.validate_access import ACCESS_KEYS, access_rules
 
 MIN_BREAK_GLASS_TOKEN_LENGTH = 24
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
@@ -46,7 +47,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
             "listen", "public_url", "upstream", "sso", "headers", "header_list_separator", "session",
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
             "log_level", "log_format", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
-            "upstream_client", "upstream_max_connections", "assertion", "roles", "pass_tokens",
+            "upstream_client", "upstream_max_connections", "assertion", "roles", "pass_tokens", "routes",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -77,6 +78,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
     )
     access = parse_access(r, raw)
     skip_auth = parse_skip_auth(r, raw)
+    routes = validate_routes.parse_routes(r, raw, access)
     trusted = parse_trusted_proxies(r, raw)
     redirect_hosts = parse_redirect_hosts(r, raw)
     reload = parse_reload(r, raw)
@@ -118,6 +120,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         header_list_separator=separator,
         access=access,
         skip_auth=skip_auth,
+        routes=routes,
         trusted_proxies=trusted,
         allowed_redirect_hosts=redirect_hosts,
         log_level=log_level.lower(),
@@ -241,22 +244,8 @@ def parse_admin_public_url(r: ConfigReader, s: Mapping[str, Any]) -> URL | None:
 
 
 def parse_access(r: ConfigReader, raw: Mapping[str, Any]) -> AccessSettings:
-    allowed = {"allowed_email_domains", "allowed_emails", "allowed_groups", "groups_claim"}
-    s = r.section(raw, "access", allowed, "access")
-    domains = r.string_list(s, "allowed_email_domains", "access.allowed_email_domains") or ()
-    for i, d in enumerate(domains):
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+", d.lower()):
-            r.problem(f"access.allowed_email_domains[{i}]", f"{d!r} is not a domain name like example.com")
-    emails = r.string_list(s, "allowed_emails", "access.allowed_emails") or ()
-    for i, e in enumerate(emails):
-        if e.count("@") != 1:
-            r.problem(f"access.allowed_emails[{i}]", f"{e!r} is not an email address")
-    return AccessSettings(
-        allowed_email_domains=tuple(d.lower() for d in domains),
-        allowed_emails=tuple(e.lower() for e in emails),
-        allowed_groups=r.string_list(s, "allowed_groups", "access.allowed_groups") or (),
-        groups_claim=r.string(s, "groups_claim", "access.groups_claim") or "groups",
-    )
+    s = r.section(raw, "access", set(ACCESS_KEYS), "access")
+    return access_rules(r, s, "access")
 
 
 def parse_skip_auth(r: ConfigReader, raw: Mapping[str, Any]) -> tuple[SkipRule, ...]:

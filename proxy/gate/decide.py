@@ -1,21 +1,26 @@
 """The gate's decision, shared with forward auth: does a rule let the request pass without identity, who is
-calling (the session, else a bearer token), may they pass, and is the caller an API client or a browser."""
+calling (the session, else a bearer token), may they pass (the top-level access, or the routes the request
+hits), is their sign-in strong and recent enough for those routes, and is the caller an API client or a
+browser."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from proxy.auth import routes
 from proxy.auth.bearer import VERIFIERS, bearer_token
 from proxy.auth.paths import RequestPath
 from proxy.auth.policy import denial_reason
 from proxy.config.model import Settings, SkipRule
-from proxy.errors import Forbidden, InvalidToken
+from proxy.errors import Forbidden, InvalidToken, StepUpFailed, StepUpRequired
 from proxy.runtime.state import Active, Runtime
 from proxy.sessions import Session
 from proxy.signin.current import session_for
+from proxy.signin.login import login_url
 
 _BROWSER_ACCEPT = ("text/html", "application/xhtml+xml", "*/*")
 # RFC 6750 3: the challenge for a request that brought no credentials at all.
@@ -44,10 +49,12 @@ def skips_auth(rules: Iterable[SkipRule], method: str | None, target: RequestPat
     could read as outside the rule is not let through. ``method`` None (unknown, in forward-auth without
     a method header) matches only rules without methods.
     """
+    readings = target.readings
     for rule in rules:
-        if rule.methods is not None and (method is None or method not in rule.methods):
-            continue
-        if all(rule.pattern.search(reading) for reading in target.readings):
+        for reading in readings:
+            if not routes.matches(rule, method, reading):
+                break
+        else:
             return True
     return False
 
@@ -86,5 +93,66 @@ def authorize(claims: Mapping[str, Any], settings: Settings) -> None:
     """``Forbidden`` (a page naming who is signed in, with sign-out) when the access policy says no."""
     reason = denial_reason(claims, settings.access)
     if reason is not None:
-        who = claims.get("email") or claims.get("preferred_username") or claims.get("sub") or "an unknown user"
-        raise Forbidden(f"You are signed in as {who}. {reason}", code="access_denied")
+        raise _refused(claims, reason)
+
+
+def _refused(claims: Mapping[str, Any], reason: str) -> Forbidden:
+    who = claims.get("email") or claims.get("preferred_username") or claims.get("sub") or "an unknown user"
+    return Forbidden(f"You are signed in as {who}. {reason}", code="access_denied")
+
+
+def admit(
+    request: web.BaseRequest,
+    runtime: Runtime,
+    settings: Settings,
+    claims: Mapping[str, Any],
+    method: str | None,
+    target: RequestPath | None,
+) -> tuple[routes.Requirement, str] | None:
+    """May ``claims`` have this request (``method`` and ``target``: None when not known)? ``Forbidden`` when
+    the access of a route it hits (or the top-level access) says no; the requirement of those routes that the
+    sign-in falls short of, and what it lacks in words, for a step-up; None to pass. Every refusal is noted
+    for ``/oauth2/status`` with the routes that made it.
+
+    Without ``routes`` in the config this is the top-level access alone, as it always was."""
+    if not settings.routes:
+        try:
+            authorize(claims, settings)
+        except Forbidden:
+            runtime.denials.add("access_denied", (routes.TOP_LEVEL,), method or "", _path(target), claims)
+            raise
+        return None
+    query = target.query if target is not None else ""
+    methods = None if method is None else routes.method_readings(method, request.headers, query)
+    picked = routes.hits(settings.routes, methods, target)
+    refused = routes.refusal(claims, picked, settings.access)
+    if refused is not None:
+        runtime.denials.add("access_denied", routes.names((refused[0],)), method or "", _path(target), claims)
+        raise _refused(claims, refused[1])
+    need = routes.requirement(picked)
+    if need is None:
+        return None
+    if not need.satisfiable:
+        runtime.denials.add("step_up_failed", need.routes, method or "", _path(target), claims)
+        raise StepUpFailed(f"This page needs {need.words()}, which no sign-in can meet: ask the administrator.")
+    why = need.shortfall(claims, time.time(), settings.sso.clock_skew)
+    if why is None:
+        return None
+    runtime.denials.add(routes.INSUFFICIENT, need.routes, method or "", _path(target), claims)
+    return need, why
+
+
+def _path(target: RequestPath | None) -> str:
+    return "(not told)" if target is None else target.path
+
+
+def step_up_required(need: routes.Requirement, why: str, return_to: str) -> StepUpRequired:
+    """The RFC 9470 answer for an API call (or forward auth) whose sign-in falls short: 401 with the
+    ``insufficient_user_authentication`` challenge; a browser that follows ``login_url`` is asked for the
+    sign-in the route needs (``/oauth2/start`` applies the route of its ``rd``)."""
+    return StepUpRequired(
+        f"This needs {why}.",
+        login_url=login_url(return_to),
+        challenge=need.challenge(f"This needs {need.words()}"),
+        details=need.details(),
+    )

@@ -8,12 +8,15 @@ The front proxy sends each request's headers (cookies, ``Authorization``, ``Acce
 - 401 when there is no session: JSON for API clients, and for browsers a page that goes on to the login
   (Traefik shows the answer as it is). Both carry ``X-Login-URL`` (``/oauth2/start?rd=...``, the
   original URI properly encoded), which nginx's ``error_page 401`` location redirects to;
-- 403 when the policy says no; 400 for an original URI that cannot be read safely.
+- 403 when the policy says no; 400 for an original URI that cannot be read safely;
+- 401 with ``WWW-Authenticate: Bearer error="insufficient_user_authentication"`` (RFC 9470) when a route of
+  the original request needs a more recent or stronger sign-in: its ``X-Login-URL`` asks for that sign-in.
 
 The original request is known only from the front proxy's ``X-Forwarded-Uri`` (Traefik) or
 ``X-Original-URI`` (nginx) and ``X-Forwarded-Method`` / ``X-Original-Method``, and those are read only
 here and only from ``trusted_proxies``: from anyone else they could claim a ``skip_auth`` path for a
-request to another one. Without them no ``skip_auth`` rule applies and the return-to is ``/``.
+request to another one. Without them no ``skip_auth`` rule applies, the return-to is ``/``, and with
+``routes`` every route may apply (an unknown path could be any of them; an unknown method any method).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from proxy.auth.redirects import safe_return_to
 from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, Unauthenticated
 from proxy.gate.console import console_values
-from proxy.gate.decide import BEARER_CHALLENGE, authorize, identify, skips_auth
+from proxy.gate.decide import BEARER_CHALLENGE, admit, identify, skips_auth, step_up_required
 from proxy.runtime.state import RUNTIME
 from proxy.signin.login import login_url
 
@@ -78,20 +81,27 @@ async def auth(request: web.Request) -> web.StreamResponse:
     if target is not None and skips_auth(active.settings.skip_auth, method, target):
         return web.Response(status=202, headers=_NO_STORE)
     found = await identify(request, runtime, active)
-    values = None
-    if found is not None:
-        authorize(found[0], active.settings)
-        console = active.console
-        if console is None:
-            values = active.identity.values(found[0])
-        else:  # the roles, the assertion and the tokens too, for auth_request_set / authResponseHeaders
-            values = await console_values(request, runtime, active, console, *found)
-    if values is None:
-        return_to = safe_return_to(target.path_qs if target is not None else "/")
-        raise Unauthenticated(login_url=login_url(return_to), challenge=BEARER_CHALLENGE)
+    if found is None:
+        raise Unauthenticated(login_url=login_url(_return_to(target)), challenge=BEARER_CHALLENGE)
+    claims = found[0]
+    short = admit(request, runtime, active.settings, claims, method, target)
+    if short is not None:
+        raise step_up_required(*short, _return_to(target))
+    console = active.console
+    if console is None:
+        values = active.identity.values(claims)
+    else:  # the roles, the assertion and the tokens too, for auth_request_set / authResponseHeaders
+        found_values = await console_values(request, runtime, active, console, *found)
+        if found_values is None:
+            raise Unauthenticated(login_url=login_url(_return_to(target)), challenge=BEARER_CHALLENGE)
+        values = found_values
     headers = CIMultiDict(_NO_STORE)
     headers.extend(values)
     return web.Response(status=202, headers=headers)
+
+
+def _return_to(target: RequestPath | None) -> str:
+    return safe_return_to(target.path_qs if target is not None else "/")
 
 
 def add_routes(app: web.Application) -> None:

@@ -2,10 +2,11 @@
 
 Top to bottom: normalise the path (``paths``) -> strip spoofable identity headers -> SSO off? pass
 through -> skip-auth rule? pass without identity -> who is calling (session cookie, else a bearer token)
--> (login redirect | 401 JSON | 403 page | proxy with identity headers). The path that rules were
-matched against is the path forwarded, with the raw query.
+-> may they, under the routes the request hits (``routes``)? -> (login redirect | 401 JSON | 403 page |
+step-up sign-in | proxy with identity headers). The path that rules were matched against is the path
+forwarded, with the raw query.
 
-The decision's pieces (``decide``: ``caller``, ``authorize``, ``skips_auth``) are shared with the
+The decision's pieces (``decide``: ``caller``, ``admit``, ``skips_auth``) are shared with the
 forward-auth endpoint (``forward_auth``), which answers the same questions for nginx and Traefik.
 """
 
@@ -23,9 +24,9 @@ from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, NotFound, Unauthenticated
 from proxy.gate import breakglass
 from proxy.gate.console import console_values
-from proxy.gate.decide import BEARER_CHALLENGE, authorize, identify, is_api_request, skips_auth
+from proxy.gate.decide import BEARER_CHALLENGE, admit, identify, is_api_request, skips_auth, step_up_required
 from proxy.runtime.state import RUNTIME, Active, Runtime
-from proxy.signin.login import begin_login, login_url
+from proxy.signin.login import begin_login, login_url, route_requirement
 from proxy.telemetry.logs import LOG, RequestLog
 from proxy.upstream.forward import Forwarded
 
@@ -110,7 +111,12 @@ async def _identity(
     subject = claims.get("sub")
     if isinstance(subject, str):
         entry.user = subject
-    authorize(claims, active.settings)
+    short = admit(request, runtime, active.settings, claims, request.method, target)
+    if short is not None:  # a route needs a more recent or stronger sign-in
+        if is_api_request(request):
+            raise step_up_required(*short, target.path_qs)
+        entry.route = "step_up"
+        return await begin_login(request, runtime, active, target.path_qs, step_up=short[0])
     console = active.console
     if console is None:
         return active.identity.values(claims)
@@ -125,7 +131,10 @@ async def _sign_in(
     if is_api_request(request):
         raise Unauthenticated(login_url=login_url(target.path_qs), challenge=BEARER_CHALLENGE)
     entry.route = "login"
-    return await begin_login(request, runtime, active, target.path_qs)
+    # A route that needs a stronger or more recent sign-in asks for it in this one (the browser comes back
+    # with a GET): not in a second round trip after the first.
+    step_up = route_requirement(active.settings, target.path_qs)
+    return await begin_login(request, runtime, active, target.path_qs, step_up=step_up)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

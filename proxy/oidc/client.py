@@ -120,9 +120,14 @@ class OIDCClient:
 
     # -- authorization request / response -----------------------------------------------------------
 
-    async def authorization_url(self, *, state: str, nonce: str, code_challenge: str) -> str:
+    async def authorization_url(
+        self, *, state: str, nonce: str, code_challenge: str, extra: Mapping[str, str] | None = None
+    ) -> str:
+        """``extra``: parameters of this one request (a step-up's ``acr_values``, ``max_age``, ``prompt``), over
+        ``sso.extra_authorize_params``; neither can replace the protocol's own."""
         md = await self.metadata()
         params: dict[str, str] = dict(self._sso.extra_authorize_params)
+        params.update(extra or {})
         params.update(
             response_type="code",
             client_id=self._sso.client_id,

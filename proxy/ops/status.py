@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.auth import routes
 from proxy.auth.policy import is_operator
 from proxy.config.model import JWKS_PATH
 from proxy.errors import Forbidden, SidecarError, Unauthenticated
@@ -82,6 +83,7 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
             "break_glass": {"enabled": settings.break_glass.enabled, "ttl_seconds": settings.break_glass.ttl},
             "watch": {"enabled": settings.reload.watch, "interval_seconds": settings.reload.watch_interval},
             "console_identity": _console_identity(active),
+            "routes": routes.table(settings.routes, settings.access),
         },
         "reload": {
             "last_attempt": _when(reload.last_attempt),
@@ -93,6 +95,7 @@ async def describe(runtime: Runtime, active: Active) -> dict[str, Any]:
         },
         "discovery": await discovery_status(active),
         "sso_settings": _sso_settings(runtime, active),
+        "denials": _denials(runtime),
     }
 
 
@@ -121,6 +124,15 @@ def _console_identity(active: Active) -> dict[str, Any]:
         else {"header": roles.header, "rules": len(roles.rules), "default": list(roles.default)},
         "pass_tokens": {"access_token": tokens.access_token or None, "id_token": tokens.id_token or None},
     }
+
+
+def _denials(runtime: Runtime) -> list[dict[str, Any]]:
+    """This process's last refusals, newest first, with the routes that made them (never a token or a query)."""
+    return [
+        {"at": _when(d.at), "kind": d.kind, "routes": list(d.routes), "method": d.method, "path": d.path,
+         "user": d.user}
+        for d in runtime.denials.latest()
+    ]  # fmt: skip
 
 
 def _sso_settings(runtime: Runtime, active: Active) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from aiohttp import web
 from proxy.auth.console import ConsoleIdentity
 from proxy.auth.cookies import CookieCodec
 from proxy.auth.identity import IdentityHeaders
+from proxy.auth.routes import RecentDenials
 from proxy.config.model import PassTokensSettings, Settings
 from proxy.oidc.client import OIDCClient
 from proxy.runtime.source import ConfigSource
@@ -74,6 +75,7 @@ class Runtime:
         self.sessions = SessionManager(store, settings.session)
         self.refresher = Refresher(self.sessions)
         self.reload_status = ReloadStatus()
+        self.denials = RecentDenials()  # the last refusals and the routes they hit, for /oauth2/status
         self.metrics = Metrics()
         # What the process was started with: listen, store... changed since then need a restart, also
         # when an earlier reload already carried the change (and reported it).

@@ -162,6 +162,38 @@ class SessionManager:
             await self.store.index_add(key, session.id, self.settings.lifetime)
         return session
 
+    async def upgrade(
+        self,
+        old: Session,
+        *,
+        claims: dict[str, Any],
+        id_token: str,
+        access_token: str,
+        refresh_token: str | None,
+        access_expires_at: float | None,
+    ) -> Session:
+        """A new sign-in of the user of ``old`` (a step-up), kept as that session: the sign-in's claims and tokens,
+        and the lifetime running on from when ``old`` began. Its id and key are new, as after any sign-in, and
+        ``old`` ends: a cookie that held it is worth nothing now."""
+        session = Session(
+            id=secrets.token_urlsafe(16),
+            key=secrets.token_bytes(32),
+            claims=claims,
+            id_token=id_token,
+            access_token=access_token,
+            refresh_token=refresh_token,
+            access_expires_at=access_expires_at,
+            created_at=old.created_at,
+            issuer=old.issuer,
+            client_id=old.client_id,
+            refreshed_at=time.time(),
+        )
+        await self.save(session)
+        for key in _index_keys(session.issuer, session.subject, session.provider_session):
+            await self.store.index_add(key, session.id, self.settings.lifetime)
+        await self.end(old)
+        return session
+
     async def save(self, session: Session) -> None:
         ttl = min(self.settings.idle_timeout, self._remaining(session))
         if ttl <= 0:

@@ -25,6 +25,9 @@ _SHARED_MAX = 1024
 _shared_strings: dict[str, str] = {}
 _shapes: dict[tuple[str, ...], dict[str, int]] = {}
 _ELIDED = "(elided)"  # stands for a refresh token in cached copies, so refresh_due() still works
+# The claims that describe the sign-in itself (OIDC Core 2): when and how the user authenticated. A session keeps
+# them from the ID token of its sign-in; a refresh is no new sign-in, so they are kept through it (Core 12.2).
+SIGN_IN_CLAIMS = ("auth_time", "acr", "amr")
 
 
 def _share(value: Any) -> Any:
@@ -133,6 +136,18 @@ class Session:
     @property
     def subject(self) -> str:
         return str(self.claims.get("sub", ""))
+
+    @property
+    def auth_time(self) -> float | None:
+        """When the user last authenticated at the provider (the ID token's ``auth_time``), if it said."""
+        value = self.claims.get("auth_time")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
+    def acr(self) -> str | None:
+        """How strongly the user authenticated (the ID token's ``acr``), if the provider said."""
+        value = self.claims.get("acr")
+        return value if isinstance(value, str) else None
 
     @property
     def provider_session(self) -> str | None:
@@ -266,6 +281,17 @@ def _refresh_margin(lifetime: float) -> float:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def keep_sign_in(previous: Mapping[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` (after a refresh) with the sign-in claims of ``previous`` (``SIGN_IN_CLAIMS``): a refreshed ID
+    token may say otherwise, or nothing, but no one signed in again."""
+    for name in SIGN_IN_CLAIMS:
+        if name in previous:
+            claims[name] = previous[name]
+        else:
+            claims.pop(name, None)
+    return claims
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -21,6 +21,7 @@ from proxy.config.model import PassTokensSettings
 from proxy.errors import LoginError, ProviderError
 from proxy.oidc.client import OIDCClient, TokenEndpointError
 from proxy.sessions import Session, SessionManager
+from proxy.sessions.model import keep_sign_in
 
 log = logging.getLogger("sso_sidecar.refresh")
 
@@ -118,7 +119,7 @@ class Refresher:
             await self._sessions.end(session)
             return None
         tokens = result.tokens
-        session.claims = result.claims
+        session.claims = keep_sign_in(session.claims, result.claims)  # the sign-in's auth_time and acr stay
         session.access_token = tokens.access_token
         session.refresh_token = tokens.refresh_token or session.refresh_token
         session.id_token = tokens.id_token or session.id_token

@@ -10,19 +10,25 @@ callback hands such a sign-in to it. Sign-in itself never calls into the module 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
 from yarl import URL
 
 from proxy import html
+from proxy.auth import routes
 from proxy.auth.clientaddress import address_group, client_address
+from proxy.auth.cookies import cookie_value
+from proxy.auth.paths import normalise
 from proxy.auth.redirects import return_to_for
-from proxy.config.model import SIGNED_OUT_PATH
-from proxy.errors import Closed, LoginError, SidecarError, TooManySignIns, Unauthenticated
+from proxy.config.model import SIGNED_OUT_PATH, Settings
+from proxy.errors import BadRequest, Closed, LoginError, SidecarError, TooManySignIns, Unauthenticated
 from proxy.oidc.client import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
 from proxy.runtime.state import RUNTIME, Active, Runtime
 from proxy.sessions import PendingLogin, Session
@@ -45,6 +51,10 @@ class Finish(Protocol):
 
 
 PURPOSES: web.AppKey[dict[str, Finish]] = web.AppKey("sign_in_purposes", dict)
+# A sign-in that asks the provider for more than a session (a route's ``acr_values``, ``max_age``): its pending
+# login carries the requirement (``about``) and the session it upgrades (``by``); ``proxy.signin.stepup``
+# finishes it.
+STEP_UP = "step_up"
 
 
 def register_purpose(app: web.Application, purpose: str, finish: Finish) -> None:
@@ -70,8 +80,18 @@ def login_url(return_to: str) -> str:
     return str(URL("/oauth2/start").with_query(rd=return_to))
 
 
-async def begin_login(request: web.Request, runtime: Runtime, active: Active, return_to: str) -> web.Response:
-    """Send the browser to the provider, with a fresh pending login bound to this browser."""
+async def begin_login(
+    request: web.Request,
+    runtime: Runtime,
+    active: Active,
+    return_to: str,
+    *,
+    step_up: routes.Requirement | None = None,
+) -> web.Response:
+    """Send the browser to the provider, with a fresh pending login bound to this browser.
+
+    ``step_up``: what the route at ``return_to`` asks of the sign-in; the provider is asked for it
+    (``acr_values``, ``max_age``), and the pending login is bound to the session it will upgrade."""
     return_to = return_to_for(return_to, active.settings)
     if active.oidc is None:
         raise web.HTTPFound(return_to)
@@ -86,15 +106,36 @@ async def begin_login(request: web.Request, runtime: Runtime, active: Active, re
     sso = active.settings.sso
     address = address_group(client_address(request, active.settings))
     pending = PendingLogin(nonce, verifier, return_to, metadata.issuer, sso.client_id, time.time())
+    if step_up is not None:
+        ticket = active.cookies.decode_ticket(cookie_value(request, active.cookies.session_name))
+        by = session_binding(ticket.session_id) if ticket is not None else ""
+        pending = dataclasses.replace(pending, purpose=STEP_UP, about=step_up.to_text(), by=by)
     if not await runtime.sessions.save_login(state, pending, address=address):
         # Every start is stored until it finishes or login_timeout passes: bounded per address, so that
         # anonymous requests cannot fill the store. Several tabs of one user are far below the bound.
         log.warning("sign-in refused: too many open sign-ins from %s", address)
         raise TooManySignIns(retry_after=int(min(60.0, active.settings.session.login_timeout)))
-    url = await active.oidc.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
+    params = step_up.authorize_params() if step_up is not None else None
+    url = await active.oidc.authorization_url(state=state, nonce=nonce, code_challenge=challenge, extra=params)
     response = web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
     active.cookies.set_login(response, state, request.cookies)
     return response
+
+
+def session_binding(session_id: str) -> str:
+    """What a pending step-up keeps of the session it upgrades: a digest, not the id (the store sees it)."""
+    return hashlib.sha256(b"sso-sidecar/step-up/" + session_id.encode()).hexdigest()[:32]
+
+
+def route_requirement(settings: Settings, return_to: str) -> routes.Requirement | None:
+    """What the route of ``return_to`` (a GET of it) asks of a sign-in, when it is a path of this console."""
+    if not settings.routes or not return_to.startswith("/"):
+        return None
+    try:
+        target = normalise(return_to)
+    except BadRequest:
+        return None
+    return routes.requirement(routes.hits(settings.routes, ("GET",), target))
 
 
 async def start(request: web.Request) -> web.StreamResponse:
@@ -102,7 +143,11 @@ async def start(request: web.Request) -> web.StreamResponse:
     if runtime.closed is not None:
         raise Closed()
     active = runtime.active
-    return await begin_login(request, runtime, active, return_to_for(request.query.get("rd"), active.settings))
+    return_to = return_to_for(request.query.get("rd"), active.settings)
+    # A page that needs a stronger or more recent sign-in asks for it now, not after a round trip: forward
+    # auth's 401 and an API's step-up challenge send browsers here.
+    step_up = route_requirement(active.settings, return_to)
+    return await begin_login(request, runtime, active, return_to, step_up=step_up)
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
@@ -124,15 +169,62 @@ async def callback(request: web.Request) -> web.StreamResponse:
         raise Closed()
     if active.oidc is None:
         raise LoginError("Single sign-on is switched off.", status=404)
-    if "error" in query:
-        error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
-        raise LoginError(f"The identity provider refused the sign-in ({error}).", code="provider_denied")
+    refused = provider_refusal(query)
+    if refused is not None:
+        raise refused
     if not state:
         raise LoginError("The sign-in response has no state parameter.")
     if not mine:
         raise LoginError("This sign-in was not started in this browser, or it has expired.")
     if pending is None:
         raise LoginError("This sign-in has expired or was already used.")
+    result = await checked_result(request, active, pending)
+    session = await new_session(request, runtime, active, result)
+    return signed_in(active, session, pending.return_to, state)
+
+
+async def new_session(request: web.Request, runtime: Runtime, active: Active, result: LoginResult) -> Session:
+    """A session for a sign-in that succeeded; the browser's previous session, if any, ends."""
+    previous = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
+    if previous is not None:
+        # A fresh session id on every login: a cookie planted before login is worth nothing after it.
+        await runtime.sessions.delete(previous.session_id)
+    tokens = result.tokens
+    session = await runtime.sessions.create(
+        claims=result.claims,
+        id_token=tokens.id_token,
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        access_expires_at=tokens.expires_at,
+        issuer=active.settings.sso.issuer_url,
+        client_id=active.settings.sso.client_id,
+    )
+    log.info("login ok sub=%s", _short(session.subject))
+    return session
+
+
+def signed_in(active: Active, session: Session, return_to: str, state: str) -> web.Response:
+    """The callback's answer: to the page the user wanted, with the session's cookie; the sign-in's is done."""
+    response = web.Response(status=302, headers={"Location": return_to, "Cache-Control": "no-store"})
+    active.cookies.set_session(response, session.ticket)
+    active.cookies.clear_login(response, state)
+    return response
+
+
+def provider_refusal(query: Mapping[str, str]) -> LoginError | None:
+    """The provider's error response (RFC 6749 4.1.2.1), as the error to show; None when it sent none."""
+    if "error" not in query:
+        return None
+    error = query["error"] if _ERROR_CODE.match(query["error"]) else "invalid_request"
+    return LoginError(f"The identity provider refused the sign-in ({error}).", code="provider_denied")
+
+
+async def checked_result(request: web.Request, active: Active, pending: PendingLogin) -> LoginResult:
+    """The authorization response of ``pending`` checked (the sign-in settings unchanged, RFC 9207 ``iss``) and
+    its code redeemed (ID token validated, userinfo read), for an identity this console can use. Errors carry
+    the page the user wanted, for "try again"."""
+    assert active.oidc is not None
+    query = request.query
     try:
         if (pending.issuer, pending.client_id) != active.settings.sso.identity:
             raise LoginError("The sign-in settings changed while you were signing in.")
@@ -153,25 +245,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     except SidecarError as exc:
         exc.return_to = pending.return_to
         raise
-    previous = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
-    if previous is not None:
-        # A fresh session id on every login: a cookie planted before login is worth nothing after it.
-        await runtime.sessions.delete(previous.session_id)
-    tokens = result.tokens
-    session = await runtime.sessions.create(
-        claims=result.claims,
-        id_token=tokens.id_token,
-        access_token=tokens.access_token,
-        refresh_token=tokens.refresh_token,
-        access_expires_at=tokens.expires_at,
-        issuer=active.settings.sso.issuer_url,
-        client_id=active.settings.sso.client_id,
-    )
-    log.info("login ok sub=%s", _short(session.subject))
-    response = web.Response(status=302, headers={"Location": pending.return_to, "Cache-Control": "no-store"})
-    active.cookies.set_session(response, session.ticket)
-    active.cookies.clear_login(response, state)
-    return response
+    return result
 
 
 async def redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:

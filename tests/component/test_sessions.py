@@ -329,3 +329,29 @@ async def test_pending_logins_per_address_are_bounded_and_a_finished_one_frees_i
     assert await bounded.take_login("state-a0") is not None
     assert await bounded.save_login("state-a4", login, address="198.51.100.7")
     assert not await bounded.save_login("state-a5", login, address="198.51.100.7")
+
+
+async def test_an_upgrade_is_the_same_session_under_a_new_id_and_the_old_one_is_gone(manager):
+    """A step-up: the new sign-in's claims and tokens, the lifetime counted from the first sign-in, a new id and
+    key (the cookie that held the old one is worth nothing), and the logout indexes follow it."""
+    old = await create(manager, claims={"sub": "subject-7f3a9", "sid": "op-1", "acr": "urn:pwd", "auth_time": 100})
+    old.created_at -= 30
+    await manager.save(old)
+    new = await manager.upgrade(
+        old,
+        claims={"sub": "subject-7f3a9", "sid": "op-2", "acr": "urn:mfa", "auth_time": 200},
+        id_token="new.id.token",
+        access_token="new-access",
+        refresh_token="new-refresh",
+        access_expires_at=None,
+    )
+    assert (new.id, new.key) != (old.id, old.key)
+    assert new.created_at == old.created_at and new.refreshed_at > old.created_at
+    assert await manager.load(old.ticket, issuer="https://idp", client_id="c") is None
+    loaded = await manager.load(new.ticket, issuer="https://idp", client_id="c", use_cache=False)
+    assert loaded is not None
+    assert (loaded.acr, loaded.auth_time, loaded.access_token) == ("urn:mfa", 200.0, "new-access")
+    # Back-channel logout finds the upgraded session by its new provider session, and not the old one's.
+    assert await manager.end_matching("https://idp", sub=None, sid="op-1") == 0
+    assert await manager.end_matching("https://idp", sub=None, sid="op-2") == 1
+    assert await manager.load(new.ticket, issuer="https://idp", client_id="c") is None

@@ -246,11 +246,13 @@ async def login(
     password: str = "secret",
     max_hops: int = MAX_HOPS,
     stop_at: str | None = None,
+    otp: str = "",
 ) -> aiohttp.ClientResponse:
     """From a protected sidecar URL to the page behind it, signing in at the dev IdP as ``username``.
 
     ``stop_at``: return the first redirect whose Location starts with it, unfollowed (e.g. the sidecar's
-    callback, to tamper with the authorization response).
+    callback, to tamper with the authorization response). ``otp``: what to type as the one-time code when
+    the sign-in form has one (a dev IdP with ``acr``): a sign-in with the stronger acr.
 
     Follows every redirect by hand; on the provider's sign-in form posts ``login``/``password``, on its
     consent form posts ``prompt=consent``; a ``form_post`` response page is submitted as a browser would.
@@ -258,7 +260,9 @@ async def login(
     ``await resp.text()`` still works). When the provider already has a session, no form appears.
     The session's cookie jar must accept IP hosts: ``aiohttp.CookieJar(unsafe=True)``.
     """
-    return await _walk(session, "GET", start_url, None, username, password, max_hops, logout=False, stop_at=stop_at)
+    return await _walk(
+        session, "GET", start_url, None, username, password, max_hops, logout=False, stop_at=stop_at, otp=otp
+    )
 
 
 async def logout(
@@ -280,6 +284,7 @@ async def _walk(
     *,
     logout: bool,
     stop_at: str | None = None,
+    otp: str = "",
 ) -> aiohttp.ClientResponse:
     trail: list[str] = []
     submitted: set[str] = set()
@@ -300,7 +305,7 @@ async def _walk(
             continue
         if resp.status != 200 or "html" not in resp.headers.get("Content-Type", ""):
             return resp
-        step = _next_form(body.decode("utf-8", "replace"), username, password, logout, submitted)
+        step = _next_form(body.decode("utf-8", "replace"), username, password, logout, submitted, otp)
         if step is None:
             return resp
         form, fields = step
@@ -315,12 +320,14 @@ async def _walk(
 
 
 def _next_form(
-    html: str, username: str, password: str, logout: bool, submitted: set[str]
+    html: str, username: str, password: str, logout: bool, submitted: set[str], otp: str = ""
 ) -> tuple[Form, dict[str, str]] | None:
     for form in parse_forms(html):
         fields = dict(form.fields)
         if not logout and fields.get("prompt") == "login" and "login" in fields:
             fields.update(login=username, password=password)
+            if "otp" in fields:
+                fields["otp"] = otp
             return form, fields
         if not logout and fields.get("prompt") == "consent":
             return form, fields

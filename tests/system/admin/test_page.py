@@ -490,3 +490,36 @@ async def test_sign_in_again_asks_the_provider_for_a_fresh_sign_in_and_returns_t
     # A script's read of the page (Fetch Metadata says so) gets no form token.
     async with ada.get(replicas.a.url + "/oauth2/admin", headers={"Sec-Fetch-Mode": "cors"}) as resp:
         assert resp.status == 403 and 'name="csrf"' not in await resp.text()
+
+
+async def test_the_page_shows_the_access_rules_and_the_routes_read_only(
+    sidecar_factory: Any, http: Any, tmp_path: Path
+) -> None:
+    """The routes come from the file: the page lists them under the access rules, in the order they are tried,
+    and offers no way to change them."""
+    token = secrets.token_urlsafe(32)
+    sidecar = sidecar_factory(
+        {
+            "sso": {"enabled": False},
+            "break_glass": {"token": token},
+            "admin": {"enabled": True, "groups": ["admins"], "settings_file": str(tmp_path / "page.json")},
+            "access": {"allowed_email_domains": ["example.com"]},
+            "routes": [
+                {"path": "^/admin/", "methods": ["DELETE"], "access": {"allowed_groups": ["console-admins"]}},
+                {"path": "^/billing/<b>", "max_age": "15m", "acr_values": ["urn:mfa"]},
+            ],
+        },
+        name="page-routes",
+    )
+    browser = http()
+    await break_glass(browser, sidecar.url, token)
+    html = await page_html(browser, sidecar.url)
+    section = html[html.index('<h2 id="access-h">Access rules</h2>') :]
+    section = section[: section.index("</section>")]
+    assert "<dd>email domains example.com</dd>" in section
+    rows = section[section.index("<tbody>") :]
+    assert rows.index("routes[0]") < rows.index("routes[1]")
+    assert "<code>^/admin/</code></td><td>DELETE</td><td>groups console-admins</td><td>any</td>" in rows
+    assert "<code>^/billing/&lt;b&gt;</code>" in rows and "<b>" not in rows  # escaped
+    assert "email domains example.com (the top-level access)</td><td>acr urn:mfa; at most 15m old" in rows
+    assert "<form" not in section and "<input" not in section

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,44 @@ def test_smoke_baseline_runs_both_trees_side_by_side(tmp_path: Path) -> None:
         assert not old_tree.exists()
         listed = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
         assert str(old_tree) not in listed
+
+
+@pytest.mark.timeout(240)
+def test_routes_variant_runs_with_its_table_and_against_a_baseline_without_routes(tmp_path: Path) -> None:
+    """--routes 20: sidecar-routes20 runs with 20 routes (19 that never match the benchmark's path, one that
+    admits its users), is checked to apply them before any load, and every request passes. A baseline from
+    before routes (here: a copy of proxy/ whose config refuses the key) runs its twin without them, and the
+    new/old row says the configs differ."""
+    tree = tmp_path / "before-routes"
+    shutil.copytree(REPO / "proxy", tree / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    validate = tree / "proxy" / "config" / "validate.py"
+    text = validate.read_text()
+    assert '"upstream_max_connections", "routes",' in text
+    validate.write_text(text.replace('"upstream_max_connections", "routes",', '"upstream_max_connections",'))
+    out = tmp_path / "routes.json"
+    args = ["--smoke", "--no-install", "--only", "sidecars", "--routes", "20", "--baseline", str(tree)]
+    proc = subprocess.run(
+        [sys.executable, str(RUN), *args, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=220
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["routes"] == {"variant": "sidecar-routes20", "routes": 20, "checked": {"/admin-0/": 403, "/": 200}}
+    throughput = results["throughput"]
+    for name in ("sidecar-routes20", "sidecar-routes20@old"):
+        assert throughput[name]["rps"] > 0 and throughput[name]["non2xx"] == 0, name
+    rows = {row["variant"]: row for row in results["comparison"]}
+    assert rows["sidecar-routes20"]["config_differs"] == "old without routes (the baseline has none)"
+    assert rows["sidecar-routes20"]["authenticated"] and rows["sidecar-routes20"]["ok"] is not None
+    assert "sidecar-routes20@old ran without routes" in proc.stdout
+
+
+def test_the_routes_variant_has_one_matching_route_after_the_rest():
+    routes = _bench_module("routes")
+    table = routes.table(20)
+    assert len(table) == 20 and table[-1]["path"] == "^/"
+    assert not any(re.search(r["path"], "/") for r in table[:-1])
+    assert all("methods" not in r for r in table)  # every regex is searched, as a GET to / would
+    assert routes.probe(20) == "/admin-0/" and re.search(table[0]["path"], "/admin-0/")
 
 
 @pytest.mark.timeout(120)

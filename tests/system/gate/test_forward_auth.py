@@ -315,3 +315,98 @@ async def test_through_nginx_a_flood_of_pending_login_cookies_cannot_block_a_sig
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["headers"]["X-Forwarded-User"] == "alice.smith"
     assert "too big header" not in nginx.error_log()
+
+
+# --------------------------------------------------------------------------------------------------
+# Routes: the route of the original request, from the trusted proxy only
+
+MFA = "urn:dev-idp:mfa"
+ROUTES = [
+    {"path": "^/admin(/|$)", "access": {"allowed_groups": ["console-admins"]}},
+    {"path": "^/api/whoami$", "methods": ["POST", "DELETE"], "access": {"allowed_groups": ["console-admins"]}},
+    {"path": "^/mfa/", "acr_values": [MFA]},
+]
+
+
+@pytest.fixture(scope="module")
+def routes_stack(
+    idp_factory: Any, console: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Nginx, Sidecar, Sidecar]]:
+    """nginx from the documented example and a sidecar with routes that trusts it; and one that trusts no one."""
+    acr_idp = idp_factory(
+        acr={"password": "urn:dev-idp:pwd", "one_time_code": MFA}, accounts={"ann": {"groups": ["console-admins"]}}
+    )
+    work = tmp_path_factory.mktemp("forward-auth-routes")
+    sidecar_port = free_port()
+    conf = EXAMPLE.read_text().replace("127.0.0.1:4180", f"{LOOPBACK}:{sidecar_port}")
+    conf = conf.replace("127.0.0.1:8888", f"{LOOPBACK}:{console.port}")
+    nginx = Nginx(work, conf).start()
+    factory = SidecarFactory(acr_idp, console, work)
+    config = {"routes": ROUTES, "session": {"cookie_name": "routes_fa"}}
+    trusting = factory(
+        {
+            **config,
+            "listen": f"{LOOPBACK}:{sidecar_port}",
+            "public_url": nginx.url,
+            "trusted_proxies": ["127.0.0.1/32"],
+        },
+        name="forward-auth-routes",
+    )
+    untrusting = factory(config, name="forward-auth-routes-untrusting")
+    try:
+        yield nginx, trusting, untrusting
+    finally:
+        factory.stop_all()
+        nginx.stop()
+
+
+@pytest.mark.parametrize(
+    ("username", "uri", "method", "status"),
+    [
+        ("carl", "/admin/users", "GET", 403),
+        ("ann", "/admin/users", "GET", 202),
+        ("carl", "/api/whoami", "GET", 202),
+        ("carl", "/api/whoami", "DELETE", 403),
+        ("carl", "/api/whoami", "delete", 403),  # the method header is read in upper case
+        ("ann", "/api/whoami", "DELETE", 202),
+        ("carl", "/x/../admin", "GET", 403),  # normalised like a proxied path
+        ("carl", "/%61dmin/", "GET", 403),
+        ("carl", "//admin/", "GET", 403),
+    ],
+)
+async def test_forward_auth_applies_the_route_of_the_original_uri_and_method(
+    http, routes_stack, username, uri, method, status
+):
+    nginx, sidecar, _ = routes_stack
+    client = http()
+    assert (await login(client, nginx.url + "/reports", username)).status == 200
+    headers = {"X-Original-URI": uri, "X-Original-Method": method}
+    assert (await ask(client, sidecar, **API, **headers))[0] == status
+
+
+async def test_forward_auth_without_a_trusted_original_uri_judges_by_every_route(http, routes_stack):
+    """From a caller that is not a trusted proxy the path is unknown, so it could be any route's: a user the
+    admin route refuses is refused whatever X-Forwarded-Uri claims."""
+    _, _, untrusting = routes_stack
+    client = http()
+    assert (await login(client, untrusting.url_for("/reports"), "carl")).status == 200
+    status, _, body = await ask(client, untrusting, **API, **{"X-Forwarded-Uri": "/reports"})
+    assert status == 403 and json.loads(body)["error"] == "access_denied"
+
+
+async def test_forward_auth_asks_for_a_step_up_and_nginx_takes_the_browser_there(http, routes_stack):
+    nginx, sidecar, _ = routes_stack
+    client = http()
+    assert (await login(client, nginx.url + "/reports", "carl")).status == 200
+    status, headers, _ = await ask(client, sidecar, **BROWSER, **{"X-Original-URI": "/mfa/keys"})
+    assert status == 401
+    assert headers["WWW-Authenticate"].startswith('Bearer error="insufficient_user_authentication"')
+    assert URL(headers["X-Login-URL"]).query["rd"] == "/mfa/keys"
+    # Through nginx: its error_page sends the browser to the login URL, which asks the provider for the acr.
+    async with client.get(nginx.url + "/mfa/keys", headers=BROWSER) as resp:
+        assert resp.status == 302 and URL(resp.headers["Location"]).path == "/oauth2/start"
+    landed = await login(client, nginx.url + "/mfa/keys", "carl", otp="13579")
+    assert landed.status == 200
+    assert URL(str(landed.url)).path == "/mfa/keys"
+    async with client.get(nginx.url + "/api/whoami", headers=API) as me:
+        assert (await me.json())["headers"]["X-Forwarded-User"] == "carl"

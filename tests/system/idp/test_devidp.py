@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -36,8 +37,8 @@ class RelyingParty:
     logout_tokens: list[str] = field(default_factory=list)
     logout_received: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def authorize_url(self, idp: DevIdP, scope: str = "openid profile email") -> tuple[str, str, str]:
-        """(authorization URL, state, code_verifier)."""
+    def authorize_url(self, idp: DevIdP, scope: str = "openid profile email", **params: str) -> tuple[str, str, str]:
+        """(authorization URL, state, code_verifier); ``params`` go into the request too (acr_values...)."""
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         state = secrets.token_urlsafe(16)
@@ -50,12 +51,13 @@ class RelyingParty:
             nonce=secrets.token_urlsafe(16),
             code_challenge=challenge,
             code_challenge_method="S256",
+            **params,
         )
         return str(url), state, verifier
 
 
-@pytest.fixture
-async def rp(idp: DevIdP) -> AsyncIterator[RelyingParty]:
+@contextlib.asynccontextmanager
+async def relying_party(idp: DevIdP) -> AsyncIterator[RelyingParty]:
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
     party = RelyingParty(base, idp.register_client(base))
@@ -80,8 +82,16 @@ async def rp(idp: DevIdP) -> AsyncIterator[RelyingParty]:
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, LOOPBACK, port).start()
-    yield party
-    await runner.cleanup()
+    try:
+        yield party
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def rp(idp: DevIdP) -> AsyncIterator[RelyingParty]:
+    async with relying_party(idp) as party:
+        yield party
 
 
 async def exchange(http: HttpClient, idp: DevIdP, rp: RelyingParty, code: str, verifier: str) -> dict[str, Any]:
@@ -118,9 +128,11 @@ def _jwks(idp: DevIdP) -> dict[str, Any]:
         return dict(json.load(resp))
 
 
-async def sign_in(http: HttpClient, idp: DevIdP, rp: RelyingParty, username: str) -> dict[str, Any]:
-    url, state, verifier = rp.authorize_url(idp)
-    final = await login(http, url, username)
+async def sign_in(
+    http: HttpClient, idp: DevIdP, rp: RelyingParty, username: str, *, otp: str = "", **params: str
+) -> dict[str, Any]:
+    url, state, verifier = rp.authorize_url(idp, **params)
+    final = await login(http, url, username, otp=otp)
     assert final.status == 200
     assert "callback reached" in await final.text()
     params = rp.callbacks[-1]
@@ -233,3 +245,44 @@ async def test_end_session_sends_back_channel_logout_to_loopback(http: Any, idp:
     assert logout_claims["sub"] == claims["sub"]
     assert logout_claims["sid"] == claims["sid"]
     assert "http://schemas.openid.net/event/backchannel-logout" in logout_claims["events"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Authentication levels (the config's ``acr``): what the sidecar's step-up tests rely on
+
+PWD, MFA = "urn:dev-idp:pwd", "urn:dev-idp:mfa"
+
+
+@pytest.fixture(scope="module")
+def acr_idp(idp_factory: Any) -> DevIdP:
+    return idp_factory(acr={"password": PWD, "one_time_code": MFA})
+
+
+async def test_levels_are_advertised_and_every_id_token_says_which_one(http: Any, acr_idp: DevIdP) -> None:
+    assert acr_idp.discovery()["acr_values_supported"] == [PWD, MFA]
+    async with relying_party(acr_idp) as party:
+        plain = verified_claims(acr_idp, (await sign_in(http(), acr_idp, party, "dana"))["id_token"])
+        strong = verified_claims(acr_idp, (await sign_in(http(), acr_idp, party, "dana", otp="1"))["id_token"])
+    assert (plain["acr"], plain["amr"]) == (PWD, ["pwd"])
+    assert (strong["acr"], strong["amr"]) == (MFA, ["pwd", "otp"])
+
+
+async def test_acr_values_above_the_sessions_level_ask_to_sign_in_again(http: Any, acr_idp: DevIdP) -> None:
+    client = http()
+    async with relying_party(acr_idp) as party:
+        await sign_in(client, acr_idp, party, "erin")
+        # The form appears again, saying what is asked for; the one-time code then raises the level.
+        url, _, _ = party.authorize_url(acr_idp, acr_values=MFA)
+        async with client.get(url) as resp:
+            assert resp.status in (302, 303)
+            form_url = URL(url).join(URL(resp.headers["Location"]))
+        async with client.get(form_url) as page:
+            assert "asks for a sign-in with a one-time code" in await page.text()
+        claims = verified_claims(acr_idp, (await sign_in(client, acr_idp, party, "erin", otp="7", acr_values=MFA))[
+            "id_token"])  # fmt: skip
+        assert claims["acr"] == MFA
+        # A level the session has, or one the provider does not know, asks nothing: no form, straight back.
+        for asked in (MFA, PWD, "urn:example:unknown"):
+            url, _, _ = party.authorize_url(acr_idp, acr_values=asked)
+            async with client.get(url, allow_redirects=True) as final:
+                assert "callback reached" in await final.text(), asked

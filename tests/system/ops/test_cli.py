@@ -163,3 +163,36 @@ def test_a_port_in_use_is_one_clear_error_and_never_said_to_listen(tmp_path, wor
     assert result.returncode == 1
     assert f"cannot listen on {LOOPBACK}:{port}: address already in use (listen)" in result.stderr
     assert "Traceback" not in result.stderr and "listening" not in result.stderr, result.stderr
+
+
+def test_check_prints_the_route_table_as_it_will_be_applied(tmp_path, idp):
+    client = idp.register_client("https://console.example.com")
+    config = good_config(idp, client)
+    config["access"] = {"allowed_email_domains": ["example.com"]}
+    config["routes"] = [
+        {"path": "^/admin/", "methods": ["POST", "delete"], "access": {"allowed_groups": ["console-admins"]}},
+        {"path": "^/billing/", "max_age": "15m", "acr_values": ["urn:mfa"]},
+    ]
+    result = run("check", config=write(tmp_path, config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout[result.stdout.index("Routes, as they will be applied") :].splitlines()
+    assert lines[1:8] == [
+        "  routes[0]   ^/admin/  [DELETE,POST]",
+        "              who: groups console-admins",
+        "              sign-in: any",
+        "  routes[1]   ^/billing/  [any method]",
+        "              who: email domains example.com (the top-level access)",
+        "              sign-in: acr urn:mfa; at most 15m old",
+        "  access      (any other path)  [any method]",
+    ]
+    assert lines[8] == "              who: email domains example.com"
+
+
+def test_check_names_every_bad_route_key(tmp_path, idp):
+    client = idp.register_client("https://console.example.com")
+    config = good_config(idp, client)
+    config["routes"] = [{"path": "^/a/("}, {"path": "^/b/", "acr_values": ["a b"], "max_age": "0s"}]
+    result = run("check", config=write(tmp_path, config))
+    assert result.returncode == 2
+    for key in ("routes[0].path: invalid regex", "routes[1].acr_values[0]", "routes[1].max_age"):
+        assert key in result.stderr, key

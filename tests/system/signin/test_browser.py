@@ -70,3 +70,51 @@ async def test_sign_in_lands_on_original_page_and_sign_out_requires_login_again(
         raise
     finally:
         await context.close()
+
+
+async def test_a_route_that_needs_a_stronger_sign_in_steps_up_in_place_and_lands_on_it(
+    browser: Browser, sidecar_factory, idp_factory, tmp_path: Path
+) -> None:
+    """Step-up (``routes[].acr_values``) with the real provider: a session without the acr is sent to sign in
+    again, types a one-time code, and comes back to the page it asked for, the same session upgraded."""
+    mfa = "urn:dev-idp:mfa"
+    acr_idp: DevIdP = idp_factory(acr={"password": "urn:dev-idp:pwd", "one_time_code": mfa})
+    sidecar = sidecar_factory({"routes": [{"path": "^/keys/", "acr_values": [mfa]}]}, idp=acr_idp)
+    context = await browser.new_context()
+    page = await context.new_page()
+
+    async def session_cookie() -> str:
+        return next(c["value"] for c in await context.cookies(sidecar.url) if c["name"] == "sso_sidecar")
+
+    try:
+        await page.goto(f"{sidecar.url}/reports")
+        await page.fill("#login", "carl.jones")
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Allow").click()
+        await expect(page).to_have_url(f"{sidecar.url}/reports")
+        first = await session_cookie()
+
+        # The page that needs the one-time code: back at the provider's form, which says so.
+        await page.goto(f"{sidecar.url}/keys/rotate?id=3")
+        await expect(page).to_have_url(re.compile(re.escape(acr_idp.issuer) + r"/interaction/"))
+        await expect(page.locator("main")).to_contain_text("asks for a sign-in with a one-time code")
+        await page.fill("#login", "carl.jones")
+        await page.fill("#otp", "246810")
+        await page.get_by_role("button", name="Sign in").click()
+
+        # Landed on the route, with a new session id for the same session; other pages do not ask again.
+        await expect(page).to_have_url(f"{sidecar.url}/keys/rotate?id=3")
+        await expect(page.locator("#path")).to_have_text("/keys/rotate?id=3")
+        await expect(page.locator("#identity")).to_contain_text("carl.jones@example.com")
+        assert await session_cookie() != first
+        await page.goto(f"{sidecar.url}/reports")
+        await expect(page).to_have_url(f"{sidecar.url}/reports")
+        await page.goto(f"{sidecar.url}/keys/list")
+        await expect(page).to_have_url(f"{sidecar.url}/keys/list")
+    except Exception:
+        shot = tmp_path / "failure.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}\nurl: {page.url}\n{(await page.content())[:3000]}")
+        raise
+    finally:
+        await context.close()

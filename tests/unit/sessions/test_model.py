@@ -105,3 +105,29 @@ def test_a_passed_token_has_expired_from_its_expiry_on():
     assert session.tokens_expire_at(access_token=True, id_token=True) == 1300.0
     assert session.tokens_expire_at(access_token=False, id_token=True) == 1600.0
     assert token_session(access_expires_at=None).tokens_expire_at(access_token=True, id_token=False) is None
+
+
+def test_a_session_tells_when_and_how_its_user_signed_in_from_the_id_tokens_claims():
+    def session(**claims: object) -> Session:
+        return Session(
+            id="s", key=b"k" * 32, claims={"sub": "u", **claims}, id_token="id", access_token="at",
+            refresh_token=None, access_expires_at=None, created_at=0.0, issuer="https://idp", client_id="c",
+        )  # fmt: skip
+
+    strong = session(auth_time=1_700_000_000, acr="urn:mfa")
+    assert (strong.auth_time, strong.acr) == (1_700_000_000.0, "urn:mfa")
+    assert (strong.without_tokens().auth_time, strong.without_tokens().acr) == (1_700_000_000.0, "urn:mfa")
+    odd = session(auth_time="1700000000", acr=["urn:mfa"])
+    assert (odd.auth_time, odd.acr) == (None, None)
+    assert (session().auth_time, session(auth_time=True).auth_time) == (None, None)
+
+
+def test_a_refresh_keeps_the_sign_in_claims_of_the_sign_in():
+    from proxy.sessions.model import keep_sign_in
+
+    previous = {"sub": "u", "auth_time": 100, "acr": "urn:pwd", "amr": ["pwd"], "name": "Old"}
+    refreshed = {"sub": "u", "auth_time": 200, "acr": "urn:mfa", "amr": ["otp"], "name": "New"}
+    assert keep_sign_in(previous, refreshed) == {"sub": "u", "auth_time": 100, "acr": "urn:pwd", "amr": ["pwd"],
+                                                 "name": "New"}  # fmt: skip
+    # A sign-in that said nothing of them: a refreshed token cannot add them either.
+    assert keep_sign_in({"sub": "u"}, {"sub": "u", "auth_time": 200, "acr": "urn:mfa"}) == {"sub": "u"}

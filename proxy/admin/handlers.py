@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import access, html, login, presets, sync, trial, view
+from proxy.admin import access, html, login, presets, sessions, sync, trial, view
 from proxy.admin.access import Actor, Refused
 from proxy.admin.origin import PATH
 from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned
@@ -500,4 +500,5 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post(PATH + "/disable", disable)
     app.router.add_post(PATH + "/forget", forget)
     login.add_routes(app)
+    sessions.add_routes(app)
     register_purpose(app, trial.PURPOSE, trial.finish)  # a Test login ends on the page, never in a session

@@ -52,6 +52,7 @@ def render(view: View, *, status: int = 200) -> web.Response:
         _register(view),
         _provider(view),
         _test_and_enable(view),
+        _sessions(view),
         _replicas(view),
         _export(view),
         _history(view),
@@ -272,6 +273,21 @@ def _verdict(test: TestResult, required: Sequence[str], draft: Draft) -> str:
     reason = test.enables(draft, required)
     ready = "Ready to enable." if reason is None else f"Not ready to enable: {escape(reason)}."
     return f"The test user {'; '.join(parts)}. <strong>{ready}</strong>"
+
+
+def _sessions(view: View) -> str:
+    """The way to the Sessions page, for signed-in admins (break-glass may not list or revoke sessions)."""
+    if view.break_glass:
+        return ""
+    return (
+        '<section class="card" aria-labelledby="sessions-h"><h2 id="sessions-h">Sessions</h2>'
+        "<p>See a user's sessions (sign-in time, last use, client) and revoke one or all of them, without "
+        "rotating the cookie secret, which would sign everyone out.</p>"
+        '<form method="get" action="/oauth2/admin/sessions" class="search"><div class="field">'
+        '<label for="sessions-user">User</label><input id="sessions-user" name="user" type="text" autocomplete="off" '
+        'spellcheck="false" placeholder="username, email or sub"></div>'
+        '<button type="submit" class="secondary">Show sessions</button></form></section>'
+    )
 
 
 def _replica_state(report: Mapping[str, Any], now: float) -> str:

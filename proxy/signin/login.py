@@ -26,6 +26,7 @@ from proxy.errors import Closed, LoginError, SidecarError, TooManySignIns, Unaut
 from proxy.oidc.client import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
 from proxy.runtime.state import RUNTIME, Active, Runtime
 from proxy.sessions import PendingLogin, Session
+from proxy.sessions.directory import SignIn
 from proxy.sessions.revocations import ttl_for
 from proxy.signin.current import session_for
 
@@ -166,12 +167,18 @@ async def callback(request: web.Request) -> web.StreamResponse:
         access_expires_at=tokens.expires_at,
         issuer=active.settings.sso.issuer_url,
         client_id=active.settings.sso.client_id,
+        client=sign_in_client(request, active),
     )
     log.info("login ok sub=%s", _short(session.subject))
     response = web.Response(status=302, headers={"Location": pending.return_to, "Cache-Control": "no-store"})
     active.cookies.set_session(response, session.ticket)
     active.cookies.clear_login(response, state)
     return response
+
+
+def sign_in_client(request: web.Request, active: Active) -> SignIn:
+    """The browser that signs in, as the settings page's Sessions lists it: its address, its user agent."""
+    return SignIn(client_address(request, active.settings), request.headers.get("User-Agent", ""))
 
 
 async def redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:

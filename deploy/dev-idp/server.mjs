@@ -11,6 +11,10 @@
 //                                 token_endpoint_auth_method, grant_types, ...any client metadata}]
 //   ttl                         {"AccessToken": 3600, "IdToken": 3600, "RefreshToken": 86400, ...} seconds
 //   allow_registration          false; true enables open dynamic client registration at /reg
+//   registration_initial_access_token
+//                               a string: registration at /reg (RFC 7591) only with this initial access
+//                               token (Authorization: Bearer), and client management (RFC 7592) with the
+//                               registration access token it hands out
 //   allow_loopback_backchannel  false; true lets back-channel logout POSTs reach 127.0.0.1 and friends
 //   refresh_tokens              true: issue a refresh token whenever the client may use the grant;
 //                               false: only when offline_access was requested (and granted)
@@ -304,7 +308,11 @@ function buildProvider(cfg, issuer) {
       devInteractions: { enabled: false },
       rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
       backchannelLogout: { enabled: true },
-      registration: { enabled: Boolean(cfg.allow_registration), initialAccessToken: false },
+      registration: {
+        enabled: Boolean(cfg.allow_registration || cfg.registration_initial_access_token),
+        initialAccessToken: cfg.registration_initial_access_token || false,
+      },
+      registrationManagement: { enabled: Boolean(cfg.registration_initial_access_token) },
       revocation: {
         enabled: true,
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,

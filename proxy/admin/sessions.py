@@ -222,29 +222,37 @@ def _listing(runtime: Runtime, csrf: str, name: str, found: Sequence[SessionFact
     rows = []
     for f in found:
         mine = f.session_id == own
-        who = escape(f.username or f.email or f.sub) + (
+        notes = ('<br><strong class="own-mark">Your session</strong>' if mine else "") + (
             f'<br><span class="muted">at {escape(f.issuer)}</span>' if f.issuer != running else ""
         )
         button = _form(REVOKE, csrf, "Revoke", user + html.hidden("session", directory.handle(f.session_id)))
         rows.append(
-            f"<tr{' class=own' if mine else ''}><td>{who}"
-            + ('<br><strong class="own-mark">Your session</strong>' if mine else "")
-            + f"</td><td>{html.when(f.created_at)}</td>"
-            f"<td>{html.when(f.last_used_at) if f.last_used_at else '—'}</td>"
-            f"<td>{html.when(f.ends_at) if f.ends_at else '—'}</td>"
-            f'<td><code>{escape(f.address or "—")}</code></td><td class="agent">{escape(f.user_agent or "—")}</td>'
+            f"<tr{' class=own' if mine else ''}><td class=when>{_when(f.created_at)}{notes}</td>"
+            f"<td class=when>{_when(f.last_used_at)}</td><td class=when>{_when(f.ends_at)}</td>"
+            f"<td><code>{escape(f.address or '—')}</code></td><td class=agent>{escape(f.user_agent or '—')}</td>"
             f"<td>{button}</td></tr>"
         )
     every = _form(REVOKE, csrf, "Revoke all", user + html.hidden("all", "yes"), css="danger")
     return (
         f'<section class="card" aria-labelledby="list-h">{heading}'
-        '<table class="grid sessions"><thead><tr><th scope="col">User</th><th scope="col">Signed in</th>'
+        '<table class="grid sessions"><thead><tr><th scope="col">Signed in</th>'
         '<th scope="col">Last used</th><th scope="col">Expires</th><th scope="col">Client address</th>'
         '<th scope="col">User agent</th><th scope="col"><span class="visually-hidden">Action</span></th></tr>'
         f"</thead><tbody>{''.join(rows)}</tbody></table>"
         f'<div class="actions">{every}</div>'
         '<p class="hint">Revoke ends the session here at once: its next request signs in again. It does not sign '
         "the user out at the identity provider, which may sign them in again without a password.</p></section>"
+    )
+
+
+def _when(timestamp: float | None) -> str:
+    """A time in a narrow column: to the minute, in UTC (the JSON has the seconds)."""
+    if timestamp is None:
+        return "—"
+    moment = time.gmtime(timestamp)
+    return (
+        f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)}">{time.strftime("%Y-%m-%d %H:%M", moment)}'
+        ' <span class="muted">UTC</span></time>'
     )
 
 

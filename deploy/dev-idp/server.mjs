@@ -20,6 +20,8 @@
 //                               false: only when offline_access was requested (and granted)
 //   accounts                    {"username": {claim overrides}} e.g. {"bob": {"groups": ["ops"]}}
 //   jwks_file                   keep the signing keys in this file so they survive a restart
+//   clients_file                keep the clients registered at /reg in this file so they survive a restart
+//                               (their registration access tokens do not)
 //
 // Accounts: the username is the login. sub is a stable opaque id derived from it; given/family names
 // come from "first.last" ("alice" gets family name "Example"); email is username@example.com, or the
@@ -280,10 +282,28 @@ function clientMetadata(c) {
   };
 }
 
+function savedClients(file) {
+  return file && existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : [];
+}
+
+function keepClients(provider, file) {
+  // The demo's settings page may enable a client it registered here: a restarted demo must still know it.
+  const save = (change) => {
+    const clients = savedClients(file).filter(change.drop);
+    if (change.add) clients.push(change.add);
+    writeFileSync(file, JSON.stringify(clients, null, 2), { mode: 0o600 });
+  };
+  provider.on('registration_create.success', (_ctx, client) => save({ drop: () => true, add: client.metadata() }));
+  provider.on('registration_update.success', (_ctx, client) => save({
+    drop: (c) => c.client_id !== client.clientId, add: client.metadata(),
+  }));
+  provider.on('registration_delete.success', (_ctx, client) => save({ drop: (c) => c.client_id !== client.clientId }));
+}
+
 function buildProvider(cfg, issuer) {
   const refreshAlways = cfg.refresh_tokens !== false;
   const configuration = {
-    clients: (cfg.clients || []).map(clientMetadata),
+    clients: [...(cfg.clients || []).map(clientMetadata), ...savedClients(cfg.clients_file)],
     clientDefaults: {
       grant_types: ['authorization_code', 'refresh_token'],
       id_token_signed_response_alg: 'RS256',
@@ -335,6 +355,7 @@ function buildProvider(cfg, issuer) {
     };
   }
   const provider = new Provider(issuer, configuration);
+  if (cfg.clients_file) keepClients(provider, cfg.clients_file);
   provider.on('backchannel.success', (_ctx, client, _sub, sid) => {
     console.log(`dev-idp: back-channel logout delivered to ${client.clientId} (sid ${sid})`);
   });

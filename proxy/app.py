@@ -24,7 +24,7 @@ from proxy.errors import Forbidden, LoginError, NotFound, SidecarError, StepUpRe
 from proxy.gate import breakglass, forward_auth
 from proxy.gate import handler as gate
 from proxy.gate.decide import is_api_request
-from proxy.ops import health, jwks, status
+from proxy.ops import health, jwks, resource, status
 from proxy.runtime.state import RUNTIME, Runtime
 from proxy.sessions import open_store
 from proxy.signin import backchannel, login, stepup
@@ -43,7 +43,8 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
     the_id = request_id(request, "")
     headers = {"Cache-Control": "no-store"}
     if isinstance(exc, Unauthenticated) and exc.challenge:
-        headers["WWW-Authenticate"] = exc.challenge  # RFC 6750 3
+        # RFC 6750 3, with where to learn how to get a token (RFC 9728 5.1): built once per config.
+        headers["WWW-Authenticate"] = resource.with_metadata(exc.challenge, request.app[RUNTIME].active.settings)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if _wants_json(request):
@@ -220,6 +221,7 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     breakglass.add_routes(app)
     status.add_routes(app)
     jwks.add_routes(app)
+    resource.add_routes(app)
     admin.add_routes(app, settings)
     app.router.add_post(BACKCHANNEL_LOGOUT_PATH, backchannel.backchannel_logout)
     # Routes of the sidecar's own go above this line: /oauth2/ is ours, an unknown path there is a 404

@@ -30,6 +30,8 @@ a.button,button{background:#2456d6;color:#fff;border:0;border-radius:6px;padding
 text-decoration:none;cursor:pointer}
 a.secondary{background:#e7eaf0;color:#1d2330}
 small{color:#6a7282}
+input{box-sizing:border-box;max-width:100%}
+p.error{color:#b42318;background:#fef3f2;border:1px solid #fecdca;border-radius:6px;padding:.6rem .8rem}
 """
 
 
@@ -42,7 +44,9 @@ def render(
     form: str = "",
     request_id: str | None = None,
     refresh: str | None = None,
+    error: bool = False,
 ) -> web.Response:
+    """``error``: the message says what went wrong with what the user sent (shown, and announced, as an error)."""
     links = "".join(
         f'<a class="button{" secondary" if i else ""}" href="{escape(href)}">{escape(label)}</a>'
         for i, (label, href) in enumerate(actions)
@@ -50,11 +54,12 @@ def render(
     reference = f"<p><small>Reference: {escape(request_id)}</small></p>" if request_id else ""
     # A same-site relative URL to go on to at once (no script needed, so the CSP stays script-free).
     meta = f'<meta http-equiv="refresh" content="0;url={escape(refresh)}">' if refresh else ""
+    paragraph = f'<p class="error" role="alert">{escape(message)}</p>' if error else f"<p>{escape(message)}</p>"
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"{meta}<title>{escape(title)}</title><style>{_STYLE}</style></head><body><main>"
-        f"<h1>{escape(title)}</h1><p>{escape(message)}</p>{form}"
+        f"<h1>{escape(title)}</h1>{paragraph}{form}"
         f'<div class="actions">{links}</div>{reference}</main></body></html>'
     )
     return web.Response(status=status, text=body, content_type="text/html", headers=PAGE_HEADERS)

@@ -53,6 +53,16 @@ IDP_CONFIG = {
 }
 
 
+def demo_idp_config(registration_token: str, state: Path) -> dict[str, object]:
+    """The provider as ``make demo`` runs it: the console-demo client, and registration behind ``registration_token``
+    (the clients it registers are kept in ``state``, so a client the settings page enabled outlives a restart)."""
+    return {
+        **IDP_CONFIG,
+        "registration_initial_access_token": registration_token,
+        "clients_file": str(state / "dev-idp-clients.json"),
+    }
+
+
 class DemoError(Exception):
     pass
 
@@ -109,6 +119,8 @@ def http_ok(url: str) -> bool:
 
 def port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As the servers bind it: connections of a demo just stopped, in TIME_WAIT, do not make it taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -202,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
 
     state.mkdir(exist_ok=True)
     idp_config = state / "dev-idp.json"
-    idp_config.write_text(json.dumps(IDP_CONFIG, indent=2), encoding="utf-8")
+    # The provider registers clients (RFC 7591) for whoever holds this run's initial access token: the settings
+    # page's "Register automatically" can be tried as with Keycloak or Okta.
+    registration = secrets.token_urlsafe(18)
+    idp_config.write_text(json.dumps(demo_idp_config(registration, state), indent=2), encoding="utf-8")
     children: list[Child] = []
 
     def shutdown(signum: int, frame: FrameType | None) -> None:
@@ -231,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             f"\nOpen http://{HOST}:{SIDECAR_PORT}/ in your browser — sign in with any username "
             "(password anything). Ctrl-C stops everything.\n"
             f"\nThe SSO settings page: http://{HOST}:{SIDECAR_PORT}/oauth2/admin\n"
-            "  sign in as a user whose name starts with 'admin' (e.g. admin.you), or use break-glass access:\n"
-            f"  break-glass token for this run: {break_glass}\n"
+            "  SSO is on (config/demo.yaml): sign in as a user whose name starts with 'admin' (e.g. admin.you).\n"
+            f"  initial access token for Register automatically: {registration}\n"
+            f"  break-glass token for this run (while SSO is on it may only Disable SSO): {break_glass}\n"
             f"\nLogs: {state.relative_to(REPO) if state.is_relative_to(REPO) else state}/dev-idp.log, console.log, "
             "sidecar.log",
             flush=True,

@@ -11,6 +11,10 @@
 //                                 token_endpoint_auth_method, grant_types, ...any client metadata}]
 //   ttl                         {"AccessToken": 3600, "IdToken": 3600, "RefreshToken": 86400, ...} seconds
 //   allow_registration          false; true enables open dynamic client registration at /reg
+//   registration_initial_access_token
+//                               a string: registration at /reg (RFC 7591) only with this initial access
+//                               token (Authorization: Bearer), and client management (RFC 7592) with the
+//                               registration access token it hands out
 //   allow_loopback_backchannel  false; true lets back-channel logout POSTs reach 127.0.0.1 and friends
 //   refresh_tokens              true: issue a refresh token whenever the client may use the grant;
 //                               false: only when offline_access was requested (and granted)
@@ -23,6 +27,8 @@
 //                               session's asks to sign in again (step-up); acr_values naming no supported level
 //                               are ignored, as OIDC Core allows for a voluntary claim. Without this key no acr
 //                               is issued.
+//   clients_file                keep the clients registered at /reg in this file so they survive a restart
+//                               (their registration access tokens do not)
 //
 // Accounts: the username is the login. sub is a stable opaque id derived from it; given/family names
 // come from "first.last" ("alice" gets family name "Example"); email is username@example.com, or the
@@ -316,11 +322,29 @@ function stepUpPolicy(acr) {
   return policy;
 }
 
+function savedClients(file) {
+  return file && existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : [];
+}
+
+function keepClients(provider, file) {
+  // The demo's settings page may enable a client it registered here: a restarted demo must still know it.
+  const save = (change) => {
+    const clients = savedClients(file).filter(change.drop);
+    if (change.add) clients.push(change.add);
+    writeFileSync(file, JSON.stringify(clients, null, 2), { mode: 0o600 });
+  };
+  provider.on('registration_create.success', (_ctx, client) => save({ drop: () => true, add: client.metadata() }));
+  provider.on('registration_update.success', (_ctx, client) => save({
+    drop: (c) => c.client_id !== client.clientId, add: client.metadata(),
+  }));
+  provider.on('registration_delete.success', (_ctx, client) => save({ drop: (c) => c.client_id !== client.clientId }));
+}
+
 function buildProvider(cfg, issuer) {
   const refreshAlways = cfg.refresh_tokens !== false;
   const acr = cfg.acr;
   const configuration = {
-    clients: (cfg.clients || []).map(clientMetadata),
+    clients: [...(cfg.clients || []).map(clientMetadata), ...savedClients(cfg.clients_file)],
     clientDefaults: {
       grant_types: ['authorization_code', 'refresh_token'],
       id_token_signed_response_alg: 'RS256',
@@ -351,7 +375,11 @@ function buildProvider(cfg, issuer) {
       devInteractions: { enabled: false },
       rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
       backchannelLogout: { enabled: true },
-      registration: { enabled: Boolean(cfg.allow_registration), initialAccessToken: false },
+      registration: {
+        enabled: Boolean(cfg.allow_registration || cfg.registration_initial_access_token),
+        initialAccessToken: cfg.registration_initial_access_token || false,
+      },
+      registrationManagement: { enabled: Boolean(cfg.registration_initial_access_token) },
       revocation: {
         enabled: true,
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
@@ -374,6 +402,7 @@ function buildProvider(cfg, issuer) {
     };
   }
   const provider = new Provider(issuer, configuration);
+  if (cfg.clients_file) keepClients(provider, cfg.clients_file);
   provider.on('backchannel.success', (_ctx, client, _sub, sid) => {
     console.log(`dev-idp: back-channel logout delivered to ${client.clientId} (sid ${sid})`);
   });

@@ -20,16 +20,16 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import access, html, login, presets, sync, trial, view
+from proxy.admin import access, html, login, pending, presets, registration, sessions, sync, trial, view
 from proxy.admin.access import Actor, Refused
 from proxy.admin.identity_view import identity_view
 from proxy.admin.origin import PATH
-from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned
+from proxy.admin.record import Applied, Draft, PageRecord, PageSSO, Pinned, Registration
 from proxy.admin.sync import PageSync, RecordUnusable
 from proxy.config.load import load_settings
 from proxy.config.model import DEFAULT_SCOPES, Settings
 from proxy.errors import ConfigError, Forbidden, NotFound, SidecarError, StoreUnavailable
-from proxy.oidc.client import OIDCClient
+from proxy.oidc.client import ClientRejected, OIDCClient
 from proxy.oidc.discovery import DocumentError
 from proxy.oidc.http import ProviderUnreadable
 from proxy.oidc.verify import verify_provider
@@ -96,6 +96,9 @@ async def show(request: web.Request) -> web.StreamResponse:
     errors: dict[str, str] = {}
     preset = request.query.get("preset")
     if preset:
+        # The preset fields keep what was asked (a browser without scripts comes back here to fill the issuer).
+        values.update({"preset": preset, "preset-name": request.query.get("name", ""),
+                       "preset-server": request.query.get("server", "")})  # fmt: skip
         try:
             values["issuer_url"] = presets.issuer(preset, request.query, active.settings)
         except presets.PresetError as exc:
@@ -106,6 +109,10 @@ async def show(request: web.Request) -> web.StreamResponse:
 
 _NOTICES = {
     "saved": "Saved. The running config is unchanged: run Test login next.",
+    "registered": (
+        "Registered a new client at the provider and saved it as the draft (its secret is stored, never shown). "
+        "The running config is unchanged: run Test login next."
+    ),
     "enabled": "SSO is enabled. Every replica applies it within a few seconds.",
     "disabled": (
         "SSO is disabled. Every replica applies it within a few seconds. You can still use this page: to turn "
@@ -128,6 +135,7 @@ async def _render(
     errors: Mapping[str, str] | None = None,
     notice: str | None = None,
     status: int = 200,
+    pending_secret: str = "",
 ) -> web.Response:
     page = sync.of(runtime)
     replicas: list[dict[str, Any]] = []
@@ -137,6 +145,8 @@ async def _render(
         except StoreUnavailable:
             replicas = []
     settings = active.settings
+    draft = record.draft if record is not None else None
+    issuer = (values or {}).get("issuer_url") or (draft.sso.issuer_url if draft is not None else "")
     shown = view.View(
         settings=settings,
         sso_on=access.sso_on(active),
@@ -159,6 +169,9 @@ async def _render(
         warnings=_warnings(page),
         unusable=access.unusable(runtime, problem),
         identity=identity_view(active, actor.claims),
+        pending_secret=pending_secret,
+        registration_offered=registration.offered(issuer) if issuer else None,
+        admins=trial.admins(settings),
     )
     return view.render(shown, status=status)
 
@@ -182,6 +195,7 @@ async def _provider_origins(runtime: Runtime, active: Active, record: PageRecord
         settings = trial.draft_settings(runtime, record.draft.sso.as_config())
         metadata = await trial.draft_client(runtime, settings, fresh_sign_in=False).metadata()
         origins = (str(html.origin_of(metadata.authorization_endpoint)),)
+        registration.note(metadata)
     except (ConfigError, SidecarError):
         pass
     _origins.clear()  # one draft at a time
@@ -228,6 +242,10 @@ async def save(request: web.Request) -> web.StreamResponse:
     page = access.page_sync(runtime)
     record = await page.load()
     values = {name: form.get(name, "").strip() for name in FIELDS}
+    cookie_secrets = active.settings.session.cookie_secrets
+    if not values["client_secret"]:
+        # The secret typed before a refused Save, sealed in the form since: as if typed again.
+        values["client_secret"] = pending.open_sealed(cookie_secrets, actor.holder, form.get(pending.FIELD, ""))
     errors = _required(values, record)
     candidate: PageSSO | None = None
     if not errors:
@@ -238,21 +256,32 @@ async def save(request: web.Request) -> web.StreamResponse:
         errors = await _validate(runtime, candidate)
     if errors or candidate is None:
         access.audit(runtime, actor, "save", "refused", "; ".join(f"{k}: {v}" for k, v in errors.items()))
-        values.pop("client_secret", None)  # write-only: never rendered back
-        return await _render(request, runtime, active, actor, record, None, values=values, errors=errors, status=400)
-    digest = page.keys().digest(candidate)
+        typed = values.pop("client_secret", "")  # write-only: never rendered back, only kept sealed
+        kept = pending.seal(cookie_secrets, actor.holder, typed) if typed else ""
+        return await _render(request, runtime, active, actor, record, None, values=values, errors=errors, status=400,
+                             pending_secret=kept)  # fmt: skip
     what = _describe_save(record.draft, candidate, secret_given=bool(values["client_secret"]))
+    digest = await _store_draft(page, actor, candidate, "saved", what)
+    access.audit(runtime, actor, "save", "ok", f"{what} (draft {digest})")
+    raise web.HTTPSeeOther(PATH + "?done=saved")
+
+
+async def _store_draft(
+    page: PageSync, actor: Actor, candidate: PageSSO, action: str, what: str, made: Registration | None = None
+) -> str:
+    """Keep ``candidate`` as the draft (and ``made``, the registration that created its client); its digest."""
+    digest = page.keys().digest(candidate)
 
     def edit(current: PageRecord) -> PageRecord:
         draft = Draft(candidate, digest, time.time(), actor.name)
         # A new draft voids the test of the old one (compare-and-set on the digest at Enable).
-        return dataclasses.replace(current, draft=draft).with_entry(
-            actor.name, "saved", f"{what} (draft {digest})", sub=actor.sub
-        )
+        changed = dataclasses.replace(current, draft=draft)
+        if made is not None:
+            changed = dataclasses.replace(changed, registration=made)
+        return changed.with_entry(actor.name, action, f"{what} (draft {digest})", sub=actor.sub)
 
     await page.change(edit)
-    access.audit(runtime, actor, "save", "ok", f"{what} (draft {digest})")
-    raise web.HTTPSeeOther(PATH + "?done=saved")
+    return digest
 
 
 def _required(values: Mapping[str, str], record: PageRecord) -> dict[str, str]:
@@ -290,7 +319,7 @@ async def _validate(runtime: Runtime, candidate: PageSSO) -> dict[str, str]:
     client = OIDCClient(settings.sso, settings.redirect_uri, runtime.http)
     issuer = settings.sso.issuer_url
     try:
-        await client.metadata()
+        registration.note(await client.metadata())
     except DocumentError as exc:
         return {"issuer_url": exc.message}
     except SidecarError as exc:
@@ -311,9 +340,33 @@ async def _validate(runtime: Runtime, candidate: PageSSO) -> dict[str, str]:
     except ProviderUnreadable as exc:
         log.warning("settings page: the token endpoint of %s did not answer: %s", issuer, exc.message)
         errors["client_secret"] = _NO_ANSWER
+    except ClientRejected:
+        errors.update(await _rejected(client))
     except SidecarError as exc:
         errors["client_secret"] = exc.message
     return errors
+
+
+async def _rejected(client: OIDCClient) -> dict[str, str]:
+    """``invalid_client`` does not say whether the ID or the secret is wrong: the field the provider's answers
+    point to, else both, in words for a person (no config keys: the page is not the file)."""
+    known = await client.client_known()
+    if known is False:
+        return {
+            "client_id": "The provider does not know this client ID (invalid_client), at least not with the "
+            "redirect URI of step 1: copy the client ID again from the provider, and check that this redirect URI "
+            "is registered for it."
+        }
+    if known:
+        return {
+            "client_secret": "The provider knows this client ID but did not accept the client secret "
+            "(invalid_client): copy the secret again from the provider (or make a new one)."
+        }
+    return {
+        "client_id": "The provider did not accept this client ID and secret together (invalid_client), and does "
+        "not say which is wrong: check that this is the client ID the provider shows for the application ...",
+        "client_secret": "... and that this client secret belongs to that client (copy it again from the provider).",
+    }
 
 
 def _by_field(problems: Any) -> dict[str, str]:
@@ -334,6 +387,50 @@ def _describe_save(old: Draft | None, new: PageSSO, *, secret_given: bool) -> st
         changes.append("scopes " + " ".join(new.scopes))
     changes.append("client secret changed" if secret_given else "client secret kept")
     return "saved " + ", ".join(changes)
+
+
+# -- Register automatically (RFC 7591) --------------------------------------------------------------------------
+
+
+@_shows_problems
+async def register(request: web.Request) -> web.StreamResponse:
+    """Register a client at the provider, then exactly Save: its checks on the client ID and secret, and the
+    draft. A refusal is shown in the provider's words next to its field, and nothing is saved."""
+    runtime = request.app[RUNTIME]
+    active = runtime.active
+    actor, form = await access.form(request, runtime, active)
+    access.break_glass_may_set_up(actor, active, "registering a client")
+    registration.break_glass_may_register(actor, _allowed(runtime))
+    page = access.page_sync(runtime)
+    record = await page.load()
+    values = {name: form.get(name, "").strip() for name in ("issuer_url", "client_id", "scopes")}
+    issuer = values["issuer_url"]
+    scopes = tuple(values["scopes"].split()) or DEFAULT_SCOPES
+    token = form.get(registration.FIELD, "").strip()  # used once, kept nowhere
+    try:
+        made = await registration.register(runtime, issuer, scopes, token)
+    except registration.Problem as exc:
+        access.audit(runtime, actor, "register", "refused", "; ".join(f"{k}: {v}" for k, v in exc.errors.items()))
+        return await _render(request, runtime, active, actor, record, None, values=values, errors=exc.errors,
+                             status=400)  # fmt: skip
+    candidate = PageSSO(issuer, made.client_id, made.client_secret, scopes)
+    errors = await _validate(runtime, candidate)
+    if errors:
+        deleted = await registration.discard(runtime, made)
+        what = f"client {made.client_id} registered at {issuer}, then refused by Save's checks"
+        access.audit(runtime, actor, "register", "refused", f"{what} ({'deleted' if deleted else 'not deleted'})")
+        errors["general"] = (
+            f"The provider registered the client {made.client_id}, but it does not pass Save's checks (below); "
+            + ("it was deleted again." if deleted else "delete it at the provider.")
+        )
+        values["client_id"] = made.client_id
+        return await _render(request, runtime, active, actor, record, None, values=values, errors=errors, status=400)
+    kept = Registration(issuer, made.client_id, made.registration_client_uri, made.registration_access_token,
+                        time.time(), actor.name)  # fmt: skip
+    what = f"registered the client {made.client_id} at {issuer} automatically, scopes {' '.join(scopes)}"
+    digest = await _store_draft(page, actor, candidate, "registered", what, kept)
+    access.audit(runtime, actor, "register", "ok", f"{what} (draft {digest})")
+    raise web.HTTPSeeOther(PATH + "?done=registered")
 
 
 # -- Test login -------------------------------------------------------------------------------------------
@@ -451,7 +548,8 @@ async def forget(request: web.Request) -> web.StreamResponse:
     def edit(current: PageRecord) -> PageRecord:
         # Break-glass keeps the pin: forgetting must not turn the next setup into a free first one.
         pinned = current.pinned if actor.break_glass else None
-        return PageRecord(history=current.history, pinned=pinned).with_entry(
+        kept = current.registration  # the provider's handle on a client that may outlive the page's settings
+        return PageRecord(history=current.history, pinned=pinned, registration=kept).with_entry(
             actor.name, "forgotten", "forgot the page settings: the config file is authoritative", sub=actor.sub
         )
 
@@ -497,9 +595,11 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get(PATH, show)
     app.router.add_get(PATH + "/static/{name}", static)
     app.router.add_post(PATH + "/save", save)
+    app.router.add_post(PATH + "/register", register)
     app.router.add_post(PATH + "/test", test_login)
     app.router.add_post(PATH + "/enable", enable)
     app.router.add_post(PATH + "/disable", disable)
     app.router.add_post(PATH + "/forget", forget)
     login.add_routes(app)
+    sessions.add_routes(app)
     register_purpose(app, trial.PURPOSE, trial.finish)  # a Test login ends on the page, never in a session

@@ -118,6 +118,36 @@ def sign_in_again(action: str, *, sso_on: bool) -> web.Response:
     return document("Sign in again", body, status=403)
 
 
+def test_state(test: TestResult) -> str:
+    """The Test login row: outcome, when, by whom, as whom (shared with the result window, which tells this page)."""
+    outcome = "succeeded" if test.ok else "failed"
+    return (
+        f"{outcome.capitalize()} {when(test.at)}, run by {escape(test.by)}"
+        + (f", signed in as {escape(test.user)}" if test.user else "")
+        + (f". {escape(test.error)}" if test.error else ".")
+    )
+
+
+def verdict(test: TestResult, required: Sequence[str], draft: Draft) -> str:
+    """The Result row (shared with the result window, which tells this page)."""
+    if not test.ok:
+        return "The test login failed, so there is nothing to enable yet: see why above, then run it again."
+    missing = [c for c in required if not test.claims.get(c)]
+    parts = [
+        "passes the access rules"
+        if test.passes_access
+        else f"does not pass the access rules ({escape(test.access_reason or '')})",
+        "is an admin"
+        if test.is_admin
+        else f"is not an admin ({escape(test.admin_reason or 'admin.emails, admin.groups')})",
+    ]
+    if missing:
+        parts.append("missing claims: " + ", ".join(f"<code>{escape(c)}</code>" for c in missing))
+    reason = test.enables(draft, required)
+    ready = "Ready to enable." if reason is None else f"Not ready to enable: {escape(reason)}."
+    return f"The test user {'; '.join(parts)}. <strong>{ready}</strong>"
+
+
 def test_result(result: TestResult, required: Sequence[str], draft: Draft | None) -> web.Response:
     title = "Test login succeeded" if result.ok else "Test login failed"
     parts = [f'<section class="card" aria-labelledby="result-h"><h1 id="result-h">{title}</h1>']
@@ -144,19 +174,28 @@ def test_result(result: TestResult, required: Sequence[str], draft: Draft | None
             else "<h2>Headers the console would receive</h2><p>None.</p>"
         )
         access = "Yes" if result.passes_access else f"No: {escape(result.access_reason or '')}"
-        admin = "Yes" if result.is_admin else "No (not in admin.emails or admin.groups)"
+        admin = (
+            "Yes" if result.is_admin else f"No: {escape(result.admin_reason or 'not in admin.emails or admin.groups')}"
+        )
         parts.append(
             f'<dl class="facts"><dt>Passes the access rules</dt><dd>{access}</dd>'
             f"<dt>Admin under the draft</dt><dd>{admin}</dd></dl>"
         )
     if draft is not None and draft.digest == result.digest:
+        # The settings page in the other window shows this at once (static/admin.js, BroadcastChannel): it reads
+        # the text, never markup, so a message forged by another script of this origin can inject nothing.
+        parts.append(
+            f'<div id="test-outcome" hidden data-digest="{escape(draft.digest)}">'
+            f'<span data-row="test-state">{test_state(result)}</span>'
+            f'<span data-row="test-result">{verdict(result, required, draft)}</span></div>'
+        )
         reason = result.enables(draft, required)
-        verdict = (
+        next_step = (
             "You can now enable SSO on the settings page."
             if reason is None
             else f"Enable SSO is not possible yet: {reason}."
         )
-        parts.append(f'<p class="{"notice" if reason is None else "warning"}" role="status">{escape(verdict)}</p>')
+        parts.append(f'<p class="{"notice" if reason is None else "warning"}" role="status">{escape(next_step)}</p>')
     parts.append(
         '<p class="hint">No session was created and the tokens were discarded. Close this window and return to '
         'the settings page.</p><div class="actions"><a class="button secondary" href="/oauth2/admin">'

@@ -23,7 +23,7 @@ from proxy.config.model import Settings
 from proxy.errors import Closed, LoginError, NotFound, SidecarError
 from proxy.oidc.client import OIDCClient
 from proxy.runtime.state import RUNTIME, Active, Runtime
-from proxy.signin.login import begin_login, finish_purpose, redeem
+from proxy.signin.login import begin_login, finish_purpose, redeem, sign_in_client
 
 log = logging.getLogger("sso_sidecar.admin")
 
@@ -135,6 +135,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         access_expires_at=tokens.expires_at,
         issuer=active.settings.sso.issuer_url,
         client_id=active.settings.sso.client_id,
+        client=sign_in_client(request, active),
     )
     log.info("settings page: sign-in on the page's own origin, sub=%s", session.subject[:8])
     response = web.Response(status=302, headers={"Location": pending.return_to, "Cache-Control": "no-store"})

@@ -55,3 +55,26 @@ def issuer(preset: str, query: Mapping[str, str], settings: Settings) -> str:
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise PresetError("Enter the Keycloak server URL, e.g. https://sso.example.com.")
     return f"{server}/realms/{name}"
+
+
+_RECOGNISED = (
+    ("okta", re.compile(r"^https://(?P<name>[A-Za-z0-9.-]+)/oauth2/default$")),
+    ("entra", re.compile(r"^https://login\.microsoftonline\.com/(?P<name>[^/]+)/v2\.0$")),
+    ("google", re.compile(r"^https://accounts\.google\.com$")),
+    ("keycloak", re.compile(r"^(?P<server>https?://.+)/realms/(?P<name>[^/]+)$")),
+)
+
+
+def recognise(issuer: str) -> tuple[str, str, str] | None:
+    """The preset, name and server an issuer URL was (or could have been) filled in from: so that the preset
+    fields say what the Issuer URL field holds after any reload, not the first preset again."""
+    for preset, pattern in _RECOGNISED:
+        match = pattern.match(issuer)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        name = groups.get("name") or ""
+        if preset == "okta" and name.endswith(".okta.com"):
+            name = name.removesuffix(".okta.com")
+        return preset, name, groups.get("server") or ""
+    return None

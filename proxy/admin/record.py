@@ -93,6 +93,7 @@ class TestResult:
     passes_access: bool = False
     access_reason: str | None = None
     is_admin: bool = False
+    admin_reason: str | None = None  # why the test user is no admin, and who would be, in words
     sub: str = ""  # the test user's subject at the draft's issuer
     issuer: str = ""  # the draft's issuer: with ``sub``, who proved a fresh sign-in by running this test
 
@@ -108,7 +109,8 @@ class TestResult:
         if missing:
             return "the provider did not send " + ", ".join(missing) + ": map these claims at the provider"
         if not self.is_admin:
-            return "the test user is not an admin (admin.emails, admin.groups): nobody could open this page afterwards"
+            why = f" ({self.admin_reason})" if self.admin_reason else " (admin.emails, admin.groups)"
+            return f"the test user is not an admin{why}: nobody could open this page afterwards"
         return None
 
 
@@ -135,10 +137,26 @@ class Pinned:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """The last client the page registered automatically (RFC 7591), with what manages it (RFC 7592): kept
+    sealed in the record for a later update of its URIs, never shown, logged or exported."""
+
+    issuer_url: str
+    client_id: str
+    client_uri: str  # registration_client_uri ("" when the provider gave none)
+    access_token: str  # registration_access_token ("" when the provider gave none)
+    at: float
+    by: str
+
+    def __repr__(self) -> str:
+        return f"Registration(issuer_url={self.issuer_url!r}, client_id={self.client_id!r}, ...)"
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     at: float
     by: str  # a verified email, else the username, else the subject; or "break-glass from ADDRESS"
-    action: str  # saved | tested | enabled | disabled | forgotten
+    action: str  # saved | registered | tested | enabled | disabled | forgotten | revoked
     detail: str
     sub: str = ""  # the admin's subject at its issuer ("" for break-glass)
 
@@ -151,6 +169,7 @@ class PageRecord:
     applied: Applied | None = None
     history: tuple[HistoryEntry, ...] = ()
     pinned: Pinned | None = None
+    registration: Registration | None = None
 
     def with_entry(self, by: str, action: str, detail: str, now: float | None = None, sub: str = "") -> PageRecord:
         entry = HistoryEntry(now or time.time(), by, action, detail, sub)
@@ -283,6 +302,7 @@ def _test(raw: Mapping[str, Any]) -> TestResult:
         passes_access=bool(raw.get("passes_access")),
         access_reason=None if raw.get("access_reason") is None else str(raw["access_reason"]),
         is_admin=bool(raw.get("is_admin")),
+        admin_reason=None if raw.get("admin_reason") is None else str(raw["admin_reason"]),
         sub=str(raw.get("sub", "")),
         issuer=str(raw.get("issuer", "")),
     )
@@ -309,8 +329,20 @@ def _pinned(raw: Mapping[str, Any]) -> Pinned:
     return Pinned(str(raw["issuer_url"]), str(raw["client_id"]))
 
 
+def _registration(raw: Mapping[str, Any]) -> Registration:
+    return Registration(
+        str(raw["issuer_url"]),
+        str(raw["client_id"]),
+        str(raw.get("client_uri", "")),
+        str(raw.get("access_token", "")),
+        float(raw["at"]),
+        str(raw["by"]),
+    )
+
+
 def _from_json(raw: Mapping[str, Any]) -> PageRecord:
     draft, test, applied, pinned = raw.get("draft"), raw.get("test"), raw.get("applied"), raw.get("pinned")
+    registration = raw.get("registration")
     record = PageRecord(
         version=int(raw["version"]),
         draft=None if draft is None else _draft(draft),
@@ -318,6 +350,7 @@ def _from_json(raw: Mapping[str, Any]) -> PageRecord:
         applied=None if applied is None else _applied(applied),
         history=tuple(_entry(h) for h in raw.get("history", ())),
         pinned=None if pinned is None else _pinned(pinned),
+        registration=None if registration is None else _registration(registration),
     )
     if record.pinned is None and record.applied is not None and record.applied.sso is not None:
         # A record written before ``pinned`` existed: what it has enabled is what an admin enabled.

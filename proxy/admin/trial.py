@@ -23,7 +23,7 @@ from aiohttp import web
 from proxy.admin import html, sync
 from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, TestResult
 from proxy.auth.identity import IdentityHeaders
-from proxy.auth.policy import denial_reason, display_name, is_operator
+from proxy.auth.policy import claim_list, denial_reason, display_name, is_operator, verified_email
 from proxy.config.load import load_settings
 from proxy.config.model import Settings
 from proxy.errors import ConfigError, LoginError, SidecarError, UnusableIdentity
@@ -160,6 +160,7 @@ def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, clai
             problem = exc.message
     shown = {c: _shown(claims.get(c)) for c in BRIEF_CLAIMS}
     access_reason = denial_reason(claims, settings.access)
+    admin = is_operator(claims, settings)
     return TestResult(
         digest=draft.digest,
         at=time.time(),
@@ -171,10 +172,41 @@ def _claims_result(settings: Settings, draft: Draft, pending: PendingLogin, clai
         headers=tuple(headers),
         passes_access=access_reason is None,
         access_reason=access_reason,
-        is_admin=is_operator(claims, settings),
+        is_admin=admin,
+        admin_reason=None if admin else not_admin(claims, settings),
         sub=str(claims.get("sub", "")),
         issuer=draft.sso.issuer_url,
     )
+
+
+def admins(settings: Settings) -> str:
+    """Who counts as an admin of the page, in words."""
+    emails, groups = settings.admin.emails, settings.admin.groups
+    if not emails and not groups:
+        return "no admins are configured (admin.emails and admin.groups are empty)"
+    ways = []
+    if emails:
+        ways.append("a verified email of " + ", ".join(emails) + " (admin.emails)")
+    if groups:
+        ways.append(
+            f"membership of a group {', '.join(groups)} in the {settings.access.groups_claim} claim (admin.groups)"
+        )
+    return "an admin needs " + " or ".join(ways)
+
+
+def not_admin(claims: Mapping[str, Any], settings: Settings) -> str:
+    """Why this user is not an admin: who would count, and what the provider sent about this one."""
+    email = claims.get("email")
+    verified = verified_email(claims)
+    if verified is not None:
+        has = f"the verified email {verified}"
+    elif isinstance(email, str) and email:
+        has = f"the email {_plain(email)}, which the provider does not say is verified"
+    else:
+        has = "no email"
+    groups = claim_list(claims, settings.access.groups_claim)
+    in_groups = f"the groups {_plain(', '.join(str(g) for g in groups))}" if groups else "no groups"
+    return f"{admins(settings)}; the provider sent {has} and {in_groups} for this user"
 
 
 def _failed(pending: PendingLogin, error: str) -> TestResult:

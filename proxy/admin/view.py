@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import html, routes_view
+from proxy.admin import html, pending, registration, routes_view
 from proxy.admin.identity_view import IdentityView, render_identity
-from proxy.admin.presets import PRESETS
-from proxy.admin.record import BRIEF_CLAIMS, Draft, PageRecord, Pinned, TestResult
+from proxy.admin.presets import PRESETS, recognise
+from proxy.admin.record import BRIEF_CLAIMS, PageRecord, Pinned
 from proxy.config.model import Settings
 
 _SILENT_AFTER = 5.0  # replicas report every second
@@ -43,12 +43,23 @@ class View:
     warnings: Sequence[str] = ()  # files others could replace, a state file that cannot be written
     unusable: bool = False  # closed, or the stored page settings cannot be used: the way out is shown
     identity: IdentityView | None = None  # what the console is told besides the headers (assertion, roles, tokens)
+    pending_secret: str = ""  # the secret of a refused Save, sealed (``pending``): kept in the form, never shown
+    registration_offered: bool | None = None  # the shown issuer offers RFC 7591 registration; None: not known
+    admins: str = ""  # who counts as an admin, in words
+
+    @property
+    def limited(self) -> bool:
+        """Break-glass while SSO is on (and the page settings usable): it may only Disable, so that is all it sees."""
+        return self.break_glass and self.sso_on and not self.unusable
 
 
 # -- the page --------------------------------------------------------------------------------------------
 
 
 def render(view: View, *, status: int = 200) -> web.Response:
+    if view.limited:
+        parts = [_state(view), _disable_only(view), _replicas(view), _export(view), _history(view)]
+        return html.document("SSO settings", "".join(parts), status=status)
     parts = [
         _state(view),
         _register(view),
@@ -56,6 +67,7 @@ def render(view: View, *, status: int = 200) -> web.Response:
         _test_and_enable(view),
         render_identity(view.identity) if view.identity is not None else "",
         routes_view.section(view.settings),
+        _sessions(view),
         _replicas(view),
         _export(view),
         _history(view),
@@ -69,19 +81,37 @@ def _state(view: View) -> str:
     badge = '<p class="badge on">SSO is enabled</p>' if view.sso_on else '<p class="badge off">SSO is disabled</p>'
     record = view.record
     if view.settings.sso_source == "page" and record is not None:
-        source = f"The sso settings come from this page (version {record.version}), stored in {escape(view.store)}."
+        source = f"The SSO settings come from this page (version {record.version}), stored in {escape(view.store)}."
     else:
-        source = "The sso settings come from the config file."
+        source = "The SSO settings come from the config file."
+    sso = view.settings.sso
+    running = (
+        '<dl class="facts running"><dt>Issuer in force</dt><dd><code>'
+        + escape(sso.issuer_url)
+        + "</code></dd><dt>Client ID in force</dt><dd><code>"
+        + escape(sso.client_id)
+        + "</code></dd></dl>"
+        if view.sso_on
+        else ""
+    )
     who = (
         f"You are using break-glass access ({escape(view.actor_name)})."
         if view.break_glass
         else f'Signed in as {escape(view.actor_name)}. <a href="/oauth2/sign_out">Sign out</a>'
     )
     limit = ""
-    if view.break_glass and view.sso_on:
+    if view.limited:
         limit = (
-            '<p class="hint">While SSO is enabled, break-glass access may only disable it. Changing the provider '
-            "needs a signed-in admin.</p>"
+            '<div class="warning" role="note" id="break-glass-limit"><strong>While SSO is enabled, break-glass '
+            "access may only disable it.</strong> Break-glass is the way in when the identity provider fails; it is "
+            "never a way to set up a provider an admin did not, so Save, Test login and Enable need an admin "
+            "signed in at the provider in force (below). If the provider has failed, Disable SSO: the console's "
+            "own login takes over, and you can then set up the provider an admin enabled last.</div>"
+        )
+    elif view.break_glass and view.sso_on:
+        limit = (
+            '<p class="hint">While SSO is enabled, break-glass access may only disable it (and, while the page '
+            "settings cannot be used, forget them). Changing the provider needs a signed-in admin.</p>"
         )
     elif view.break_glass and view.pinned is not None:
         limit = (
@@ -107,7 +137,17 @@ def _state(view: View) -> str:
     status_class = "state on" if on else "state"
     return (
         f'<section class="card {status_class}" aria-labelledby="state-h"><h1 id="state-h">SSO with OpenID Connect</h1>'
-        f'{badge}<p>{source}</p><p class="who">{who}</p>{limit}{notice}{alerts}</section>'
+        f'{badge}<p>{source}</p>{running}<p class="who">{who}</p>{limit}{notice}{alerts}</section>'
+    )
+
+
+def _disable_only(view: View) -> str:
+    """What break-glass may do while SSO is on: Disable SSO (with its confirmation), nothing else."""
+    return (
+        '<section class="card" aria-labelledby="disable-h"><h2 id="disable-h">Disable SSO</h2>'
+        "<p>Every replica stops asking for a sign-in within a few seconds; requests reach the console without "
+        "identity headers. You confirm it on the next page.</p>"
+        f'<div class="actions">{html.post_form("disable", view.csrf, "Disable SSO", css="danger")}</div></section>'
     )
 
 
@@ -169,51 +209,96 @@ def _provider(view: View) -> str:
     issuer = values.get("issuer_url", draft.sso.issuer_url if draft else "")
     client_id = values.get("client_id", draft.sso.client_id if draft else "")
     scopes = values.get("scopes", " ".join(draft.sso.scopes) if draft else "openid profile email")
-    secret_hint = (
-        "Write-only. A secret is stored: leave this empty to keep it (only while the issuer URL and client ID "
-        "stay the same)."
-        if draft is not None
-        else "Write-only: it is never shown again."
-    )
+    if view.pending_secret:
+        write_only = (
+            "Write-only. The secret you typed is kept, sealed in this form, for the next Save: leave this empty to "
+            "use it, or type another."
+        )
+    elif draft is not None:
+        write_only = (
+            "Write-only. A secret is stored: leave this empty to keep it (only while the issuer URL and client ID "
+            "stay the same)."
+        )
+    else:
+        write_only = "Write-only: it is never shown again."
     field_errors = [
-        (n, view.errors[n]) for n in ("issuer_url", "client_id", "client_secret", "scopes") if n in view.errors
+        (n, view.errors[n])
+        for n in ("issuer_url", "client_id", "client_secret", "scopes", "initial_access_token")
+        if n in view.errors
     ]
     summary = ""
     if field_errors:
         items = "".join(f'<li><a href="#{n}">{escape(msg)}</a></li>' for n, msg in field_errors)
         summary = f'<div class="alert" role="alert"><p>The settings were not saved:</p><ul>{items}</ul></div>'
-    options = "".join(f'<option value="{k}">{escape(label)}</option>' for k, (label, _) in PRESETS.items())
+    return (
+        '<section class="card" aria-labelledby="provider-h"><h2 id="provider-h">2. Provider settings</h2>'
+        f"{_presets(view, issuer)}{summary}"
+        '<form method="post" action="/oauth2/admin/save" novalidate class="settings">'
+        + html.hidden("csrf", view.csrf)
+        + (html.hidden(pending.FIELD, view.pending_secret) if view.pending_secret else "")
+        + _field(view, "issuer_url", "Issuer URL", kind="url", value=issuer,
+                 hint="Discovery is read from <code>{issuer}/.well-known/openid-configuration</code>.")
+        + _field(view, "client_id", "Client ID", value=client_id)
+        + _field(view, "client_secret", "Client secret", kind="password", hint=escape(write_only))
+        + _field(view, "scopes", "Scopes", value=scopes, hint="Space-separated; must include <code>openid</code>.")
+        + '<div class="actions"><button type="submit">Save</button></div>'
+        '<p class="hint">Save checks the settings with the provider (discovery, issuer, signing keys, client '
+        "credentials) and keeps them as a draft. The running config does not change.</p>"
+        + _register_automatically(view, issuer)
+        + "</form></section>"
+    )  # fmt: skip
+
+
+def _register_automatically(view: View, issuer: str) -> str:
+    """RFC 7591, inside the settings form (it needs the Issuer URL and the Scopes), after Save: Enter in a field
+    submits the form's first button, which must stay Save."""
+    if view.registration_offered is False:
+        return '<p class="hint" id="no-registration">' + escape(registration.no_endpoint(issuer)) + "</p>"
+    known = (
+        "This provider offers automatic registration (RFC 7591)."
+        if view.registration_offered
+        else "Where the provider offers dynamic client registration (Keycloak, Okta; not Entra ID or Google)."
+    )
+    return (
+        '<fieldset class="register"><legend>Or register the client automatically</legend>'
+        f'<p class="hint">{known} With an initial access token from the provider\'s admin, the sidecar registers a '
+        "confidential client with the URIs of step 1 and saves its client ID and secret as the draft, exactly as "
+        "Save would. The token is used once and kept nowhere.</p>"
+        + _field(view, registration.FIELD, "Initial access token", kind="password",
+                 hint="Write-only. Leave it empty for a provider that registers clients without one.")
+        + '<div class="actions"><button type="submit" class="secondary" formaction="/oauth2/admin/register">'
+        "Register automatically</button></div></fieldset>"
+    )  # fmt: skip
+
+
+def _presets(view: View, issuer: str) -> str:
+    """The preset fields, saying what the Issuer URL holds: the preset asked for, else the one it matches."""
+    values = view.values
+    chosen = (values["preset"], values.get("preset-name", ""), values.get("preset-server", "")) if values.get(
+        "preset") else recognise(issuer)  # fmt: skip
+    preset, name, server = chosen or ("", "", "")
+    options = "".join(
+        f'<option value="{k}"{" selected" if k == preset else ""}>{escape(label)}</option>'
+        for k, (label, _) in PRESETS.items()
+    )
     preset_error = view.errors.get("preset")
-    presets = (
+    return (
         '<form class="presets" method="get" action="/oauth2/admin" aria-labelledby="presets-h">'
         '<h3 id="presets-h">Provider presets</h3><div class="preset-row">'
         '<div class="field"><label for="preset">Provider preset</label>'
         f'<select id="preset" name="preset">{options}</select></div>'
         '<div class="field"><label for="preset-name">Tenant, realm or organisation</label>'
-        '<input id="preset-name" name="name" type="text" autocomplete="off" spellcheck="false"></div>'
+        f'<input id="preset-name" name="name" type="text" value="{escape(name)}" autocomplete="off" '
+        'spellcheck="false"></div>'
         '<div class="field" data-preset-only="keycloak"><label for="preset-server">Keycloak server URL</label>'
-        '<input id="preset-server" name="server" type="url" autocomplete="off" spellcheck="false" '
-        'placeholder="https://sso.example.com"></div>'
+        f'<input id="preset-server" name="server" type="url" value="{escape(server)}" autocomplete="off" '
+        'spellcheck="false" placeholder="https://sso.example.com"></div>'
         '<button type="submit" class="secondary">Fill in issuer</button></div>'
         + (f'<p class="error" role="alert">{escape(preset_error)}</p>' if preset_error else "")
         + '<p class="hint">Okta: <code>https://ORG.okta.com/oauth2/default</code>; Entra ID: '
         "<code>https://login.microsoftonline.com/TENANT/v2.0</code>; Keycloak: <code>SERVER/realms/REALM</code>; "
         "Google needs <code>access.allowed_email_domains</code>.</p></form>"
     )
-    return (
-        '<section class="card" aria-labelledby="provider-h"><h2 id="provider-h">2. Provider settings</h2>'
-        f"{presets}{summary}"
-        '<form method="post" action="/oauth2/admin/save" novalidate class="settings">'
-        + html.hidden("csrf", view.csrf)
-        + _field(view, "issuer_url", "Issuer URL", kind="url", value=issuer,
-                 hint="Discovery is read from <code>{issuer}/.well-known/openid-configuration</code>.")
-        + _field(view, "client_id", "Client ID", value=client_id)
-        + _field(view, "client_secret", "Client secret", kind="password", hint=escape(secret_hint))
-        + _field(view, "scopes", "Scopes", value=scopes, hint="Space-separated; must include <code>openid</code>.")
-        + '<div class="actions"><button type="submit">Save</button></div>'
-        '<p class="hint">Save checks the settings with the provider (discovery, issuer, signing keys, client '
-        "credentials) and keeps them as a draft. The running config does not change.</p></form></section>"
-    )  # fmt: skip
 
 
 def _test_and_enable(view: View) -> str:
@@ -225,21 +310,22 @@ def _test_and_enable(view: View) -> str:
     if draft is None:
         rows.append("<dt>Draft</dt><dd>No draft saved yet.</dd>")
     else:
+        made = record.registration if record else None
+        registered = (
+            f", its client registered automatically {html.when(made.at)} by {escape(made.by)}"
+            if made is not None and (made.issuer_url, made.client_id) == (draft.sso.issuer_url, draft.sso.client_id)
+            else ""
+        )
         rows.append(
-            f"<dt>Draft</dt><dd>Saved {html.when(draft.saved_at)} by {escape(draft.saved_by)} "
+            f"<dt>Draft</dt><dd>Saved {html.when(draft.saved_at)} by {escape(draft.saved_by)}{registered} "
             f'<span class="muted">(draft {escape(draft.digest)})</span></dd>'
         )
         if test is None or test.digest != draft.digest:
-            rows.append("<dt>Test login</dt><dd>Not tested yet.</dd>")
+            rows.append('<dt>Test login</dt><dd id="test-state">Not tested yet.</dd>')
+            rows.append('<dt>Result</dt><dd id="test-result">—</dd>')
         else:
-            outcome = "succeeded" if test.ok else "failed"
-            rows.append(
-                f"<dt>Test login</dt><dd>{outcome.capitalize()} {html.when(test.at)}, run by {escape(test.by)}"
-                + (f", signed in as {escape(test.user)}" if test.user else "")
-                + (f". {escape(test.error)}" if test.error else ".")
-                + "</dd>"
-            )
-            rows.append(f"<dt>Result</dt><dd>{_verdict(test, view.required_claims, draft)}</dd>")
+            rows.append(f'<dt>Test login</dt><dd id="test-state">{html.test_state(test)}</dd>')
+            rows.append(f'<dt>Result</dt><dd id="test-result">{html.verdict(test, view.required_claims, draft)}</dd>')
     applied = record.applied if record else None
     if applied is not None:
         what = f"enabled (draft {escape(applied.digest or '')})" if applied.enabled else "disabled"
@@ -254,28 +340,31 @@ def _test_and_enable(view: View) -> str:
         buttons.append(html.post_form("disable", view.csrf, "Disable SSO", css="danger"))
     return (
         '<section class="card" aria-labelledby="enable-h"><h2 id="enable-h">3. Test, then enable</h2>'
-        f'<dl class="facts">{"".join(rows)}</dl>'
+        f'<dl class="facts" id="test-facts" data-digest="{escape(digest)}">{"".join(rows)}</dl>'
         + (f'<div class="alert" role="alert" id="enable-error">{escape(enable_error)}</div>' if enable_error else "")
         + f'<div class="actions">{"".join(buttons)}</div>'
         '<p class="hint">Test login opens a new window and always asks for a fresh sign-in at the provider. '
         "It creates no session. Enable SSO needs a successful test of exactly this draft, by a user who is an "
-        "admin under it, so that someone can still open this page afterwards.</p></section>"
+        "admin under it, so that someone can still open this page afterwards.</p>"
+        # Without scripts the page cannot hear the other window: it says to reload (static/admin.js rewrites it).
+        '<p class="hint" id="test-live" role="status" aria-live="polite">After a Test login in the other window, '
+        "reload this page to see its result here.</p></section>"
     )
 
 
-def _verdict(test: TestResult, required: Sequence[str], draft: Draft) -> str:
-    missing = [c for c in required if not test.claims.get(c)]
-    parts = [
-        "passes the access rules"
-        if test.passes_access
-        else f"does not pass the access rules ({escape(test.access_reason or '')})",
-        "is an admin" if test.is_admin else "is not an admin (admin.emails, admin.groups)",
-    ]
-    if missing:
-        parts.append("missing claims: " + ", ".join(f"<code>{escape(c)}</code>" for c in missing))
-    reason = test.enables(draft, required)
-    ready = "Ready to enable." if reason is None else f"Not ready to enable: {escape(reason)}."
-    return f"The test user {'; '.join(parts)}. <strong>{ready}</strong>"
+def _sessions(view: View) -> str:
+    """The way to the Sessions page, for signed-in admins (break-glass may not list or revoke sessions)."""
+    if view.break_glass:
+        return ""
+    return (
+        '<section class="card" aria-labelledby="sessions-h"><h2 id="sessions-h">Sessions</h2>'
+        "<p>See a user's sessions (sign-in time, last use, client) and revoke one or all of them, without "
+        "rotating the cookie secret, which would sign everyone out.</p>"
+        '<form method="get" action="/oauth2/admin/sessions" class="search"><div class="field">'
+        '<label for="sessions-user">User</label><input id="sessions-user" name="user" type="text" autocomplete="off" '
+        'spellcheck="false" placeholder="username, email or sub"></div>'
+        '<button type="submit" class="secondary">Show sessions</button></form></section>'
+    )
 
 
 def _replica_state(report: Mapping[str, Any], now: float) -> str:
@@ -319,7 +408,8 @@ def export_yaml(record: PageRecord | None) -> str | None:
         "sso:\n  enabled: true\n"
         f"  issuer_url: {_yaml_literal(sso.issuer_url)}\n"
         f"  client_id: {_yaml_literal(sso.client_id)}\n"
-        '  client_secret: "${OIDC_CLIENT_SECRET}"   # not shown: set OIDC_CLIENT_SECRET or use client_secret_file\n'
+        "  # The secret is not shown: set OIDC_CLIENT_SECRET, or use client_secret_file.\n"
+        '  client_secret: "${OIDC_CLIENT_SECRET}"\n'
         f"  scopes: [{', '.join(_yaml_literal(s) for s in sso.scopes)}]\n"
     )
 

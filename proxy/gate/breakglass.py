@@ -293,13 +293,18 @@ def own_cookies(active: Active) -> Callable[[str], bool]:
 
 
 def _form(rd: str) -> str:
+    # The button says where it leads: the settings page's first setup comes through here too.
+    where = "the settings page" if rd == _ADMIN or rd.startswith(_ADMIN + "?") else "the console"
     return (
         f'<form method="post" action="{PATH}">'
         '<p><label>Break-glass token<br><input type="password" name="token" autocomplete="off" '
         'required autofocus style="width:100%;padding:.5rem;font-size:1rem"></label></p>'
         f'<input type="hidden" name="rd" value="{escape(rd)}">'
-        '<div class="actions"><button type="submit">Continue to the console</button></div></form>'
+        f'<div class="actions"><button type="submit">Continue to {where}</button></div></form>'
     )
+
+
+_ADMIN = "/oauth2/admin"  # the settings page (proxy.admin, a layer above: named, not imported)
 
 
 def _not_configured() -> SidecarError:
@@ -337,11 +342,11 @@ async def submit(request: web.Request) -> web.StreamResponse:
     try:
         right = isinstance(token, str) and await check_token_async(request, runtime, active, token, "form")
     except RateLimited as exc:
-        response = html.render("Break-glass access", exc.message, status=429, form=_form(rd))
+        response = html.render("Break-glass access", exc.message, status=429, form=_form(rd), error=True)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if not right:
-        return html.render("Break-glass access", "That token was not accepted.", status=403, form=_form(rd))
+        return html.render("Break-glass access", "That token was not accepted.", status=403, form=_form(rd), error=True)
     grant = secrets.token_hex(6)
     log.warning("break-glass: access granted to %s via the form, grant %s, for %ds",
                 client_address(request, active.settings), grant, int(settings.ttl))  # fmt: skip

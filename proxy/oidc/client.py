@@ -93,6 +93,10 @@ class CredentialsUnproven(ProviderError):
     """The token endpoint answered the credential check with something that proves nothing either way."""
 
 
+class ClientRejected(ProviderError):
+    """The token endpoint refused the client's credentials (``invalid_client``): the ID, the secret, or both."""
+
+
 class OIDCClient:
     """One relying party (issuer + client) with its discovery and JWKS caches.
 
@@ -221,7 +225,7 @@ class OIDCClient:
             if exc.error == "invalid_grant":
                 return
             if exc.error == "invalid_client" or (exc.error is None and exc.http_status == 401):
-                raise ProviderError(
+                raise ClientRejected(
                     "The identity provider rejected the client credentials (invalid_client): "
                     "check sso.client_id and the client secret"
                 ) from None
@@ -239,6 +243,37 @@ class OIDCClient:
             log.warning("client credential check inconclusive: the token endpoint answered %s", exc.message)
             return
         raise ProviderError("The token endpoint accepted a made-up authorization code")
+
+    async def client_known(self) -> bool | None:
+        """After ``ClientRejected``: does the provider know the client ID at all? The token endpoint's
+        ``invalid_client`` does not say whether the ID or the secret is wrong (RFC 6749 5.2), but the authorization
+        endpoint must not redirect for a client it does not know (RFC 6749 4.1.2.1): a redirect (to its sign-in,
+        or back to us) means the client exists, a 4xx that it does not (or that the redirect URI is not its), and
+        a page of its own (200: a sign-in form or an error) tells nothing. Nothing is followed or signed in."""
+        md = await self.metadata()
+        verifier = random_token(32)
+        url = _with_query(
+            md.authorization_endpoint,
+            {
+                "response_type": "code",
+                "client_id": self._sso.client_id,
+                "redirect_uri": self._redirect_uri,
+                "scope": "openid",
+                "state": random_token(16),
+                "nonce": random_token(16),
+                "code_challenge": pkce_challenge(verifier),
+                "code_challenge_method": "S256",
+            },
+        )
+        try:
+            answer = await self._http.request("GET", url, "authorization endpoint")
+        except ProviderError:
+            return None
+        if 300 <= answer.status < 400:
+            return True
+        if 400 <= answer.status < 500:
+            return False
+        return None
 
     # -- token endpoint -----------------------------------------------------------------------------
 

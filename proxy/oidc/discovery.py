@@ -55,6 +55,7 @@ class ProviderMetadata:
     authorization_response_iss_parameter_supported: bool = False
     backchannel_logout_supported: bool = False
     backchannel_logout_session_supported: bool = False
+    registration_endpoint: str | None = None  # RFC 7591 dynamic client registration, where offered
 
     @classmethod
     def from_document(cls, doc: object, *, expected_issuer: str, sign_in: bool = True) -> ProviderMetadata:
@@ -122,6 +123,7 @@ class ProviderMetadata:
             authorization_response_iss_parameter_supported=flag("authorization_response_iss_parameter_supported"),
             backchannel_logout_supported=flag("backchannel_logout_supported"),
             backchannel_logout_session_supported=flag("backchannel_logout_session_supported"),
+            registration_endpoint=endpoint("registration_endpoint", required=False),
         )
 
 

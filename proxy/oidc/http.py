@@ -71,11 +71,13 @@ class ProviderHTTP:
         *,
         data: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
     ) -> Answer:
+        """``data``: a form; ``json_body``: a JSON object (dynamic client registration, RFC 7591)."""
         # No redirects: a 3xx could move a bearer token or the client secret to another host or to http.
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+                method, url, data=data, json=json_body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
                     raise ProviderUnreadable(f"The {what} answer is too large")

@@ -21,6 +21,7 @@ from typing import Any
 from proxy.config.model import SessionSettings
 from proxy.errors import StoreUnavailable
 from proxy.sessions import revocations
+from proxy.sessions.directory import Directory, SessionFacts, SignIn
 from proxy.sessions.model import PendingLogin, Session, Ticket, dumps, seal, unseal
 from proxy.sessions.revocations import Revocations
 from proxy.sessions.store import SessionStore
@@ -73,6 +74,8 @@ class SessionManager:
         self._stopping = False
         # Signed-out ID tokens, told to every process over the same subscription as ended sessions.
         self.revocations = Revocations(store, _INVALIDATE)
+        # Each session's sign-in facts and the index by user, for the settings page (never per request).
+        self.directory = Directory(store, _SESSION)
         self.configure(settings)
 
     async def start(self) -> None:
@@ -123,6 +126,7 @@ class SessionManager:
     def configure(self, settings: SessionSettings) -> None:
         """Apply reloaded timeouts and secrets; the store itself cannot change without a restart."""
         self.settings = settings
+        self.directory.configure(settings)
         # Derived from the cookie secrets (newest first) so every replica can open a pending login
         # another one stored, also while a secret rotation rolls out.
         self._login_keys = [
@@ -142,7 +146,10 @@ class SessionManager:
         access_expires_at: float | None,
         issuer: str,
         client_id: str,
+        client: SignIn | None = None,
     ) -> Session:
+        """A new session; ``client``: what the sign-in request said about the browser (for the settings page's
+        Sessions), recorded beside it."""
         session = Session(
             id=secrets.token_urlsafe(16),
             key=secrets.token_bytes(32),
@@ -158,8 +165,12 @@ class SessionManager:
         session.refreshed_at = session.created_at
         await self.save(session)
         # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
-        for key in _index_keys(issuer, session.subject, session.provider_session):
-            await self.store.index_add(key, session.id, self.settings.lifetime)
+        lifetime = self.settings.lifetime
+        keys = _index_keys(issuer, session.subject, session.provider_session)
+        await asyncio.gather(
+            *(self.store.index_add(key, session.id, lifetime) for key in keys),
+            self.directory.record(session.id, claims, issuer, client_id, session.created_at, client or SignIn()),
+        )
         return session
 
     async def upgrade(
@@ -171,10 +182,12 @@ class SessionManager:
         access_token: str,
         refresh_token: str | None,
         access_expires_at: float | None,
+        client: SignIn | None = None,
     ) -> Session:
         """A new sign-in of the user of ``old`` (a step-up), kept as that session: the sign-in's claims and tokens,
         and the lifetime running on from when ``old`` began. Its id and key are new, as after any sign-in, and
-        ``old`` ends: a cookie that held it is worth nothing now."""
+        ``old`` ends: a cookie that held it is worth nothing now. The settings page's Sessions list it under its
+        new id, with the browser of the step-up's sign-in (``client``)."""
         session = Session(
             id=secrets.token_urlsafe(16),
             key=secrets.token_bytes(32),
@@ -189,8 +202,12 @@ class SessionManager:
             refreshed_at=time.time(),
         )
         await self.save(session)
-        for key in _index_keys(session.issuer, session.subject, session.provider_session):
-            await self.store.index_add(key, session.id, self.settings.lifetime)
+        lifetime = self.settings.lifetime
+        await asyncio.gather(
+            *(self.store.index_add(k, session.id, lifetime) for k in _index_keys(old.issuer, session.subject,
+                                                                                  session.provider_session)),
+            self.directory.record(session.id, claims, old.issuer, old.client_id, old.created_at, client or SignIn()),
+        )  # fmt: skip
         await self.end(old)
         return session
 
@@ -272,6 +289,17 @@ class SessionManager:
         await self.delete(session.id)
         for key in _index_keys(session.issuer, session.subject, session.provider_session):
             await self.store.index_remove(key, session.id)
+        await self.directory.forget_claims(session.id, session.claims)
+
+    async def revoke(self, facts: SessionFacts) -> bool:
+        """An admin ends someone's session (the settings page's Sessions): gone from the store, and from every
+        worker's and replica's cache at once (the invalidation channel), with its index entries. True when it
+        was still live."""
+        ended = await self.delete(facts.session_id)
+        for key in _index_keys(facts.issuer, facts.sub, facts.sid):
+            await self.store.index_remove(key, facts.session_id)
+        await self.directory.forget(facts.session_id, facts)
+        return ended
 
     async def end_matching(self, issuer: str, *, sub: str | None, sid: str | None) -> int:
         """Back-channel logout (section 2.7): with ``sid``, the sessions of that provider session; with

@@ -32,6 +32,11 @@ class MemoryStore:
             self._data[key] = (value, time.monotonic() + touch)
         return value
 
+    async def ttl(self, key: str) -> float | None:
+        item = self._data.get(key)
+        remaining = None if item is None else item[1] - time.monotonic()
+        return remaining if remaining is not None and remaining > 0 else None
+
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._data[key] = (value, time.monotonic() + ttl)
         if len(self._data) + len(self._sets) >= self._next_sweep:

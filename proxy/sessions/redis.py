@@ -16,6 +16,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -208,6 +209,12 @@ class RedisStore:
         else:
             value = await self._call(lambda: self._redis.getex(_PREFIX + key, px=_ms(touch)))
         return _as_bytes(value)
+
+    async def ttl(self, key: str) -> float | None:
+        ms = int(await self._call(lambda: self._redis.pttl(_PREFIX + key)))
+        if ms == -2:
+            return None  # no such key
+        return math.inf if ms < 0 else ms / 1000
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(lambda: self._redis.set(_PREFIX + key, value, px=_ms(ttl)))

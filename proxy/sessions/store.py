@@ -25,6 +25,9 @@ class SessionStore(Protocol):
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         """Set only if absent (SET NX): True when this call created the key. Locks and replay guards."""
 
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until the key expires; None when it does not exist (``math.inf`` without an expiry)."""
+
     async def take(self, key: str) -> bytes | None:
         """Get and delete atomically: a value can be taken once, even with several replicas."""
 

@@ -32,6 +32,7 @@ from proxy.errors import BadRequest, Closed, LoginError, SidecarError, TooManySi
 from proxy.oidc.client import LoginResult, OIDCClient, TokenEndpointError, logout_hints, new_pkce, random_token
 from proxy.runtime.state import RUNTIME, Active, Runtime
 from proxy.sessions import PendingLogin, Session
+from proxy.sessions.directory import SignIn
 from proxy.sessions.revocations import ttl_for
 from proxy.signin.current import session_for
 
@@ -198,6 +199,7 @@ async def new_session(request: web.Request, runtime: Runtime, active: Active, re
         access_expires_at=tokens.expires_at,
         issuer=active.settings.sso.issuer_url,
         client_id=active.settings.sso.client_id,
+        client=sign_in_client(request, active),
     )
     log.info("login ok sub=%s", _short(session.subject))
     return session
@@ -246,6 +248,11 @@ async def checked_result(request: web.Request, active: Active, pending: PendingL
         exc.return_to = pending.return_to
         raise
     return result
+
+
+def sign_in_client(request: web.Request, active: Active) -> SignIn:
+    """The browser that signs in, as the settings page's Sessions lists it: its address, its user agent."""
+    return SignIn(client_address(request, active.settings), request.headers.get("User-Agent", ""))
 
 
 async def redeem(oidc: OIDCClient, code: str, pending: PendingLogin) -> LoginResult:

@@ -83,6 +83,7 @@ async def finish(
         access_token=tokens.access_token,
         refresh_token=tokens.refresh_token,
         access_expires_at=tokens.expires_at,
+        client=login.sign_in_client(request, active),
     )
     log.info("step-up ok for %s", ", ".join(need.routes))
     return login.signed_in(active, session, pending.return_to, state)

@@ -130,7 +130,7 @@ class DevIdP:
         endpoint = self.discovery().get("registration_endpoint")
         if not endpoint:
             raise RuntimeError("this dev IdP was started without allow_registration")
-        registered = _post_json(endpoint, body)
+        registered = _post_json(endpoint, body, self.config.get("registration_initial_access_token"))
         return RegisteredClient(
             client_id=registered["client_id"],
             client_secret=registered.get("client_secret", ""),
@@ -172,10 +172,11 @@ def _get_json(url: str) -> dict[str, Any]:
         return dict(json.load(resp))
 
 
-def _post_json(url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+def _post_json(url: str, body: Mapping[str, Any], bearer: str | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if bearer:
+        headers["Authorization"] = f"Bearer {bearer}"  # an initial access token (RFC 7591 3)
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     with urllib.request.urlopen(req, timeout=5) as resp:
         return dict(json.load(resp))
 

@@ -24,6 +24,38 @@
     selection.addRange(range);
   }
 
+  // A Test login ends in another window: its result page tells this one, which shows it without a reload.
+  // Only text crosses (never markup), and only for the draft this page shows: any script of this origin could
+  // post on the channel, and the server decides Enable by what it stored, not by what a page shows.
+  var channel = "BroadcastChannel" in window ? new BroadcastChannel("sso-sidecar-admin") : null;
+  var outcome = document.getElementById("test-outcome");
+  if (channel && outcome) {
+    var row = function (name) {
+      var element = outcome.querySelector("[data-row=" + name + "]");
+      return element ? element.textContent : "";
+    };
+    channel.postMessage({
+      kind: "test-finished",
+      digest: outcome.getAttribute("data-digest"),
+      state: row("test-state"),
+      result: row("test-result"),
+    });
+  }
+  var facts = document.getElementById("test-facts");
+  var live = document.getElementById("test-live");
+  if (channel && facts && live) {
+    live.textContent = "The result of a Test login in the other window shows here by itself.";
+    channel.addEventListener("message", function (event) {
+      var data = event.data || {};
+      if (data.kind !== "test-finished" || data.digest !== facts.getAttribute("data-digest")) { return; }
+      var state = document.getElementById("test-state");
+      var result = document.getElementById("test-result");
+      if (state) { state.textContent = String(data.state); }
+      if (result) { result.textContent = String(data.result); }
+      if (live) { live.textContent = "The Test login in the other window finished: see above."; }
+    });
+  }
+
   // Presets fill in the Issuer URL field at once (without a round trip); the server does the same
   // for a browser without scripts.
   var presets = document.querySelector("form.presets");

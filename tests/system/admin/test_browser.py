@@ -106,7 +106,7 @@ async def test_the_settings_page_walk(
         await page.goto(walk.admin_url)
         await expect(page).to_have_url(re.compile(r"/oauth2/break-glass\?rd=/oauth2/admin$"))
         await page.get_by_label("Break-glass token").fill(replicas.break_glass)
-        await page.get_by_role("button", name="Continue to the console").click()
+        await page.get_by_role("button", name="Continue to the settings page").click()
         await expect(page).to_have_url(walk.admin_url)
         await expect(page.get_by_text("SSO is disabled")).to_be_visible()
         await walk.shot("first-visit-through-break-glass")

@@ -106,8 +106,52 @@ async def call(http: Any, sidecar: Sidecar, token: str | None, **headers: str) -
 async def test_an_api_request_without_credentials_gets_401_with_a_bearer_challenge(http, api_sidecar):
     status, headers, body = await call(http, api_sidecar, None, Accept="application/json")
     assert status == 401
-    assert headers["WWW-Authenticate"] == "Bearer"
+    metadata = api_sidecar.url_for("/.well-known/oauth-protected-resource")
+    assert headers["WWW-Authenticate"] == f'Bearer resource_metadata="{metadata}"'  # RFC 9728 5.1
     assert body["error"] == "unauthenticated" and body["login_url"].startswith("/oauth2/start?rd=")
+
+
+async def test_the_protected_resource_metadata_names_the_issuer_and_the_extra_issuers(
+    http, main_op, partner_op, api_sidecar
+):
+    """RFC 9728 3.2: where a client learns which authorization servers' tokens this resource accepts."""
+    async with http(cookies=False).get(api_sidecar.url_for("/.well-known/oauth-protected-resource")) as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        document = await resp.json()
+    assert document == {
+        "resource": api_sidecar.url_for("/").rstrip("/"),
+        "authorization_servers": [main_op.issuer, partner_op.issuer],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": ["openid", "profile", "email"],
+    }
+
+
+async def test_a_cli_follows_the_challenge_to_an_authorization_server_and_back(http, partner_op, api_sidecar):
+    """What docs/configuration.md's CLI example does: 401 -> resource_metadata -> an authorization server it
+    can get a token from -> the same call with that token passes."""
+    client = http(cookies=False)
+    async with client.get(api_sidecar.url_for("/api/whoami"), headers={"Accept": "application/json"}) as resp:
+        assert resp.status == 401
+        challenge = resp.headers["WWW-Authenticate"]
+    scheme, _, params = challenge.partition(" ")
+    assert scheme == "Bearer"
+    fields = dict(part.strip().split("=", 1) for part in params.split(","))
+    async with client.get(json.loads(fields["resource_metadata"])) as resp:
+        servers = (await resp.json())["authorization_servers"]
+    assert partner_op.issuer in servers
+    async with client.get(partner_op.issuer + "/.well-known/openid-configuration") as resp:
+        assert (await resp.json())["issuer"] == partner_op.issuer  # RFC 8414 / Discovery at the named issuer
+    token = mint(partner_op, PARTNER_AUDIENCE)  # the token a CLI would obtain from it
+    status, _, seen = await call(http, api_sidecar, token)
+    assert status == 200 and seen["headers"]["X-Forwarded-User"] == "ci-bot"
+
+
+async def test_an_invalid_token_challenge_carries_the_resource_metadata_too(http, api_sidecar):
+    status, headers, _ = await call(http, api_sidecar, "junk")
+    assert status == 401
+    metadata = api_sidecar.url_for("/.well-known/oauth-protected-resource")
+    assert headers["WWW-Authenticate"].startswith('Bearer error="invalid_token", error_description="')
+    assert headers["WWW-Authenticate"].endswith(f', resource_metadata="{metadata}"')
 
 
 async def test_a_token_from_the_provider_passes_with_identity_headers_from_its_claims(http, main_op, api_sidecar):

@@ -118,6 +118,11 @@ async def signed_in(http: Any, nginx: Nginx, username: str = "alice.smith") -> A
     return client
 
 
+def challenge(sidecar: Sidecar) -> str:
+    """The 401's WWW-Authenticate: where the protected-resource metadata is, at the public URL (RFC 9728 5.1)."""
+    return f'Bearer resource_metadata="{sidecar.config["public_url"]}/.well-known/oauth-protected-resource"'
+
+
 async def ask(client: Any, sidecar: Sidecar, **headers: str) -> tuple[int, Any, str]:
     async with client.get(sidecar.url_for("/oauth2/auth"), headers=headers) as resp:
         return resp.status, resp.headers, await resp.text()
@@ -135,14 +140,14 @@ async def test_no_session_is_401_and_a_browser_is_sent_on_to_sign_in(http, stack
     login_url = URL(headers["X-Login-URL"])
     assert login_url.path == "/oauth2/start" and login_url.query["rd"] == original
     assert f'http-equiv="refresh" content="0;url={headers["X-Login-URL"].replace("&", "&amp;")}"' in body
-    assert headers["WWW-Authenticate"] == "Bearer"
+    assert headers["WWW-Authenticate"] == challenge(sidecar)
 
 
 async def test_no_session_is_401_json_for_an_api_client(http, stack):
     _, sidecar = stack
     status, headers, body = await ask(http(), sidecar, **API, **{"X-Forwarded-Uri": "/api/x"})
     assert status == 401
-    assert headers["WWW-Authenticate"] == "Bearer"
+    assert headers["WWW-Authenticate"] == challenge(sidecar)
     assert json.loads(body)["error"] == "unauthenticated"
     assert "X-Login-URL" not in headers  # nginx's error_page then answers 401, not a redirect
 
@@ -246,10 +251,19 @@ async def test_full_login_through_nginx_gives_the_console_the_identity_headers(h
 
 
 async def test_through_nginx_an_api_client_without_a_session_gets_401_with_a_bearer_challenge(http, stack):
-    nginx, _ = stack
+    nginx, sidecar = stack
     async with http().get(nginx.url + "/api/whoami", headers=API) as resp:
         assert resp.status == 401
-        assert resp.headers["WWW-Authenticate"] == "Bearer"
+        assert resp.headers["WWW-Authenticate"] == challenge(sidecar)
+
+
+async def test_through_nginx_the_challenge_leads_to_the_protected_resource_metadata(http, stack, idp):
+    """The example routes /.well-known/oauth-protected-resource to the sidecar (RFC 9728), not to the check."""
+    nginx, _ = stack
+    async with http(cookies=False).get(nginx.url + "/.well-known/oauth-protected-resource") as resp:
+        assert resp.status == 200, await resp.text()
+        document = await resp.json()
+    assert document["resource"] == nginx.url and document["authorization_servers"] == [idp.issuer]
 
 
 async def test_through_nginx_skip_auth_paths_pass_without_identity_even_when_spoofed(http, stack):

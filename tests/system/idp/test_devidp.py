@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from joserfc.jwk import KeySet
 from yarl import URL
 
 from support.http import HttpClient
-from support.idp import DevIdP, RegisteredClient, login, logout
+from support.idp import DevIdP, RegisteredClient, idp_config, login, logout
 from support.procs import LOOPBACK, free_port
 
 
@@ -286,3 +287,47 @@ async def test_acr_values_above_the_sessions_level_ask_to_sign_in_again(http: An
             url, _, _ = party.authorize_url(acr_idp, acr_values=asked)
             async with client.get(url, allow_redirects=True) as final:
                 assert "callback reached" in await final.text(), asked
+
+
+def _authenticates(idp: DevIdP, client_id: str, secret: str) -> bool:
+    """The token endpoint knows the client and its secret: a made-up code is refused as a grant, not a client."""
+    body = "grant_type=authorization_code&code=made-up&code_verifier=" + "v" * 43
+    auth = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    request = urllib.request.Request(idp.discovery()["token_endpoint"], data=body.encode(), method="POST",
+                                     headers={"Authorization": f"Basic {auth}"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=5):
+            return False
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return bool(json.loads(exc.read())["error"] == "invalid_grant")
+
+
+def test_registration_with_an_initial_access_token_and_clients_kept_across_a_restart(tmp_path: Any) -> None:
+    """The demo's provider: registration only with the initial access token, and the clients it registered
+    still known after a restart (a client the settings page enabled must outlive ``make demo``'s next run)."""
+    config = idp_config(port=free_port(), allow_registration=False, registration_initial_access_token="iat-1",
+                        clients_file=str(tmp_path / "clients.json"))  # fmt: skip
+    provider = DevIdP(config, tmp_path / "idp").start()
+    try:
+        assert _post(provider, {"redirect_uris": ["http://127.0.0.1:1/cb"]}, token="wrong") == 401
+        client = provider.register_client("http://127.0.0.1:1")
+        assert _authenticates(provider, client.client_id, client.client_secret)
+        provider.stop()
+        provider = DevIdP(config, tmp_path / "idp").start()
+        assert _authenticates(provider, client.client_id, client.client_secret)
+        assert not _authenticates(provider, client.client_id, "wrong")
+    finally:
+        provider.stop()
+
+
+def _post(provider: DevIdP, body: dict[str, Any], *, token: str) -> int:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    endpoint = provider.discovery()["registration_endpoint"]
+    request = urllib.request.Request(endpoint, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code

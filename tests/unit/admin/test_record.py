@@ -17,6 +17,7 @@ from proxy.admin.record import (
     PageSSO,
     Pinned,
     RecordError,
+    Registration,
     TestResult,
 )
 from proxy.b64 import b64url_decode, b64url_encode
@@ -157,3 +158,22 @@ def test_history_keeps_the_newest_entries_first_and_is_bounded() -> None:
         r = r.with_entry("x", "saved", str(i))
     assert len(r.history) == 50
     assert [e.detail for e in r.history[:2]] == ["59", "58"]
+
+
+def test_a_registration_and_a_test_users_admin_reason_are_sealed_with_the_record() -> None:
+    """RFC 7592's registration access token and client URI are kept for a later update of the URIs: inside the
+    seal, never in clear, never in a repr (a log line or a traceback)."""
+    made = Registration(SSO.issuer_url, "reg-client", "https://idp.example.com/reg/reg-client", "rat-value-123",
+                        1_700_000_300.0, "ada@example.com")  # fmt: skip
+    test = TestResult("d", 1.0, "ada", True, admin_reason="an admin needs ...; the provider sent no groups")
+    full = dataclasses.replace(record(), registration=made, test=test)
+    keys = Keys([NEW])
+    sealed = keys.seal(full)
+    assert b"rat-value-123" not in sealed and b"/reg/reg-client" not in sealed
+    assert keys.open(sealed)[0] == full
+    assert "rat-value-123" not in repr(made) and "/reg/" not in repr(made)
+
+
+def test_a_record_without_a_registration_opens_as_before() -> None:
+    keys = Keys([NEW])
+    assert keys.open(keys.seal(record()))[0].registration is None

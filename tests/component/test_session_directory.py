@@ -141,3 +141,20 @@ async def test_a_revoked_session_leaves_the_other_workers_cache_at_once(redis_cl
             await m.stop()
         for store in stores:
             await store.close()
+
+
+async def test_a_step_up_lists_the_upgraded_session_under_its_new_id_and_revoking_it_ends_it(manager):
+    """A step-up (``SessionManager.upgrade``) moves the session to a new id: the settings page's Sessions must
+    list that one, with the step-up's browser and the first sign-in's start, and never the old id (revoking a
+    row that is no longer the live session would leave the user signed in)."""
+    old = await sign_in(manager, acr="urn:pwd")
+    stepped = SignIn("198.51.100.9", "Firefox/128")
+    claims = {"sub": "u-alice.smith", "preferred_username": "alice.smith", "email": "alice.smith@Example.com"}
+    new = await manager.upgrade(old, claims={**claims, "acr": "urn:mfa"}, id_token="id2", access_token="at2",
+                                refresh_token=None, access_expires_at=None, client=stepped)  # fmt: skip
+    (facts,) = await manager.directory.find("alice.smith")
+    assert facts.session_id == new.id
+    assert (facts.address, facts.user_agent, facts.created_at) == (stepped.address, stepped.user_agent, old.created_at)
+    assert await manager.revoke(facts)
+    assert await manager.load(new.ticket, issuer="https://idp", client_id="c", use_cache=False) is None
+    assert await manager.directory.find("alice.smith") == []

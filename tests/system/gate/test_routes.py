@@ -308,6 +308,9 @@ async def test_a_bearer_token_that_falls_short_gets_the_rfc_9470_challenge(
         body = await resp.json()
     assert challenge.startswith('Bearer error="insufficient_user_authentication"')
     assert 'acr_values="urn:mfa urn:hwk"' in challenge and 'max_age="600"' in challenge
+    # RFC 9728 5.1: the step-up challenge, as every Bearer 401, says where the resource's metadata is.
+    metadata = bearer_sidecar.url_for("/.well-known/oauth-protected-resource")
+    assert challenge.endswith(f', resource_metadata="{metadata}"')
     assert body["acr_values"] == ["urn:mfa", "urn:hwk"] and body["max_age"] == 600
     assert wanted in body["message"]
 

@@ -78,7 +78,7 @@ class AssertionCheck:
         self.jwks_url = self.issuer + "/oauth2/jwks.json"
         self.audience = audience
         self._keys: KeySet | None = None
-        self._fetched = 0.0
+        self._fetched: float | None = None  # time.monotonic() of the last fetch
         self.rules = jwt.JWTClaimsRegistry(
             leeway=LEEWAY,
             iss={"essential": True, "value": self.issuer},
@@ -89,7 +89,7 @@ class AssertionCheck:
 
     async def keys(self, kid: object, http: aiohttp.ClientSession) -> KeySet:
         known = self._keys is not None and any(k.kid == kid for k in self._keys.keys)
-        if not known and time.monotonic() - self._fetched > REFETCH_AFTER:
+        if not known and (self._fetched is None or time.monotonic() - self._fetched > REFETCH_AFTER):
             async with http.get(self.jwks_url) as resp:
                 resp.raise_for_status()
                 self._keys = KeySet.import_key_set(await resp.json())

@@ -40,6 +40,9 @@ from proxy.oidc.jwks import JWKS
 log = logging.getLogger("sso_sidecar.oidc")
 
 _OAUTH_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# RFC 6749 A.12: an access token is printable ASCII. Anything else (a line break) can travel neither in the
+# Authorization header to userinfo nor in a header to the console (pass_tokens).
+_TOKEN_CHARS = re.compile(r"[\x20-\x7e]+")
 
 
 def random_token(nbytes: int = 32) -> str:
@@ -443,6 +446,8 @@ def _token_set(body: Mapping[str, Any], *, require_id_token: bool) -> TokenSet:
     access_token = body.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise ProviderError("The token endpoint's answer has no access_token")
+    if not _TOKEN_CHARS.fullmatch(access_token):
+        raise ProviderError("The token endpoint's access_token has characters no token may have (RFC 6749 A.12)")
     id_token = body.get("id_token")
     if id_token is None and not require_id_token:
         id_token = ""

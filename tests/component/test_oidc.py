@@ -337,6 +337,8 @@ async def test_wrong_pkce_verifier_is_refused_by_the_provider(flow: Flow, op: Ba
         ({"token_type": None}, "did not issue a Bearer token"),
         ({"id_token": None}, "has no id_token"),
         ({"access_token": None}, "has no access_token"),
+        ({"access_token": "at-1\r\nX-Injected: 1"}, "characters no token may have"),
+        ({"access_token": "at-\u00e9"}, "characters no token may have"),
     ],
 )
 async def test_incomplete_token_response_is_a_provider_error(

@@ -5,8 +5,11 @@ and ``exp``, and shows "verified" next to the identity; whatever reaches it arou
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -14,6 +17,7 @@ import pytest
 from conftest import Console, SidecarFactory
 
 from support import REPO, procs
+from support.assertions import jwks
 from support.idp import login
 from support.procs import LOOPBACK, Process, free_port
 
@@ -80,3 +84,21 @@ async def test_what_reaches_the_console_around_the_sidecar_is_not_verified(http,
         assert (await resp.json(content_type=None))["assertion"]["verified"] is False
     finally:
         other.stop_all()
+
+
+async def test_the_console_fetches_the_jwks_at_its_first_assertion_however_young_the_machine(
+    sidecar_factory, monkeypatch
+):
+    """The first fetch does not wait for REFETCH_AFTER seconds of the monotonic clock (a machine's uptime)."""
+    spec = importlib.util.spec_from_file_location("demo_console_under_test", CONSOLE)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    sidecar = sidecar_factory({"assertion": {}})
+    # The demo's clock only (the event loop keeps its own): a machine booted three seconds ago.
+    monkeypatch.setattr(demo, "time", SimpleNamespace(monotonic=lambda: 3.0, time=time.time))
+    check = demo.AssertionCheck(sidecar.url, "http://console.example")
+    async with aiohttp.ClientSession() as http:
+        keys = await check.keys("any-kid", http)
+    published = [k["kid"] for k in (await jwks(sidecar.url))["keys"]]
+    assert len(published) == 1 and [k.kid for k in keys.keys] == published

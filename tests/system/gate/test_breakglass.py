@@ -117,6 +117,24 @@ async def test_scripts_send_the_token_in_a_header_which_never_reaches_the_consol
         assert (await resp.json())["error"] == "break_glass_rejected"
 
 
+async def test_break_glass_gets_no_signed_assertion_roles_or_tokens(http, sidecar_factory, tmp_path):
+    """The assertion vouches only for a user the provider signed in: a break-glass request has the identity
+    headers alone, and whatever assertion, roles or tokens it brings are removed (docs/console-identity.md)."""
+    identity = {
+        "assertion": {},
+        "roles": {"rules": [{"role": "admin", "groups": ["admins"]}], "default": ["viewer"]},
+        "pass_tokens": {"access_token": "X-Forwarded-Access-Token"},
+    }
+    sc = sidecar_factory(down_config(tmp_path, **identity), register=False)
+    forged = {"X-Sso-Assertion": "e30.e30.", "X-Forwarded-Roles": "admin", "X-Forwarded-Access-Token": "at-forged"}
+    seen = await console_view(
+        http(cookies=False), sc.url_for("/api/whoami"), headers={"X-Break-Glass": TOKEN, **forged}
+    )
+    assert seen["headers"]["X-Forwarded-User"] == "break-glass"
+    received = {k.lower() for k, _ in seen["header_list"]}
+    assert received.isdisjoint(name.lower() for name in forged), received
+
+
 async def test_wrong_tokens_slow_their_client_down_but_the_right_token_always_passes(http, sidecar_factory, tmp_path):
     sc = sidecar_factory(down_config(tmp_path), register=False)
     client = http()

@@ -315,3 +315,18 @@ async def _minted(op: BadOPProcess, claims: dict[str, Any]) -> str:
     async with aiohttp.ClientSession() as s, s.post(f"{op.issuer}/_control/logout_token", json=spec) as resp:
         assert resp.status == 200, await resp.text()
         return str((await resp.json())["logout_token"])
+
+
+async def test_an_access_token_no_header_can_carry_is_a_clean_sign_in_error_and_reaches_no_one(
+    http, sidecar_factory, op
+):
+    """A provider whose access token holds a line break: it could go neither to userinfo nor to the console."""
+    await op.control(token_response_override={"access_token": "at-1\r\nX-Injected: yes"}, include_at_hash=False)
+    sidecar = badop_sidecar(sidecar_factory, op)
+    client = http()
+    resp = await login(client, sidecar.url_for("/api/whoami"), "ignored")
+    page = await resp.text()
+    assert resp.status == 502 and "access_token" in page and "X-Injected" not in page
+    status, _ = await call(client, sidecar.url_for("/api/whoami"))
+    assert status == 401  # no session
+    assert "Traceback" not in sidecar.logs()

@@ -229,7 +229,8 @@ def _listing(runtime: Runtime, csrf: str, name: str, found: Sequence[SessionFact
         rows.append(
             f"<tr{' class=own' if mine else ''}><td class=when>{_when(f.created_at)}{notes}</td>"
             f"<td class=when>{_when(f.last_used_at)}</td><td class=when>{_when(f.ends_at)}</td>"
-            f"<td><code>{escape(f.address or '—')}</code></td><td class=agent>{escape(f.user_agent or '—')}</td>"
+            f"<td class=address><code>{escape(f.address or '—')}</code></td>"
+            f"<td class=agent>{escape(f.user_agent or '—')}</td>"
             f"<td>{button}</td></tr>"
         )
     every = _form(REVOKE, csrf, "Revoke all", user + html.hidden("all", "yes"), css="danger")
@@ -251,8 +252,8 @@ def _when(timestamp: float | None) -> str:
         return "—"
     moment = time.gmtime(timestamp)
     return (
-        f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)}">{time.strftime("%Y-%m-%d %H:%M", moment)}'
-        ' <span class="muted">UTC</span></time>'
+        f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)}">{time.strftime("%Y-%m-%d", moment)}<br>'
+        f'{time.strftime("%H:%M", moment)} <span class="muted">UTC</span></time>'
     )
 
 

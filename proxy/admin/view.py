@@ -277,7 +277,9 @@ def _presets(view: View, issuer: str) -> str:
     chosen = (values["preset"], values.get("preset-name", ""), values.get("preset-server", "")) if values.get(
         "preset") else recognise(issuer)  # fmt: skip
     preset, name, server = chosen or ("", "", "")
-    options = "".join(
+    # An issuer that matches no preset says so, rather than showing the first preset as if it were chosen.
+    options = f'<option value=""{" selected" if not preset else ""}>Other provider</option>'
+    options += "".join(
         f'<option value="{k}"{" selected" if k == preset else ""}>{escape(label)}</option>'
         for k, (label, _) in PRESETS.items()
     )

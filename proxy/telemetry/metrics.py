@@ -68,7 +68,8 @@ class Metrics:
         )
         self.admin_actions = Counter(
             _PREFIX + "admin_actions",
-            "Changes made on the SSO settings page, by action (save, test, enable, disable, forget) and "
+            "Changes made on the SSO settings page, by action (save, register, test, enable, disable, forget, "
+            "revoke) and "
             "result (ok, refused, failed).",
             ["action", "result"],
             registry=r,

@@ -137,6 +137,8 @@ async def test_the_first_setup_as_a_new_operator_then_registration_and_sessions(
         await page.get_by_role("button", name="Save").click()  # still not typed again
         await expect(page.get_by_text("Saved. The running config is unchanged")).to_be_visible()
         assert r.client.client_secret not in await page.content()
+        # An issuer no preset makes is shown as such, not as the first preset (Okta) chosen.
+        await expect(page.get_by_label("Provider preset", exact=True)).to_have_value("")
 
         # A Test login as a user who is no admin: who would be is said, and this page updates without a reload.
         await expect(page.locator("#test-state")).to_have_text("Not tested yet.")

@@ -22,7 +22,7 @@ from conftest import SidecarFactory
 from yarl import URL
 
 from support.badop import BadOP, running_badop
-from support.idp import DevIdP, login
+from support.idp import DevIdP, login, logout
 from support.procs import LOOPBACK, free_port
 from support.sidecar import Sidecar
 from support.waiting import eventually
@@ -136,6 +136,22 @@ async def test_a_session_without_the_acr_steps_up_in_place_and_lands_on_the_rout
     stale = http()
     stale.cookie_jar.update_cookies({COOKIE: before}, URL(routes_sidecar.url))
     assert await status_of(stale, "GET", routes_sidecar.url_for("/reports")) == 401
+
+
+async def test_a_logout_at_the_provider_ends_the_upgraded_session(http, acr_idp, routes_sidecar):
+    """Back-channel logout as today: the provider's logout finds the session a step-up upgraded (its new id,
+    and the provider session of its latest sign-in)."""
+    client = await signed_in(http, routes_sidecar, "bob")
+    landed = await login(client, routes_sidecar.url_for("/mfa/ledger"), "bob", otp="8080")
+    assert landed.status == 200 and URL(str(landed.url)).path == "/mfa/ledger"
+    assert await status_of(client, "GET", routes_sidecar.url_for("/billing/x")) == 200
+    # Sign out at the provider itself, not through the sidecar: only the back-channel can tell the sidecar.
+    await logout(client, acr_idp.discovery()["end_session_endpoint"])
+
+    async def ended() -> bool:
+        return await status_of(client, "GET", routes_sidecar.url_for("/billing/x")) == 401
+
+    await eventually(ended, what="the back-channel logout to end the upgraded session")
 
 
 async def test_an_acr_the_provider_never_delivers_ends_on_one_403_without_a_loop(http, routes_sidecar):

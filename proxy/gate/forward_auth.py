@@ -83,7 +83,7 @@ async def auth(request: web.Request) -> web.StreamResponse:
         raise Unauthenticated(login_url=login_url(_return_to(target)), challenge=BEARER_CHALLENGE)
     short = admit(request, runtime, active.settings, claims, method, target)
     if short is not None:
-        raise step_up_required(*short, _return_to(target))
+        raise step_up_required(request, *short, _return_to(target), method, target)
     headers = dict(_NO_STORE)
     headers.update(active.identity.values(claims))
     return web.Response(status=202, headers=headers)

@@ -444,3 +444,25 @@ async def test_status_shows_the_route_table_and_which_route_each_denial_hit_neve
     assert denials[0]["user"] == "carl@example.com"
     assert "secret=1" not in text
     assert client.cookie(COOKIE) not in text
+
+
+async def test_the_login_url_of_a_challenge_for_a_destructive_method_asks_for_that_methods_sign_in(
+    http, token_op, bearer_sidecar
+):
+    """A route for DELETE only: the API call's login URL must ask for the DELETE's sign-in, although the browser
+    that follows it comes back with a GET; a plain sign-in would only be refused again."""
+    client = http()
+    token_op.set(id_token_claims_override={"acr": "urn:pwd"})
+    assert (await login(client, bearer_sidecar.url_for("/"), "any")).status == 200
+    async with client.delete(bearer_sidecar.url_for("/api/whoami"), headers=API) as resp:
+        assert resp.status == 401
+        login_url = (await resp.json())["login_url"]
+    async with client.get(bearer_sidecar.url_for(login_url)) as start:
+        assert start.status == 302
+        asked = URL(start.headers["Location"]).query
+    assert asked["acr_values"] == "urn:mfa urn:hwk" and asked["max_age"] == "600" and asked["prompt"] == "login"
+    token_op.set(id_token_claims_override={"acr": "urn:hwk"})
+    landed = await login(client, bearer_sidecar.url_for(login_url), "any")
+    assert landed.status == 200 and URL(str(landed.url)).path == "/api/whoami"
+    async with client.delete(bearer_sidecar.url_for("/api/whoami"), headers=API) as resp:
+        assert resp.status == 200

@@ -466,3 +466,22 @@ async def test_the_login_url_of_a_challenge_for_a_destructive_method_asks_for_th
     assert landed.status == 200 and URL(str(landed.url)).path == "/api/whoami"
     async with client.delete(bearer_sidecar.url_for("/api/whoami"), headers=API) as resp:
         assert resp.status == 200
+
+
+async def test_a_step_up_for_a_session_replaced_meanwhile_changes_nothing(http, token_op, bearer_sidecar):
+    """The pending step-up is bound to the session it was started for: signed in again in another tab before
+    it came back, it upgrades neither the old session nor the new one."""
+    client = http()
+    token_op.set(id_token_claims_override={"acr": "urn:pwd"})
+    assert (await login(client, bearer_sidecar.url_for("/"), "any")).status == 200
+    async with client.get(bearer_sidecar.url_for("/mfa/x"), headers={"Accept": "text/html"}) as resp:
+        assert resp.status == 302
+        authorize = resp.headers["Location"]
+    assert (await login(client, bearer_sidecar.url_for("/oauth2/start?rd=/reports"), "any")).status == 200
+    replaced = client.cookie(COOKIE)
+    token_op.set(id_token_claims_override={"acr": "urn:mfa"})
+    resp = await login(client, authorize, "any")
+    assert resp.status == 400 and "session changed" in await resp.text()
+    assert client.cookie(COOKIE) == replaced
+    assert await status_of(client, "GET", bearer_sidecar.url_for("/mfa/x")) == 401  # still without the acr
+    assert await status_of(client, "GET", bearer_sidecar.url_for("/reports")) == 200

@@ -8,6 +8,7 @@ from pathlib import Path
 from playwright.async_api import Browser, Page, expect
 
 from support.idp import DevIdP
+from support.waiting import eventually
 
 pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
 
@@ -176,6 +177,45 @@ async def test_a_step_up_the_provider_does_not_deliver_ends_on_one_403_page_and_
         assert response is not None and response.status == 200
         await expect(page).to_have_url(f"{sidecar.url}/reports?after=1")
         await expect(page.locator("#identity")).to_contain_text("carl.jones@example.com")
+    except Exception:
+        shot = tmp_path / "failure.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}\nurl: {page.url}\n{(await page.content())[:3000]}")
+        raise
+    finally:
+        await context.close()
+
+
+async def test_a_route_with_max_age_asks_for_a_fresh_sign_in_once_the_old_one_is_too_old(
+    browser: Browser, sidecar_factory, idp: DevIdP, tmp_path: Path
+) -> None:
+    """Step-up (``routes[].max_age``) in a browser: once the sign-in is older than the route allows, the route
+    sends the browser to the provider's sign-in form again (``prompt=login``), and it lands back on the route;
+    other pages never ask."""
+    sidecar = sidecar_factory(
+        {"routes": [{"path": "^/payments/", "max_age": "5s"}], "sso": {"clock_skew": "0s"}}, name="max-age-browser"
+    )
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{sidecar.url}/payments/new")
+        await page.fill("#login", "carl.jones")
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Allow").click()
+        await expect(page).to_have_url(f"{sidecar.url}/payments/new")
+
+        async def asked_again() -> bool:
+            await page.goto(f"{sidecar.url}/payments/new?try=1")
+            return page.url.startswith(idp.issuer)
+
+        await eventually(asked_again, what="the route to ask for a fresh sign-in", timeout=30)
+        await expect(page.locator("#login")).to_be_visible()  # the provider's form, not its session
+        await page.fill("#login", "carl.jones")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page).to_have_url(f"{sidecar.url}/payments/new?try=1")
+        await expect(page.locator("#identity")).to_contain_text("carl.jones@example.com")
+        await page.goto(f"{sidecar.url}/reports")
+        await expect(page).to_have_url(f"{sidecar.url}/reports")
     except Exception:
         shot = tmp_path / "failure.png"
         await page.screenshot(path=str(shot), full_page=True)

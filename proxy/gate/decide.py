@@ -122,8 +122,7 @@ def admit(
             runtime.denials.add("access_denied", (routes.TOP_LEVEL,), method or "", _path(target), claims)
             raise
         return None
-    query = target.query if target is not None else ""
-    methods = None if method is None else routes.method_readings(method, request.headers, query)
+    methods = None if method is None else routes.method_readings(method, request.headers, _query(target))
     picked = routes.hits(settings.routes, methods, target)
     refused = routes.refusal(claims, picked, settings.access)
     if refused is not None:
@@ -142,17 +141,30 @@ def admit(
     return need, why
 
 
+def _query(target: RequestPath | None) -> str:
+    return target.query if target is not None else ""
+
+
 def _path(target: RequestPath | None) -> str:
     return "(not told)" if target is None else target.path
 
 
-def step_up_required(need: routes.Requirement, why: str, return_to: str) -> StepUpRequired:
+def step_up_required(
+    request: web.BaseRequest,
+    need: routes.Requirement,
+    why: str,
+    return_to: str,
+    method: str | None,
+    target: RequestPath | None,
+) -> StepUpRequired:
     """The RFC 9470 answer for an API call (or forward auth) whose sign-in falls short: 401 with the
     ``insufficient_user_authentication`` challenge; a browser that follows ``login_url`` is asked for the
-    sign-in the route needs (``/oauth2/start`` applies the route of its ``rd``)."""
+    sign-in the route needs (``/oauth2/start`` applies the routes of its ``rd`` for its ``method``: this
+    request's methods, as ``admit`` read them, when the method is known)."""
+    methods = () if method is None else routes.method_readings(method, request.headers, _query(target))
     return StepUpRequired(
         f"This needs {why}.",
-        login_url=login_url(return_to),
+        login_url=login_url(return_to, methods),
         challenge=need.challenge(f"This needs {need.words()}"),
         details=need.details(),
     )

@@ -86,7 +86,7 @@ async def auth(request: web.Request) -> web.StreamResponse:
     claims = found[0]
     short = admit(request, runtime, active.settings, claims, method, target)
     if short is not None:
-        raise step_up_required(*short, _return_to(target))
+        raise step_up_required(request, *short, _return_to(target), method, target)
     console = active.console
     if console is None:
         values = active.identity.values(claims)

@@ -114,7 +114,7 @@ async def _identity(
     short = admit(request, runtime, active.settings, claims, request.method, target)
     if short is not None:  # a route needs a more recent or stronger sign-in
         if is_api_request(request):
-            raise step_up_required(*short, target.path_qs)
+            raise step_up_required(request, *short, target.path_qs, request.method, target)
         entry.route = "step_up"
         return await begin_login(request, runtime, active, target.path_qs, step_up=short[0])
     console = active.console

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -77,8 +77,25 @@ async def finish_purpose(
     return await finish(request, runtime, pending, redirect_uri=redirect_uri)
 
 
-def login_url(return_to: str) -> str:
+# /oauth2/start's ``method``: the methods of the request a step-up is for, when not a GET (at most a few).
+_START_METHOD = re.compile(r"^[A-Z]{1,16}$")
+_START_METHODS_MAX = 4
+
+
+def login_url(return_to: str, methods: Sequence[str] = ()) -> str:
+    """``/oauth2/start`` for ``return_to``. ``methods``: the methods of a request a route asked more of (a DELETE,
+    or a POST that overrides to one): the browser comes back with a GET, so ``start`` can only ask the provider
+    for that request's sign-in if it is told them (``method=DELETE``, or ``POST,DELETE``)."""
+    if any(m not in ("GET", "HEAD") for m in methods):
+        return str(URL("/oauth2/start").with_query(rd=return_to, method=",".join(methods)))
     return str(URL("/oauth2/start").with_query(rd=return_to))
+
+
+def start_methods(value: str | None) -> tuple[str, ...]:
+    """The methods a ``start`` asks the sign-in for: GET (the browser lands with one), and those ``method``
+    names; a name that is not a method token is ignored (anyone may write this URL: it can only ask for more)."""
+    named = (m.strip().upper() for m in (value or "").split(",")[:_START_METHODS_MAX])
+    return tuple(dict.fromkeys(("GET", *(m for m in named if _START_METHOD.match(m)))))
 
 
 async def begin_login(
@@ -128,15 +145,18 @@ def session_binding(session_id: str) -> str:
     return hashlib.sha256(b"sso-sidecar/step-up/" + session_id.encode()).hexdigest()[:32]
 
 
-def route_requirement(settings: Settings, return_to: str) -> routes.Requirement | None:
-    """What the route of ``return_to`` (a GET of it) asks of a sign-in, when it is a path of this console."""
+def route_requirement(
+    settings: Settings, return_to: str, methods: Sequence[str] = ("GET",)
+) -> routes.Requirement | None:
+    """What the routes of ``return_to`` (requests of ``methods``) ask of a sign-in, when it is a path of this
+    console."""
     if not settings.routes or not return_to.startswith("/"):
         return None
     try:
         target = normalise(return_to)
     except BadRequest:
         return None
-    return routes.requirement(routes.hits(settings.routes, ("GET",), target))
+    return routes.requirement(routes.hits(settings.routes, tuple(methods), target))
 
 
 async def start(request: web.Request) -> web.StreamResponse:
@@ -146,8 +166,8 @@ async def start(request: web.Request) -> web.StreamResponse:
     active = runtime.active
     return_to = return_to_for(request.query.get("rd"), active.settings)
     # A page that needs a stronger or more recent sign-in asks for it now, not after a round trip: forward
-    # auth's 401 and an API's step-up challenge send browsers here.
-    step_up = route_requirement(active.settings, return_to)
+    # auth's 401 and an API's step-up challenge send browsers here, with the methods of the request refused.
+    step_up = route_requirement(active.settings, return_to, start_methods(request.query.get("method")))
     return await begin_login(request, runtime, active, return_to, step_up=step_up)
 
 

@@ -25,7 +25,11 @@ from support.sidecar import Sidecar
 ROUTES = [
     {"path": "^/admin(/|$)", "access": {"allowed_groups": ["console-admins"]}},
     {"path": "^/api/whoami$", "methods": ["DELETE"], "access": {"allowed_groups": ["console-admins"]}},
+    {"path": "^/exports/", "methods": ["GET"], "access": {"allowed_groups": ["console-admins"]}},
 ]
+# Top-level access for admins only, and one area open to anyone who signs in: a path that is the open area under
+# one reading and not under another must be judged by both, so the top-level access still refuses.
+OPEN_AREA = {"access": {"allowed_groups": ["console-admins"]}, "routes": [{"path": "^/help(/|$)", "access": {}}]}
 ACCOUNTS = {"ann": {"groups": ["users", "console-admins"]}}
 API = {"Accept": "application/json"}
 
@@ -39,17 +43,34 @@ def route_sidecar(idp_factory: Any, console: Any, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-async def cookies(route_sidecar: Sidecar) -> dict[str, str]:
+def open_area_sidecar(idp_factory: Any, console: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    provider = idp_factory(accounts=ACCOUNTS)
+    factory = SidecarFactory(provider, console, tmp_path_factory.mktemp("route-open-area"))
+    yield factory({**OPEN_AREA, "session": {"cookie_name": "open_area"}}, name="route-open-area")
+    factory.stop_all()
+
+
+async def signed_in_cookies(sidecar: Sidecar, landing: str = "/") -> dict[str, str]:
     """The Cookie header of a signed-in user outside the routes' groups (carl), and of one inside (ann)."""
     from support.http import new_client
 
     headers = {}
     for username in ("carl", "ann"):
         async with new_client() as client:
-            resp = await login(client, route_sidecar.url_for("/"), username)
-            assert resp.status == 200
+            resp = await login(client, sidecar.url_for(landing), username)
+            assert resp.status in (200, 403)  # signed in, whether or not the landing page admits them
             headers[username] = "; ".join(f"{m.key}={m.value}" for m in client.cookie_jar)
     return headers
+
+
+@pytest.fixture(scope="module")
+async def cookies(route_sidecar: Sidecar) -> dict[str, str]:
+    return await signed_in_cookies(route_sidecar)
+
+
+@pytest.fixture(scope="module")
+async def open_area_cookies(open_area_sidecar: Sidecar) -> dict[str, str]:
+    return await signed_in_cookies(open_area_sidecar, "/help/")
 
 
 def _raw(port: int, method: str, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -168,3 +189,41 @@ async def test_a_route_for_delete_leaves_other_methods_to_the_top_level_access(r
         status, body = await raw(route_sidecar, cookies["carl"], "/api/whoami", method=method)
         assert status == 200, (method, status, body[:200])
         assert json.loads(body)["method"] == method
+
+
+async def test_head_is_judged_as_get_by_a_route_for_get(route_sidecar, cookies):
+    """A HEAD is a GET without its body (the console answers it with the GET handler): a route for GET that
+    did not hold it would leak a page's existence, length and headers."""
+    assert (await raw(route_sidecar, cookies["ann"], "/exports/all.csv", method="HEAD"))[0] == 200
+    assert (await raw(route_sidecar, cookies["carl"], "/reports", method="HEAD"))[0] == 200
+    for target in ("/exports/all.csv", "/%65xports/all.csv", "//exports/all.csv"):
+        assert (await raw(route_sidecar, cookies["carl"], target, method="HEAD"))[0] == 403, target
+
+
+# --------------------------------------------------------------------------------------------------
+# A path that is an open route under one reading and not under another
+
+
+async def test_the_open_area_is_open_and_the_rest_is_for_admins(open_area_sidecar, open_area_cookies):
+    assert (await raw(open_area_sidecar, open_area_cookies["carl"], "/help/start", Accept="text/html"))[0] == 200
+    assert (await raw(open_area_sidecar, open_area_cookies["carl"], "/reports"))[0] == 403
+    assert (await raw(open_area_sidecar, open_area_cookies["ann"], "/reports"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/help;x/secret",  # /help/secret where ;parameters are dropped, /help;x/secret elsewhere
+        "/help%2Fsecret",  # /help/secret where %2F is decoded
+        "/help%3Fsecret",  # /help where a decoded '?' ends the path
+        "/help%3Bx/secret",
+    ],
+)
+async def test_a_path_that_is_the_open_area_only_under_some_reading_is_judged_by_the_top_level_too(
+    open_area_sidecar, open_area_cookies, target
+):
+    """Each reading picks its own route; one that picks none brings in the top-level access, which refuses
+    carl. The same spelling from an admin passes: the refusal is the routes' doing, not an unreadable path."""
+    status, body = await raw(open_area_sidecar, open_area_cookies["carl"], target)
+    assert status == 403 and json.loads(body)["error"] == "access_denied", (target, status, body[:200])
+    assert (await raw(open_area_sidecar, open_area_cookies["ann"], target))[0] == 200, target

@@ -22,7 +22,7 @@ from conftest import SidecarFactory
 from yarl import URL
 
 from support.badop import BadOP, running_badop
-from support.idp import DevIdP, login
+from support.idp import DevIdP, login, logout
 from support.procs import LOOPBACK, free_port
 from support.sidecar import Sidecar
 from support.waiting import eventually
@@ -136,6 +136,22 @@ async def test_a_session_without_the_acr_steps_up_in_place_and_lands_on_the_rout
     stale = http()
     stale.cookie_jar.update_cookies({COOKIE: before}, URL(routes_sidecar.url))
     assert await status_of(stale, "GET", routes_sidecar.url_for("/reports")) == 401
+
+
+async def test_a_logout_at_the_provider_ends_the_upgraded_session(http, acr_idp, routes_sidecar):
+    """Back-channel logout as today: the provider's logout finds the session a step-up upgraded (its new id,
+    and the provider session of its latest sign-in)."""
+    client = await signed_in(http, routes_sidecar, "bob")
+    landed = await login(client, routes_sidecar.url_for("/mfa/ledger"), "bob", otp="8080")
+    assert landed.status == 200 and URL(str(landed.url)).path == "/mfa/ledger"
+    assert await status_of(client, "GET", routes_sidecar.url_for("/billing/x")) == 200
+    # Sign out at the provider itself, not through the sidecar: only the back-channel can tell the sidecar.
+    await logout(client, acr_idp.discovery()["end_session_endpoint"])
+
+    async def ended() -> bool:
+        return await status_of(client, "GET", routes_sidecar.url_for("/billing/x")) == 401
+
+    await eventually(ended, what="the back-channel logout to end the upgraded session")
 
 
 async def test_an_acr_the_provider_never_delivers_ends_on_one_403_without_a_loop(http, routes_sidecar):
@@ -431,3 +447,44 @@ async def test_status_shows_the_route_table_and_which_route_each_denial_hit_neve
     assert denials[0]["user"] == "carl@example.com"
     assert "secret=1" not in text
     assert client.cookie(COOKIE) not in text
+
+
+async def test_the_login_url_of_a_challenge_for_a_destructive_method_asks_for_that_methods_sign_in(
+    http, token_op, bearer_sidecar
+):
+    """A route for DELETE only: the API call's login URL must ask for the DELETE's sign-in, although the browser
+    that follows it comes back with a GET; a plain sign-in would only be refused again."""
+    client = http()
+    token_op.set(id_token_claims_override={"acr": "urn:pwd"})
+    assert (await login(client, bearer_sidecar.url_for("/"), "any")).status == 200
+    async with client.delete(bearer_sidecar.url_for("/api/whoami"), headers=API) as resp:
+        assert resp.status == 401
+        login_url = (await resp.json())["login_url"]
+    async with client.get(bearer_sidecar.url_for(login_url)) as start:
+        assert start.status == 302
+        asked = URL(start.headers["Location"]).query
+    assert asked["acr_values"] == "urn:mfa urn:hwk" and asked["max_age"] == "600" and asked["prompt"] == "login"
+    token_op.set(id_token_claims_override={"acr": "urn:hwk"})
+    landed = await login(client, bearer_sidecar.url_for(login_url), "any")
+    assert landed.status == 200 and URL(str(landed.url)).path == "/api/whoami"
+    async with client.delete(bearer_sidecar.url_for("/api/whoami"), headers=API) as resp:
+        assert resp.status == 200
+
+
+async def test_a_step_up_for_a_session_replaced_meanwhile_changes_nothing(http, token_op, bearer_sidecar):
+    """The pending step-up is bound to the session it was started for: signed in again in another tab before
+    it came back, it upgrades neither the old session nor the new one."""
+    client = http()
+    token_op.set(id_token_claims_override={"acr": "urn:pwd"})
+    assert (await login(client, bearer_sidecar.url_for("/"), "any")).status == 200
+    async with client.get(bearer_sidecar.url_for("/mfa/x"), headers={"Accept": "text/html"}) as resp:
+        assert resp.status == 302
+        authorize = resp.headers["Location"]
+    assert (await login(client, bearer_sidecar.url_for("/oauth2/start?rd=/reports"), "any")).status == 200
+    replaced = client.cookie(COOKIE)
+    token_op.set(id_token_claims_override={"acr": "urn:mfa"})
+    resp = await login(client, authorize, "any")
+    assert resp.status == 400 and "session changed" in await resp.text()
+    assert client.cookie(COOKIE) == replaced
+    assert await status_of(client, "GET", bearer_sidecar.url_for("/mfa/x")) == 401  # still without the acr
+    assert await status_of(client, "GET", bearer_sidecar.url_for("/reports")) == 200

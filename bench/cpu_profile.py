@@ -147,7 +147,7 @@ def start_sidecar(
 
 
 def wrk(url: str, cookies: Path, a: argparse.Namespace, seconds: float) -> wrkbench.WrkResult:
-    settings = wrkbench.WrkSettings(connections=a.connections, threads=2, duration=seconds)
+    settings = wrkbench.WrkSettings(connections=a.connections, threads=min(2, a.connections), duration=seconds)
     result = wrkbench.run_wrk(url, cookies, settings)
     if result.non2xx or result.socket_errors:
         raise SystemExit(f"{url}: {result.non2xx} non-2xx answers, {result.socket_errors} socket errors")

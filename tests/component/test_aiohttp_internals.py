@@ -2,7 +2,8 @@
 
 ``proxy/upstream/relay.py`` writes a relayed answer's head itself (latin-1, byte-exact) through ``StreamResponse`` and
 ``StreamWriter`` internals; ``proxy/upstream/aioclient.py`` puts its own ``ResponseHandler`` under aiohttp's
-``TCPConnector``. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
+``TCPConnector``; ``proxy/app.py``'s ``ConsoleDispatch`` stands in for ``Application._handle`` and sets the
+request's match info itself. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
 name each internal and fail with a message that says which module needs it, before the smuggling suites fail
 in ways that are harder to read. The behaviour itself is held by ``tests/adversarial/test_smuggling_*.py`` and
 ``tests/component/upstream/``, which run against both upstream clients; the probes below check that the two hooks
@@ -152,3 +153,33 @@ async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_us
             await client.close()
     finally:
         await runner.cleanup()
+
+
+async def test_application_internals_that_the_console_dispatch_takes_over() -> None:
+    """app.ConsoleDispatch stands in for Application._handle (the handler _make_handler gives the server) and sets
+    Request._match_info as _handle does, from the catch-all resource's own resolve()."""
+    from aiohttp.test_utils import make_mocked_request
+    from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    app = web.Application()
+    resource = app.router.add_route("*", "/{tail:.*}", handler).resource
+    assert resource is not None
+    missing = _missing(app, ("_handle", "_make_handler"))
+    assert not missing, _explain("web.Application", missing, "proxy/app.py (ConsoleDispatch)")
+    request = make_mocked_request("GET", "/x", app=app)
+    assert "_match_info" in web.Request.__slots__ or hasattr(request, "_match_info"), _explain(
+        "web.Request", ["_match_info"], "proxy/app.py (ConsoleDispatch)"
+    )
+    match_info, _ = await resource.resolve(request)
+    assert isinstance(match_info, UrlMappingMatchInfo), _explain(
+        "DynamicResource.resolve", ["(a UrlMappingMatchInfo)"], "proxy/app.py (ConsoleDispatch)"
+    )
+    missing = _missing(match_info, ("add_app", "freeze"))
+    assert not missing, _explain("UrlMappingMatchInfo", missing, "proxy/app.py (ConsoleDispatch)")
+    match_info.add_app(app)
+    match_info.freeze()
+    request._match_info = match_info
+    assert request.app is app and request.match_info is match_info

@@ -167,7 +167,8 @@ async def _probe_provider(runtime: Runtime) -> None:
 
 async def _no_server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """aiohttp adds ``Server: Python/3.x aiohttp/3.y`` where nobody set one: a version list for scanners.
-    The console's own Server header, if it sends one, passes."""
+    The console's own Server header, if it sends one, passes. (Relayed answers do the same themselves, without
+    this signal: ``upstream.relay._ExactHead``. Another receiver added here would not see them.)"""
     if response.headers.get("Server") == SERVER_SOFTWARE:
         del response.headers["Server"]
 

@@ -39,10 +39,11 @@ def _explain(where: str, missing: list[str], needed_by: str) -> str:
 
 
 def test_stream_response_internals_that_relay_writes_the_head_through() -> None:
-    """relay._ExactHead overrides _write_headers and reads the response's head state."""
+    """relay._ExactHead overrides _write_headers and _start (StreamResponse._start without the prepare signal:
+    _prepare_headers, then _write_headers) and reads the response's head state."""
     response = web.StreamResponse()
     needed = ("_write_headers", "_headers", "_reason", "_status", "_req", "_payload_writer")
-    needed += ("_send_headers_immediately",)
+    needed += ("_send_headers_immediately", "_start", "_prepare_headers")
     missing = _missing(response, needed)
     assert not missing, _explain("web.StreamResponse", missing, "proxy/upstream/relay.py (_ExactHead)")
     assert asyncio.iscoroutinefunction(web.StreamResponse._write_headers), _explain(

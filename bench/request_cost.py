@@ -22,8 +22,11 @@ others were disturbed), the median beside it. Even so, on a busy 2-core VM runs 
 ``--instructions``: one process per tree under valgrind's callgrind (``--collect-atstart=no``; the runs switch
 collection on and off through ``valgrind/callgrind.h``, so start-up and warm-up are not counted), with
 ``PYTHONHASHSEED=0``: the instructions per request, the same from one run to the next whatever else the machine
-does. About two minutes per tree. Instructions are not time (no cache misses, no kernel), but a change that
-removes work removes them.
+does (within ~0.5 %). Under callgrind a request takes ~50 times as long, so what runs on a timer would run ~50
+times as often per request, and by how much would depend on the machine's load: there the access log is flushed
+every 256 lines (as under load) and ``cache_ttl`` is 1h (no cached session expires during the runs). About a
+minute per tree. ``--trees PATH...`` measures those checkouts (e.g. ``git worktree add`` of each commit).
+Instructions are not time (no cache misses, no kernel), but a change that removes work removes them.
 
 With ``--baseline REF_OR_PATH`` (a git ref becomes a temporary worktree, as in ``run.py``) the processes
 alternate between the two trees, each importing its tree's ``proxy``.
@@ -84,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="count the instructions of the runs under valgrind's callgrind instead of timing them",
     )
     p.add_argument("--baseline", metavar="REF_OR_PATH")
+    p.add_argument("--trees", nargs="+", type=Path, metavar="PATH", help="measure these checkouts instead")
     p.add_argument("--json", action="store_true", help="print one JSON line (used between the two processes)")
     return p.parse_args(argv)
 
@@ -190,6 +194,15 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
         extra = json.loads(a.extra)
         if a.full:
             extra = {**extra, **IDENTITY, "routes": table(20)}
+        counting = os.environ.get("SSO_CALLGRIND") == "1"
+        if counting:
+            # Under callgrind a request takes ~50x as long: what runs on a timer (the access log's 100 ms flush,
+            # the cached sessions' reload after cache_ttl) would run ~50x as often per request, and by how much
+            # depends on the machine's load. Here they run as often as under load at full speed: the log is
+            # flushed every 256 lines, and no session falls out of the cache during the runs.
+            from proxy.telemetry import accesslog
+
+            accesslog._FLUSH_AFTER = 3600.0  # type: ignore[misc]
         config = {
             "public_url": "http://127.0.0.1:4180",
             "upstream": "http://127.0.0.1:9",
@@ -198,7 +211,7 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
                 "store": "redis",
                 "redis_url": redis.url,
                 "cookie_secret": secrets.token_urlsafe(32),
-                "cache_ttl": "5s",
+                "cache_ttl": "1h" if counting else "5s",
                 "lifetime": "8h",
                 "idle_timeout": "1h",
             },
@@ -252,12 +265,12 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
             return (time.process_time() - t0) * 1e6 / count
 
         await run(a.warmup)  # warm: every session cached, the pool's connection open
-        counting = _callgrind()
-        if counting is not None:
-            counting.toggle()  # callgrind counts from here to the next toggle (--collect-atstart=no)
+        switch = _callgrind()
+        if switch is not None:
+            switch.toggle()  # callgrind counts from here to the next toggle (--collect-atstart=no)
         per_run = [await run(a.requests) for _ in range(a.runs)]
-        if counting is not None:
-            counting.toggle()
+        if switch is not None:
+            switch.toggle()
         return {"proxy": os.path.dirname(proxy.__file__), "us": per_run, "requests": a.requests * a.runs}
     finally:
         if runner is not None:
@@ -334,16 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import baseline as baselines
 
-    trees = {"new": _paths.REPO}
+    trees = {"new": _paths.REPO} if not a.trees else {str(t): t.resolve() for t in a.trees}
     work = Path(tempfile.mkdtemp(prefix="sso-request-cost-"))
     old = None
     if a.baseline:
         old = baselines.resolve(a.baseline, work)
         trees["old"] = old.source.tree
-    inner = [x for x in argv if not x.startswith("--baseline=")]
+    inner = [x for x in argv if not x.startswith(("--baseline=", "--trees="))]
     if "--baseline" in inner:  # "--baseline REF" as two words
         i = inner.index("--baseline")
         del inner[i : i + 2]
+    if "--trees" in inner:
+        i = inner.index("--trees")
+        del inner[i : i + 1 + len(a.trees)]
     results: dict[str, list[float]] = {k: [] for k in trees}
     try:
         if a.instructions:

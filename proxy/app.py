@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from proxy import html
 from proxy.admin import handlers as admin
@@ -190,6 +191,7 @@ class ConsoleDispatch:
         self._app = app
         self._console = console
         self._usual = app._handle
+        (self._route,) = console  # the catch-all's one route, for every method
         self._own: frozenset[str] | None = None  # read from the router at the first request: it is frozen then
 
     def _own_segments(self) -> frozenset[str]:
@@ -212,11 +214,20 @@ class ConsoleDispatch:
             path[:1] == "/" and "{" not in own and path.split("/", 2)[1] not in own and "Expect" not in request.headers
         )
 
+    async def match(self, request: web.Request) -> UrlMappingMatchInfo | None:
+        """The catch-all's match info for ``request``, as its ``resolve`` makes it: ``{"tail": path}`` for the route.
+        Made here for the usual path (no "%", which the resource would unquote; no line break, which its ``.*``
+        does not match), else by the resource itself."""
+        path = request.rel_url.path_safe
+        if "%" in path or "\n" in path:
+            return (await self._console.resolve(request))[0]
+        return UrlMappingMatchInfo({"tail": path[1:]}, self._route)
+
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if not self.direct(request):
             return await self._usual(request)
-        match_info, _ = await self._console.resolve(request)
-        if match_info is None:  # never for a catch-all, but the router would have its say
+        match_info = await self.match(request)
+        if match_info is None:  # a path the catch-all's pattern refuses (a line break): the router's 404
             return await self._usual(request)
         match_info.add_app(self._app)
         match_info.freeze()

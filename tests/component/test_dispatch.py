@@ -112,3 +112,20 @@ async def test_the_server_is_handed_the_dispatch() -> None:
     app = _app()
     server = app._make_handler()
     assert server.request_handler is app[DISPATCH]
+
+
+async def test_the_match_info_is_the_one_the_catch_all_makes() -> None:
+    """The dispatch makes the catch-all's match info itself for the usual path: the same dict and route as the
+    resource's own resolve gives, for plain paths and the ones it leaves to the resource (percent signs, a line
+    break its ``.*`` refuses)."""
+    app = _app()
+    dispatch = app[DISPATCH]
+    console = next(r for r in app.router.resources() if r.canonical == "/{tail}")
+    for path in [*CONSOLE, *CRAFTED, "/a%2Fb", "/a%252Fb", "/%25", "/a%0Ab", "/a%0D%0Ab", "/caf%C3%A9", "/x/"]:
+        request = _request(app, path.partition("?")[0])
+        made = await dispatch.match(request)
+        resolved, _ = await console.resolve(request)
+        if resolved is None:
+            assert made is None, path
+            continue
+        assert made is not None and dict(made) == dict(resolved) and made.route is resolved.route, path

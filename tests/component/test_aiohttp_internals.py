@@ -40,10 +40,17 @@ def _explain(where: str, missing: list[str], needed_by: str) -> str:
 
 def test_stream_response_internals_that_relay_writes_the_head_through() -> None:
     """relay._ExactHead overrides _write_headers and _start (StreamResponse._start without the prepare signal:
-    _prepare_headers, then _write_headers) and reads the response's head state."""
+    _prepare_headers, then _write_headers) and reads the response's head state; relay._Sent (an answer relay wrote
+    itself) is marked sent (_eof_sent) with its keep-alive, which prepare() and write_eof() then skip, and the
+    reason phrases and Date it adds are aiohttp's own (web_response.REASON_PHRASES, helpers.rfc822_formatted_time)."""
+    from aiohttp import helpers, web_response
+
+    assert hasattr(web_response, "REASON_PHRASES") and hasattr(helpers, "rfc822_formatted_time"), _explain(
+        "aiohttp", ["web_response.REASON_PHRASES or helpers.rfc822_formatted_time"], "proxy/upstream/relay.py"
+    )
     response = web.StreamResponse()
     needed = ("_write_headers", "_headers", "_reason", "_status", "_req", "_payload_writer")
-    needed += ("_send_headers_immediately", "_start", "_prepare_headers")
+    needed += ("_send_headers_immediately", "_start", "_prepare_headers", "_eof_sent", "_keep_alive")
     missing = _missing(response, needed)
     assert not missing, _explain("web.StreamResponse", missing, "proxy/upstream/relay.py (_ExactHead)")
     assert asyncio.iscoroutinefunction(web.StreamResponse._write_headers), _explain(

@@ -141,8 +141,8 @@ def test_routes_variant_runs_with_its_table_and_against_a_baseline_without_route
     shutil.copytree(REPO / "proxy", tree / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     validate = tree / "proxy" / "config" / "validate.py"
     text = validate.read_text()
-    assert '"upstream_max_connections", "routes",' in text
-    validate.write_text(text.replace('"upstream_max_connections", "routes",', '"upstream_max_connections",'))
+    assert text.count(' "routes",') == 1  # the key in the list of known top-level keys, wherever it stands there
+    validate.write_text(text.replace(' "routes",', ""))
     out = tmp_path / "routes.json"
     args = ["--smoke", "--no-install", "--only", "sidecars", "--routes", "20", "--baseline", str(tree)]
     proc = subprocess.run(

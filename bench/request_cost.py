@@ -40,6 +40,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -276,6 +277,7 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
         if runner is not None:
             await runner.cleanup()
         redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 _CALLGRIND_C = """
@@ -334,6 +336,7 @@ def run_tree(tree: Path, argv: list[str], *, instructions: bool = False) -> dict
         if collected is None:
             raise SystemExit(f"{tree}: callgrind counted nothing: {log.read_text()[-2000:]}")
         result["instructions"] = int(collected.group(1)) / result["requests"]
+    shutil.rmtree(log.parent, ignore_errors=True)
     if Path(result["proxy"]).resolve() != (tree / "proxy").resolve():
         raise SystemExit(f"{tree}: imported {result['proxy']}")
     return result
@@ -370,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old is not None:
             old.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
     print("| tree | µs per request (fastest run) | median | runs |")
     print("|---|---:|---:|---:|")
     for label, us in results.items():

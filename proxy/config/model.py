@@ -222,18 +222,20 @@ class UpstreamSettings:
     whole (the connection pool is kept while it is the same) and a new option cannot be left out of that.
 
     The YAML keys stay top-level: ``upstream`` (the URL), ``upstream_timeout``, ``upstream_client``,
-    ``upstream_max_connections`` (``KEYS``)."""
+    ``upstream_max_connections``, ``relay_writer`` (``KEYS``)."""
 
     url: URL
     timeout: float = 300.0  # bounds each wait for the console's answer head and next bytes
     client: str = "h1"  # h1 | aiohttp: the client for plain HTTP to the console
     max_connections: int = 256  # plain-HTTP connections to the console per process, idle or in use
+    relay_writer: str = "lean"  # lean | aiohttp: who writes a whole answer back to the client
 
     KEYS: ClassVar[Mapping[str, str]] = {
         "url": "upstream",
         "timeout": "upstream_timeout",
         "client": "upstream_client",
         "max_connections": "upstream_max_connections",
+        "relay_writer": "relay_writer",
     }
 
     def changed_keys(self, new: UpstreamSettings) -> list[str]:

@@ -48,6 +48,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
             "log_level", "log_format", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
             "upstream_client", "upstream_max_connections", "assertion", "roles", "pass_tokens", "routes",
+            "relay_writer",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -61,6 +62,10 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         r.problem("upstream_client", "must be h1 or aiohttp")
         upstream_client = "h1"
     upstream_max_connections = r.get(raw, "upstream_max_connections", "upstream_max_connections", positive_int, 256)
+    relay_writer = r.string(raw, "relay_writer", "relay_writer") or "lean"
+    if relay_writer not in ("lean", "aiohttp"):
+        r.problem("relay_writer", "must be lean or aiohttp")
+        relay_writer = "lean"
     log_level = r.string(raw, "log_level", "log_level") or "info"
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         r.problem("log_level", "must be one of debug, info, warning, error")
@@ -111,7 +116,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         listen_host=listen[0],
         listen_port=listen[1],
         public_url=public_url,
-        upstream=UpstreamSettings(upstream, upstream_timeout, upstream_client, upstream_max_connections),
+        upstream=UpstreamSettings(upstream, upstream_timeout, upstream_client, upstream_max_connections, relay_writer),
         sso=sso,
         session=session,
         metrics_listen=metrics_listen,

@@ -140,7 +140,11 @@ class Runtime:
             upstream = old.upstream
         else:
             upstream = Upstream(
-                wanted.url, timeout=wanted.timeout, client=wanted.client, max_connections=wanted.max_connections
+                wanted.url,
+                timeout=wanted.timeout,
+                client=wanted.client,
+                max_connections=wanted.max_connections,
+                relay_writer=wanted.relay_writer,
             )
             await upstream.start()
         identity = IdentityHeaders(

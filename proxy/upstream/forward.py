@@ -9,7 +9,8 @@ client connection is closed so the client sees a truncated response rather than 
 
 Plain HTTP goes through the client ``upstream_client`` names: ``h1`` (``h1.pool``, the lean HTTP/1.1
 client, the default) or ``aiohttp`` (``aioclient``, the well-trodden fallback), each capped at
-``upstream_max_connections``; ``relay`` writes the answer back byte-exact. Websockets go through
+``upstream_max_connections``; ``relay`` writes the answer back byte-exact (a whole answer itself, with
+``relay_writer: lean``, the default; through aiohttp's response with ``aiohttp``). Websockets go through
 aiohttp's client, outside that cap.
 """
 
@@ -34,6 +35,7 @@ from proxy.upstream.relay import relay_streamed, relay_whole
 from proxy.upstream.websocket import proxy_websocket
 
 UPSTREAM_CLIENTS: Final = ("h1", "aiohttp")
+RELAY_WRITERS: Final = ("lean", "aiohttp")
 DEFAULT_MAX_CONNECTIONS: Final = 256
 # How long a request waits for a connection to the console: to open one, or for one to come free when
 # the pool is at its cap (HAProxy's queue timeout defaults to its connect timeout likewise).
@@ -112,14 +114,19 @@ class Upstream:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_timeout: float | None = None,
         ws_max_message: int = _DEFAULT_WS_MAX_MESSAGE,
+        relay_writer: str = "lean",
     ) -> None:
         """``timeout`` bounds the wait for the response head and each later read (not the whole body),
         like nginx ``proxy_read_timeout``. ``client`` is one of ``UPSTREAM_CLIENTS``; ``max_connections``
-        caps the plain-HTTP connections to the console, idle or in use."""
+        caps the plain-HTTP connections to the console, idle or in use. ``relay_writer`` (``RELAY_WRITERS``): who
+        writes a whole answer back to the client, ``relay._send_whole`` or aiohttp's response."""
         if base.query_string or base.fragment:
             raise ValueError("upstream URL must not have a query or fragment")
         if client not in UPSTREAM_CLIENTS:
             raise ValueError(f"unknown upstream client {client!r}")
+        if relay_writer not in RELAY_WRITERS:
+            raise ValueError(f"unknown relay writer {relay_writer!r}")
+        self._lean = relay_writer == "lean"
         connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
         self.client = client
         self._max_connections = max_connections
@@ -232,7 +239,7 @@ class Upstream:
                 ws_timeout=self._ws_timeout,
                 max_message=self._ws_max_message,
             )
-        return await _http(client, request, headers, self._path_prefix + path_qs, remove_cookies)
+        return await _http(client, request, headers, self._path_prefix + path_qs, remove_cookies, self._lean)
 
 
 # -- plain HTTP ---------------------------------------------------------------------------------------
@@ -244,6 +251,7 @@ async def _http(
     headers: CIMultiDict[str],
     target: str,
     own_cookie: Callable[[str], bool] | None,
+    lean: bool,
 ) -> web.StreamResponse:
     try:
         answer = await client.request(request.method, target, headers, request.content if request.body_exists else None)
@@ -258,7 +266,7 @@ async def _http(
     except UpstreamFailure as exc:
         raise UpstreamError(f"The console could not be reached ({exc}).") from None
     if answer.complete:
-        return relay_whole(answer, request, own_cookie)
+        return await relay_whole(answer, request, own_cookie, lean=lean)
     return await relay_streamed(answer, request, own_cookie)
 
 

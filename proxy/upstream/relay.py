@@ -16,11 +16,16 @@ the client too (never a complete-looking short one).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import cast
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_writer import StreamWriter
+from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
 from proxy.telemetry.logs import request_id
@@ -33,6 +38,18 @@ log = logging.getLogger(__name__)
 
 class _ExactHead(web.StreamResponse):
     """A response whose status line and headers go out as latin-1: each character is one byte."""
+
+    async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        # StreamResponse._start without the on_response_prepare signal, whose one receiver
+        # (app._no_server_header) is done here in one line: aiohttp's own Server header goes, the console's
+        # passes. Dispatching the signal (a coroutine per receiver) cost every relayed answer more than this.
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        await self._prepare_headers()
+        if self._headers.get("Server") == SERVER_SOFTWARE:
+            del self._headers["Server"]
+        await self._write_headers()
+        return writer
 
     async def _write_headers(self) -> None:
         headers = self._headers
@@ -59,19 +76,100 @@ class _ExactHead(web.StreamResponse):
             writer.send_headers()
 
 
-class _ExactResponse(_ExactHead, web.Response):
-    """A whole answer (the body arrived with the head): head and body in one write."""
+class _ExactResponse(web.Response, _ExactHead):
+    """A whole answer (the body arrived with the head): head and body in one write. ``web.Response`` comes first:
+    its ``_start`` (the Content-Length of a body that came without one) runs, then ``_ExactHead``'s."""
 
 
-def relay_whole(answer: Answer, request: web.Request, own_cookie: Callable[[str], bool] | None) -> web.Response:
+async def relay_whole(
+    answer: Answer, request: web.Request, own_cookie: Callable[[str], bool] | None, *, lean: bool = True
+) -> web.StreamResponse:
     """The response for an answer whose whole body arrived with its head (most small ones): head and body
-    in one write, and the pooled connection handed back before answering."""
+    in one write, and the pooled connection handed back before answering.
+
+    ``lean`` (``relay_writer: lean``): the usual answer (HTTP/1.1, a body of its ``Content-Length``, no
+    framing or Connection header left) is written here as aiohttp would write it (``_send_whole``); anything
+    else, and everything with ``relay_writer: aiohttp``, goes through aiohttp's response (``_ExactResponse``)."""
     if own_cookie is not None and "Set-Cookie" in answer.headers:
         drop_own_set_cookies(answer.headers, own_cookie, request)
-    whole = _ExactResponse(status=answer.status, reason=answer.reason or None, body=answer.take_body())
+    body = answer.take_body()
+    if lean:
+        head = _whole_head(answer, request, body)
+        if head is not None:
+            answer.release()
+            return await _send_whole(request, answer, head, body)
+    whole = _ExactResponse(status=answer.status, reason=answer.reason or None, body=body)
     whole.headers.extend(answer.headers)
     answer.release()
     return whole
+
+
+class _Sent(web.StreamResponse):
+    """An answer written whole by ``_send_whole``: aiohttp's ``prepare`` and ``write_eof`` (``finish_response``)
+    find it sent, the access log its status, the server whether the connection is kept."""
+
+
+def _whole_head(answer: Answer, request: web.Request, body: bytes) -> bytes | None:
+    """The head aiohttp's response writer would send for this whole answer, as latin-1 (``_ExactHead``), or None
+    where the answer is not the plain case this covers (then aiohttp's own response writes it).
+
+    What ``web.Response`` and ``StreamResponse._prepare_headers`` do for it, in their order: the console's
+    headers as they are (its ``Content-Length`` among them, equal to the body's length), then
+    ``Content-Type: application/octet-stream`` where it sent none and the body is not empty, ``Date`` where it
+    sent none, aiohttp's Server banner never (``_ExactHead._start``), and ``Connection: close`` when the client
+    does not keep the connection. Not covered: HTTP/1.0 (keep-alive spelled out), HEAD and CONNECT, 1xx, 204
+    and 304 (no body, Content-Length rules), an answer without a Content-Length of exactly its body, or with a
+    framing or Connection header left."""
+    status = answer.status
+    headers = answer.headers
+    if (
+        request.version != HttpVersion11
+        or status < 200
+        or status in (204, 304)
+        or request.method in ("HEAD", "CONNECT")
+        or "Transfer-Encoding" in headers
+        or "Connection" in headers
+        or headers.getall("Content-Length", None) != [str(len(body))]
+    ):
+        return None
+    if headers.get("Server") == SERVER_SOFTWARE:  # as _ExactHead._start deletes it: every Server header goes
+        lines = [f"{name}: {value}" for name, value in headers.items() if name.lower() != "server"]
+    else:
+        lines = [f"{name}: {value}" for name, value in headers.items()]
+    if body and "Content-Type" not in headers:
+        lines.append("Content-Type: application/octet-stream")
+    if "Date" not in headers:
+        lines.append("Date: " + rfc822_formatted_time())
+    if not request.keep_alive:
+        lines.append("Connection: close")
+    reason = answer.reason or REASON_PHRASES.get(status, "")
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+    # Each line ends in the one CRLF written here (the clients refuse line breaks in the console's head; this
+    # keeps it so, as _ExactHead and aiohttp's writer do).
+    # Each line ends in the one CRLF written here, and no other control character but HTAB is in it: aiohttp's
+    # writer refuses the same (the clients refuse them in the console's head; this keeps it so).
+    expected = len(lines) + 2
+    if head.count("\n") != expected or head.count("\r") != expected or _CONTROL_IN_LINE.search(head):
+        raise ValueError("Forbidden control character detected in headers. Potential header injection attack.")
+    return head.encode("latin-1")
+
+
+_CONTROL_IN_LINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+async def _send_whole(request: web.Request, answer: Answer, head: bytes, body: bytes) -> web.StreamResponse:
+    sent = _Sent(status=answer.status, reason=answer.reason or None)
+    keep_alive = request.keep_alive
+    writer = request._payload_writer
+    try:
+        await writer.write(head + body)  # one write, as aiohttp's writer sends a small answer's head and body
+    except OSError:
+        keep_alive = False  # the client left before the answer went out; nothing to tell it
+    sent._keep_alive = keep_alive
+    sent._req = request
+    sent._payload_writer = writer
+    sent._eof_sent = True
+    return sent
 
 
 async def relay_streamed(

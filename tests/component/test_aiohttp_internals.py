@@ -2,7 +2,8 @@
 
 ``proxy/upstream/relay.py`` writes a relayed answer's head itself (latin-1, byte-exact) through ``StreamResponse`` and
 ``StreamWriter`` internals; ``proxy/upstream/aioclient.py`` puts its own ``ResponseHandler`` under aiohttp's
-``TCPConnector``. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
+``TCPConnector``; ``proxy/app.py``'s ``ConsoleDispatch`` stands in for ``Application._handle`` and sets the
+request's match info itself. None of that is public API, so an aiohttp upgrade (``make lock``) may move it. These tests
 name each internal and fail with a message that says which module needs it, before the smuggling suites fail
 in ways that are harder to read. The behaviour itself is held by ``tests/adversarial/test_smuggling_*.py`` and
 ``tests/component/upstream/``, which run against both upstream clients; the probes below check that the two hooks
@@ -38,10 +39,18 @@ def _explain(where: str, missing: list[str], needed_by: str) -> str:
 
 
 def test_stream_response_internals_that_relay_writes_the_head_through() -> None:
-    """relay._ExactHead overrides _write_headers and reads the response's head state."""
+    """relay._ExactHead overrides _write_headers and _start (StreamResponse._start without the prepare signal:
+    _prepare_headers, then _write_headers) and reads the response's head state; relay._Sent (an answer relay wrote
+    itself) is marked sent (_eof_sent) with its keep-alive, which prepare() and write_eof() then skip, and the
+    reason phrases and Date it adds are aiohttp's own (web_response.REASON_PHRASES, helpers.rfc822_formatted_time)."""
+    from aiohttp import helpers, web_response
+
+    assert hasattr(web_response, "REASON_PHRASES") and hasattr(helpers, "rfc822_formatted_time"), _explain(
+        "aiohttp", ["web_response.REASON_PHRASES or helpers.rfc822_formatted_time"], "proxy/upstream/relay.py"
+    )
     response = web.StreamResponse()
     needed = ("_write_headers", "_headers", "_reason", "_status", "_req", "_payload_writer")
-    needed += ("_send_headers_immediately",)
+    needed += ("_send_headers_immediately", "_start", "_prepare_headers", "_eof_sent", "_keep_alive")
     missing = _missing(response, needed)
     assert not missing, _explain("web.StreamResponse", missing, "proxy/upstream/relay.py (_ExactHead)")
     assert asyncio.iscoroutinefunction(web.StreamResponse._write_headers), _explain(
@@ -152,3 +161,33 @@ async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_us
             await client.close()
     finally:
         await runner.cleanup()
+
+
+async def test_application_internals_that_the_console_dispatch_takes_over() -> None:
+    """app.ConsoleDispatch stands in for Application._handle (the handler _make_handler gives the server) and sets
+    Request._match_info as _handle does, from the catch-all resource's own resolve()."""
+    from aiohttp.test_utils import make_mocked_request
+    from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    app = web.Application()
+    resource = app.router.add_route("*", "/{tail:.*}", handler).resource
+    assert resource is not None
+    missing = _missing(app, ("_handle", "_make_handler"))
+    assert not missing, _explain("web.Application", missing, "proxy/app.py (ConsoleDispatch)")
+    request = make_mocked_request("GET", "/x", app=app)
+    assert "_match_info" in web.Request.__slots__ or hasattr(request, "_match_info"), _explain(
+        "web.Request", ["_match_info"], "proxy/app.py (ConsoleDispatch)"
+    )
+    match_info, _ = await resource.resolve(request)
+    assert isinstance(match_info, UrlMappingMatchInfo), _explain(
+        "DynamicResource.resolve", ["(a UrlMappingMatchInfo)"], "proxy/app.py (ConsoleDispatch)"
+    )
+    missing = _missing(match_info, ("add_app", "freeze"))
+    assert not missing, _explain("UrlMappingMatchInfo", missing, "proxy/app.py (ConsoleDispatch)")
+    match_info.add_app(app)
+    match_info.freeze()
+    request._match_info = match_info
+    assert request.app is app and request.match_info is match_info

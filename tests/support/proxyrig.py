@@ -1,7 +1,8 @@
 """The adversarial proxy suite's rig: a raw console behind a real sidecar, signed-in users, and the oracle.
 
 ``proxy_config`` is the one place the suite builds a sidecar config, so the whole suite runs once per
-upstream client (``UPSTREAM_CLIENTS``, the config key ``upstream_client``). ``Rig`` bundles a
+proxy path (``UPSTREAM_CLIENTS``: each upstream client, ``upstream_client``, and the lean one also with
+``relay_writer: aiohttp``). ``Rig`` bundles a
 ``RawConsole``, the sidecar in front of it (started through its CLI) and the session cookies of users
 signed in through a real provider.
 
@@ -33,8 +34,20 @@ SKIP_RULE = "^/api/health$"
 SKIP_PATH = "/api/health"  # proxied without a session
 AUTH_PATH = "/api/echo"  # needs a session
 COOKIE = "sso_sidecar"
-# The upstream clients the suite runs against (``upstream_client``): the lean one and aiohttp's.
-UPSTREAM_CLIENTS: tuple[str, ...] = ("h1", "aiohttp")
+# The proxy paths the suite runs against: each upstream client (``upstream_client``: the lean one and aiohttp's)
+# with the relay's own writer of whole answers, and the lean client with aiohttp's response writing them
+# (``relay_writer: aiohttp``, the well-trodden fallback of that writer).
+AIOHTTP_WRITER = "h1+aiohttp-writer"
+UPSTREAM_CLIENTS: tuple[str, ...] = ("h1", "aiohttp", AIOHTTP_WRITER)
+
+
+def proxy_path_config(variant: str) -> dict[str, str]:
+    """The config keys of one of ``UPSTREAM_CLIENTS``."""
+    if variant == AIOHTTP_WRITER:
+        return {"upstream_client": "h1", "relay_writer": "aiohttp"}
+    return {"upstream_client": variant, "relay_writer": "lean"}
+
+
 # Embedded in every request line an attacker hides in a body, a header or a trailer: the console must
 # never parse it as a request.
 MARKER = "SMUGGLED"
@@ -83,7 +96,7 @@ def proxy_config(
         "sso": {"issuer_url": issuer, "client_id": client_id, "client_secret": client_secret},
         "session": {"store": "memory", "cookie_secret": secrets.token_urlsafe(32)},
         "skip_auth": [SKIP_RULE],
-        "upstream_client": upstream_client,
+        **proxy_path_config(upstream_client),
     }
     assert upstream_client in UPSTREAM_CLIENTS
     return merge(config, overrides or {})

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.upstream.forward import UPSTREAM_CLIENTS
+from support.proxyrig import UPSTREAM_CLIENTS
 
 from .rig import (
     ECHO_STATE,
@@ -60,7 +60,8 @@ async def echo_console() -> AsyncIterator[Echo]:
 
 @pytest.fixture(params=UPSTREAM_CLIENTS)
 def upstream_client(request: pytest.FixtureRequest) -> str:
-    """Every test that starts a proxy runs once per upstream client (``upstream_client``)."""
+    """Every test that starts a proxy runs once per upstream client (``upstream_client``), and the lean one also
+    with aiohttp's response writing whole answers (``relay_writer: aiohttp``): ``proxyrig.UPSTREAM_CLIENTS``."""
     param: str = request.param
     return param
 

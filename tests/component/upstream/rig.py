@@ -1,6 +1,7 @@
 """The streaming reverse proxy, over real HTTP: an echo console and the real app (``create_app``) on 127.0.0.1.
 
-Every test runs once per upstream client (``upstream_client: h1 | aiohttp``) and goes through the gate:
+Every test runs once per proxy path (``proxyrig.UPSTREAM_CLIENTS``: ``upstream_client: h1 | aiohttp``, and h1 with
+``relay_writer: aiohttp``) and goes through the gate:
 with SSO on, a session made in the sidecar's store carries the identity; with SSO off, the sidecar passes
 requests through.
 
@@ -29,6 +30,7 @@ from proxy.config.load import parse_settings
 from proxy.config.model import DEFAULT_HEADERS
 from proxy.runtime.state import RUNTIME
 from proxy.upstream.forward import Upstream
+from support.proxyrig import proxy_path_config
 from support.waiting import eventually
 
 MiB = 1024 * 1024
@@ -269,7 +271,7 @@ class MakeProxy:
             "public_url": "http://127.0.0.1:4180",
             "upstream": str(upstream_url),
             "upstream_timeout": timeout,
-            "upstream_client": self._upstream_client,
+            **proxy_path_config(self._upstream_client),
             "session": {"store": "memory", "cookie_secret": secrets.token_urlsafe(32)},
             "headers": dict(mapping),
             "sso": {"enabled": False},

@@ -190,3 +190,27 @@ async def test_https_console_with_an_untrusted_certificate_is_502(
         data = await resp.json()
         assert data["error"] == "bad_gateway"
         assert "TLS failed" in data["message"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok",
+    ],
+    ids=["chunked", "until-close"],
+)
+async def test_an_answer_without_length_reaches_the_client_with_framing(
+    answer: bytes, raw_upstream: Any, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """An answer framed by chunks, arriving whole with its head, is relayed with the Content-Length of its body
+    (aiohttp's Response sets it); one that ends when the console closes is streamed, chunked. Never without any
+    framing."""
+    raw = await raw_upstream(lambda conn, n, head: (answer, b"close" not in answer))
+    proxy = await make_proxy(raw.url)
+    for _ in range(2):
+        async with client.get(proxy / "x") as resp:
+            assert resp.status == 200
+            framing = (resp.headers.get("Content-Length"), resp.headers.get("Transfer-Encoding"))
+            assert framing == (("2", None) if b"chunked" in answer else (None, "chunked"))
+            assert await asyncio.wait_for(resp.read(), 5) == b"ok"

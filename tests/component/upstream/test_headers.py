@@ -6,7 +6,10 @@ runs once per upstream client.
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from proxy.upstream.forward import HOP_BY_HOP
@@ -191,3 +194,26 @@ async def test_unknown_length_response_is_chunked(
     async with client.get(proxy.with_path("/download").with_query(n="300000")) as resp:
         assert resp.headers["Transfer-Encoding"] == "chunked"
         assert len(await resp.read()) == 300000
+
+
+async def test_relayed_answers_never_name_the_stack_and_keep_the_consoles_server(
+    raw_upstream: Any, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    """aiohttp adds its Server banner where none was set; a relayed answer, whole or streamed, loses it (the
+    relay does this itself, without the on_response_prepare signal), and the console's own Server passes."""
+    big = b"y" * 300_000  # more than arrives with the head: streamed
+    answers = {
+        "/bare": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/bare-streamed": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big,
+        "/own": b"HTTP/1.1 200 OK\r\nServer: console/2.1\r\nContent-Length: 2\r\n\r\nok",
+        "/own-streamed": b"HTTP/1.1 200 OK\r\nServer: console/2.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big,
+        "/banner": b"HTTP/1.1 200 OK\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\nContent-Length: 2\r\n\r\nok",
+    }
+    raw = await raw_upstream(lambda conn, n, head: (answers[head.split(b" ")[1].decode()], True))
+    proxy = await make_proxy(raw.url)
+    for path, server in [("/bare", None), ("/bare-streamed", None), ("/own", "console/2.1"),
+                         ("/own-streamed", "console/2.1"), ("/banner", None)]:  # fmt: skip
+        async with client.get(proxy / path.lstrip("/")) as resp:
+            assert resp.status == 200
+            await resp.read()
+            assert resp.headers.getall("Server", [None]) == [server], path

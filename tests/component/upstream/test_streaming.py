@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from support.proxyrig import proxy_path_config
 from support.sidecar import Sidecar
 from support.waiting import eventually
 
@@ -84,7 +85,7 @@ async def test_proxy_process_memory_stays_flat_for_64_mib_each_way(
     """The sidecar as it runs (``sso-sidecar run``, SSO off): its peak RSS does not grow with the bodies."""
     config = {
         "upstream": str(echo_console.url),
-        "upstream_client": upstream_client,
+        **proxy_path_config(upstream_client),
         "sso": {"enabled": False},
         "session": {"cookie_secret": secrets.token_urlsafe(32)},
     }

@@ -144,8 +144,6 @@ def _whole_head(answer: Answer, request: web.Request, body: bytes) -> bytes | No
         lines.append("Connection: close")
     reason = answer.reason or REASON_PHRASES.get(status, "")
     head = f"HTTP/1.1 {status} {reason}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
-    # Each line ends in the one CRLF written here (the clients refuse line breaks in the console's head; this
-    # keeps it so, as _ExactHead and aiohttp's writer do).
     # Each line ends in the one CRLF written here, and no other control character but HTAB is in it: aiohttp's
     # writer refuses the same (the clients refuse them in the console's head; this keeps it so).
     expected = len(lines) + 2

@@ -23,7 +23,7 @@ from proxy.config.model import Settings
 from proxy.errors import Closed, LoginError, NotFound, SidecarError
 from proxy.oidc.client import OIDCClient
 from proxy.runtime.state import RUNTIME, Active, Runtime
-from proxy.signin.login import begin_login, finish_purpose, redeem, sign_in_client
+from proxy.signin.login import begin_login, finish_purpose, new_session, redeem, signed_in
 
 log = logging.getLogger("sso_sidecar.admin")
 
@@ -123,25 +123,9 @@ async def callback(request: web.Request) -> web.StreamResponse:
     except SidecarError as exc:
         exc.return_to = PATH
         raise
-    previous = active.cookies.decode_ticket(request.cookies.get(active.cookies.session_name))
-    if previous is not None:
-        await runtime.sessions.delete(previous.session_id)  # a fresh session id at every sign-in
-    tokens = result.tokens
-    session = await runtime.sessions.create(
-        claims=result.claims,
-        id_token=tokens.id_token,
-        access_token=tokens.access_token,
-        refresh_token=tokens.refresh_token,
-        access_expires_at=tokens.expires_at,
-        issuer=active.settings.sso.issuer_url,
-        client_id=active.settings.sso.client_id,
-        client=sign_in_client(request, active),
-    )
+    session = await new_session(request, runtime, active, result)  # a fresh session id, as at every sign-in
     log.info("settings page: sign-in on the page's own origin, sub=%s", session.subject[:8])
-    response = web.Response(status=302, headers={"Location": pending.return_to, "Cache-Control": "no-store"})
-    active.cookies.set_session(response, session.ticket)
-    active.cookies.clear_login(response, state)
-    return response
+    return signed_in(active, session, pending.return_to, state)
 
 
 def add_routes(app: web.Application) -> None:

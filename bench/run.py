@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "routes when the baseline has none",
     )
     p.add_argument(
+        "--full",
+        action="store_true",
+        help="the routes variant (20 routes unless --routes says otherwise) also carries `assertion: {}` and "
+        "`roles`: all three on, against sidecar-redis-cache without them in the same run (target: within 5 %%)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         help="results file (default bench/results/latest.json for a full run; smoke.json, compare.json or "
@@ -119,6 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "a baseline that refuses these keys runs without them, and its new/old row says so",
     )
     args = p.parse_args(argv)
+    if args.full and args.routes <= 0:
+        args.routes = 20
     if args.smoke:
         # No warm-up: a smoke run checks the harness, not speed (and wrk rounds 0.5 s up to a whole second).
         args.duration, args.warmup, args.reps = min(args.duration, 1.0), 0.0, 1
@@ -350,7 +358,7 @@ class Bench:
             status = http_status(run.url + "/oauth2/jwks.json")
             if status != 200:
                 raise SystemExit(f"{name} runs with --identity but /oauth2/jwks.json answers {status}")
-        if self.args.identity:
+        if self.args.identity or self.args.full:
             self.out["identity"] = {"config": IDENTITY, "variants": sorted(running)}
             log(f"identity on: {', '.join(sorted(running)) or 'no variant'}")
 
@@ -425,28 +433,41 @@ class Bench:
             old = source.label == "old"
             key, label = "routes" + (OLD if old else ""), name + (OLD if old else "")
             extra = {"routes": routes.table(a.routes)} if with_routes else {}
+            if a.full and with_routes:
+                extra.update(IDENTITY)  # --full: routes, assertion and roles all on
             redis = self.redis is not None
-            return stack.start_sidecar(
+            run = stack.start_sidecar(
                 self.work, label, idp=self.idp, client=self.clients["redis" if redis else "memory"],
                 upstream=upstream, cookie_secret=self.secret, store="redis" if redis else "memory",
                 redis_url=self.redis.url if redis else None, workers=a.workers if redis else 1,
                 cache_ttl=a.cache_ttl if redis else None, port=self.ports[key], log_level=a.log_level,
                 source=source, extra=extra,
             )  # fmt: skip
+            if a.full and with_routes:
+                run.extra["identity"] = True  # check_identity asks it for its keys before any load
+                run.notes.append("assertion: {} and roles on")
+            return run
 
         self.add(variant(self.new_source()), name)
+        if a.full:
+            self.out["full"] = {"variant": name, "against": "sidecar-redis-cache", "config": IDENTITY}
         if self.baseline is None:
             return
         try:
             twin = variant(self.baseline.source)
         except ProcessError as exc:
-            if "routes" not in stack.refused_keys(exc):
+            refused = set(stack.refused_keys(exc))
+            if not refused or not refused <= {"routes", *IDENTITY}:
                 raise BaselineError(
                     f"the baseline's sidecar did not start as {name}{OLD}:\n{exc}\n" + self.baseline.hint()
                 ) from None
             twin = variant(self.baseline.source, with_routes=False)
-            self.config_differs[name] = "old without routes (the baseline has none)"
-            self.note(f"{name}{OLD} ran without routes: the baseline refuses the key")
+            if refused == {"routes"}:
+                self.config_differs[name] = "old without routes (the baseline has none)"
+                self.note(f"{name}{OLD} ran without routes: the baseline refuses the key")
+            else:
+                self.config_differs[name] = f"old without {', '.join(sorted(refused))} (the baseline refuses them)"
+                self.note(f"{name}{OLD} ran without {', '.join(sorted(refused))}: the baseline refuses them")
         self.add(twin, name + OLD)
 
     def redis_sidecar(

@@ -65,7 +65,7 @@ def test_smoke_run_produces_results_and_a_table(tmp_path: Path) -> None:
     login = results["logins"]["sidecar-memory-1w"]
     assert login["sessions"] >= 1 and login["failures"] == 0
     assert login["rp_cpu_ms_per_callback"] is not None
-    assert any(c["check"].startswith("sidecar-memory-1w overhead vs bare-1w") for c in results["ratios"])
+    assert any(c["check"] == "sidecar-memory-1w / bare-1w req/s" for c in results["ratios"])
     assert "| sidecar-memory-1w | 1 |" in proc.stdout
     assert "| bare-1w | 1 |" in proc.stdout
     assert "| sidecar-bearer | 1 |" in proc.stdout
@@ -159,6 +159,25 @@ def test_routes_variant_runs_with_its_table_and_against_a_baseline_without_route
     assert rows["sidecar-routes20"]["config_differs"] == "old without routes (the baseline has none)"
     assert rows["sidecar-routes20"]["authenticated"] and rows["sidecar-routes20"]["ok"] is not None
     assert "sidecar-routes20@old ran without routes" in proc.stdout
+
+
+def test_full_runs_the_routes_variant_with_assertion_and_roles(tmp_path: Path) -> None:
+    """--full: the routes variant (20 routes by default) also carries `assertion: {}` and roles; it must publish
+    its signing key (/oauth2/jwks.json answers 200 only with an assertion configured) and apply its routes before
+    any load, and every request passes."""
+    out = tmp_path / "full.json"
+    args = ["--smoke", "--no-install", "--only", "sidecars", "--full"]
+    proc = subprocess.run(
+        [sys.executable, str(RUN), *args, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=220
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["full"]["variant"] == "sidecar-routes20" and results["full"]["config"]["assertion"] == {}
+    assert results["routes"]["checked"] == {"/admin-0/": 403, "/": 200}
+    row = results["throughput"]["sidecar-routes20"]
+    assert row["rps"] > 0 and row["non2xx"] == 0
+    assert "sidecar-routes20" in results["identity"]["variants"]
+    assert "assertion: {} and roles on" in proc.stdout
 
 
 def test_the_routes_variant_has_one_matching_route_after_the_rest():

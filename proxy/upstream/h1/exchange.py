@@ -268,6 +268,11 @@ class Exchange(asyncio.Protocol):
         lower = name.lower()
         if lower in self._drop:  # hop-by-hop (the proxy's list), with Connection and Transfer-Encoding
             if lower == b"connection":
+                # A single name of a header already dropped ("keep-alive", nginx's every answer) would make
+                # ``remove_listed`` look for what is not there: skipped. Only ASCII is lowered and stripped
+                # here, so whatever is skipped names the same header for ``remove_listed`` too.
+                if value.strip().lower() in self._drop:
+                    return
                 if self._listed is None:
                     self._listed = [value]
                 else:

@@ -423,9 +423,18 @@ class Exchange(asyncio.Protocol):
             raise self._error
 
     def take_body(self) -> bytes:
-        """The whole body, when ``complete`` (it arrived with the head)."""
-        chunks, self._chunks, self._buffered = self._chunks, collections.deque(), 0
-        return b"".join(chunks)
+        """The whole body, when ``complete`` (it arrived with the head); else what arrived so far (``read``)."""
+        chunks = self._chunks
+        data = b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused_reading and self.transport is not None:
+            # Also for a whole body: more than _HIGH_WATER of it can arrive in the reads of one turn of the
+            # loop, before the request's task sees the head; left paused, the pooled connection would never
+            # read its next answer.
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last read; b"" at the end. ``Broken``/``Timeout``."""
@@ -440,11 +449,7 @@ class Exchange(asyncio.Protocol):
                 await self._body_waiter
             finally:
                 self._body_waiter = None
-        data = self.take_body()
-        if self._paused_reading and self.transport is not None:
-            self._paused_reading = False
-            self.transport.resume_reading()
-        return data
+        return self.take_body()
 
     def release(self) -> None:
         """Done with the answer: back to the pool when both sides allow it, else closed."""

@@ -115,33 +115,46 @@ class Exchange(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.fileno = -1
+        self._head_only = False
+        self._parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self._raw_headers: list[tuple[str, str]] = []  # latin-1: one character per byte
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused_reading = False
+        self._body_task: asyncio.Task[None] | None = None
+        self._last_read = 0.0
         self._reset("GET")
 
     def _reset(self, method: str) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        """Ready for the next exchange. Only what an exchange that ended reusable (``release``) leaves behind
+        is reset: the waiters are None again, ``_raw_headers`` was emptied by ``on_headers_complete``, and
+        ``status``, ``reason`` and ``headers`` are set there before anyone reads them (``Pool.request``
+        returns an exchange only once its head is in)."""
+        if self._head_only:
+            # llhttp goes on to the next message by itself after a complete one (it clears its flags and
+            # length), so one parser serves every answer on the connection; but after a HEAD answer it still
+            # waits for the body the head announced (a callback cannot tell it that none comes).
+            self._parser = httptools.HttpResponseParser(self)
         self._head_only = method == "HEAD"
-        self.status = 0
-        self.reason = ""
+        if self._chunks:  # never, as the body is taken whole; but no byte of it may open the next answer
+            self._chunks.clear()
+        self._buffered = 0
         self._reason = b""
-        self._raw_headers: list[tuple[str, str]] = []  # latin-1: one character per byte
         self._head_bytes = 0  # bytes fed to the parser before the final head was complete
         self._header_count = 0
         self._listed: list[bytes] | None = None  # Connection header values
         self._framed = False  # Content-Length or chunked: the end of the body is known
-        self.headers: CIMultiDict[str] = CIMultiDict()
         self._have_head = False
-        self._head_waiter: asyncio.Future[None] | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._body_waiter: asyncio.Future[None] | None = None
-        self._paused_reading = False
         self.complete = False
         self._keep_alive = False
         self._request_sent = False
         self._error: UpstreamFailure | None = None
         self._got_bytes = False
-        self._last_read = 0.0
-        self._body_task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -255,6 +268,11 @@ class Exchange(asyncio.Protocol):
         lower = name.lower()
         if lower in self._drop:  # hop-by-hop (the proxy's list), with Connection and Transfer-Encoding
             if lower == b"connection":
+                # A single name of a header already dropped ("keep-alive", nginx's every answer) would make
+                # ``remove_listed`` look for what is not there: skipped. Only ASCII is lowered and stripped
+                # here, so whatever is skipped names the same header for ``remove_listed`` too.
+                if value.strip().lower() in self._drop:
+                    return
                 if self._listed is None:
                     self._listed = [value]
                 else:
@@ -277,7 +295,8 @@ class Exchange(asyncio.Protocol):
                 raise httptools.HttpParserError("101 Switching Protocols to a plain request")
             # An interim answer: forget it and parse the final one that follows (its bytes still count
             # towards MAX_HEAD, so an endless stream of 103s ends in a 502).
-            self._reason, self._raw_headers, self._listed, self._framed = b"", [], None, False
+            self._reason, self._listed, self._framed = b"", None, False
+            self._raw_headers.clear()
             self._header_count = 0
             return
         # llhttp refuses control characters in header values, but not in the reason phrase.
@@ -285,7 +304,9 @@ class Exchange(asyncio.Protocol):
             raise _Refused("the response reason phrase holds a control character")
         self.status = status
         self.reason = self._reason.decode("latin-1").strip()
-        headers = CIMultiDict(self._raw_headers)
+        raw = self._raw_headers
+        headers = CIMultiDict(raw)
+        raw.clear()  # the list goes on to the next answer on this connection
         if self._listed is not None:
             remove_listed(headers, self._listed)
         self.headers = headers
@@ -402,9 +423,18 @@ class Exchange(asyncio.Protocol):
             raise self._error
 
     def take_body(self) -> bytes:
-        """The whole body, when ``complete`` (it arrived with the head)."""
-        chunks, self._chunks, self._buffered = self._chunks, collections.deque(), 0
-        return b"".join(chunks)
+        """The whole body, when ``complete`` (it arrived with the head); else what arrived so far (``read``)."""
+        chunks = self._chunks
+        data = b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused_reading and self.transport is not None:
+            # Also for a whole body: more than _HIGH_WATER of it can arrive in the reads of one turn of the
+            # loop, before the request's task sees the head; left paused, the pooled connection would never
+            # read its next answer.
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last read; b"" at the end. ``Broken``/``Timeout``."""
@@ -419,11 +449,7 @@ class Exchange(asyncio.Protocol):
                 await self._body_waiter
             finally:
                 self._body_waiter = None
-        data = self.take_body()
-        if self._paused_reading and self.transport is not None:
-            self._paused_reading = False
-            self.transport.resume_reading()
-        return data
+        return self.take_body()
 
     def release(self) -> None:
         """Done with the answer: back to the pool when both sides allow it, else closed."""

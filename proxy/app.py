@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -216,17 +216,33 @@ class ConsoleDispatch:
 
     async def match(self, request: web.Request) -> UrlMappingMatchInfo | None:
         """The catch-all's match info for ``request``, as its ``resolve`` makes it: ``{"tail": path}`` for the route.
-        Made here for the usual path (no "%", which the resource would unquote; no line break, which its ``.*``
-        does not match), else by the resource itself."""
+        Made here for the usual path (``_made``), else by the resource itself."""
         path = request.rel_url.path_safe
         if "%" in path or "\n" in path:
             return (await self._console.resolve(request))[0]
-        return UrlMappingMatchInfo({"tail": path[1:]}, self._route)
+        return self._made(path)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    def _made(self, path: str) -> UrlMappingMatchInfo:
+        """The match info the catch-all's ``resolve`` makes for ``path``, one without "%" (which the resource would
+        unquote) or a line break (which its ``.*`` does not match)."""
+        match_info = UrlMappingMatchInfo({"tail": path[1:]}, self._route)
+        match_info.add_app(self._app)
+        match_info.freeze()
+        return match_info
+
+    def __call__(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        # Not a coroutine itself: it hands the server the coroutine that answers (the server awaits whatever the
+        # handler returns), so the request's every resumption passes one frame fewer.
         if not self.direct(request):
-            return await self._usual(request)
-        match_info = await self.match(request)
+            return self._usual(request)
+        path = request.rel_url.path_safe
+        if "%" in path or "\n" in path:
+            return self._resolved(request)
+        request._match_info = self._made(path)
+        return error_middleware(request, gate.handle)
+
+    async def _resolved(self, request: web.Request) -> web.StreamResponse:
+        match_info = (await self._console.resolve(request))[0]
         if match_info is None:  # a path the catch-all's pattern refuses (a line break): the router's 404
             return await self._usual(request)
         match_info.add_app(self._app)

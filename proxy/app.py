@@ -82,7 +82,12 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The only middleware: a request id, the config pin, and turning errors into responses.
+    """The only middleware: a request id, the config pin, and turning errors into responses (``guarded``)."""
+    return await guarded(request, handler, request.app[RUNTIME])
+
+
+async def guarded(request: web.Request, handler: Any, runtime: Runtime) -> web.StreamResponse:
+    """``error_middleware``'s work, for ``runtime``, the application's (``ConsoleDispatch`` has it at hand).
 
     The pin holds the active config's upstream pool open until the request's last byte
     (``Runtime.pin``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
@@ -91,10 +96,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     offered = request.headers.get("X-Request-Id")
     # A front proxy's request id is kept (and passed to the console), so one id follows the request
     # through every hop's logs; anything that is not a plain token is replaced, never logged.
-    request[LOG] = entry = RequestLog(
+    # Into the request's dict directly: Request.__setitem__ (a Python call) only adds a check of the key's type.
+    request._state[LOG] = entry = RequestLog(
         offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
     )
-    runtime = request.app[RUNTIME]
     upstream = runtime.pin()
     try:
         response: web.StreamResponse = await handler(request)
@@ -239,7 +244,7 @@ class ConsoleDispatch:
         if "%" in path or "\n" in path:
             return self._resolved(request)
         request._match_info = self._made(path)
-        return error_middleware(request, gate.handle)
+        return guarded(request, gate.handle, self._app[RUNTIME])
 
     async def _resolved(self, request: web.Request) -> web.StreamResponse:
         match_info = (await self._console.resolve(request))[0]
@@ -248,7 +253,7 @@ class ConsoleDispatch:
         match_info.add_app(self._app)
         match_info.freeze()
         request._match_info = match_info
-        return await error_middleware(request, gate.handle)
+        return await guarded(request, gate.handle, self._app[RUNTIME])
 
 
 DISPATCH: web.AppKey[ConsoleDispatch] = web.AppKey("dispatch", ConsoleDispatch)

@@ -211,13 +211,17 @@ class ConsoleDispatch:
 
     def direct(self, request: web.BaseRequest) -> bool:
         """Whether the router would give ``request`` to the console's catch-all, read from its path alone."""
+        return self._direct_path(request) is not None
+
+    def _direct_path(self, request: web.BaseRequest) -> str | None:
+        """``request``'s path where ``direct``, else None (the path read once for both)."""
         own = self._own
         if own is None:
             own = self._own = self._own_segments()
         path = request.rel_url.path_safe
-        return (
-            path[:1] == "/" and "{" not in own and path.split("/", 2)[1] not in own and "Expect" not in request.headers
-        )
+        if path[:1] == "/" and "{" not in own and path.split("/", 2)[1] not in own and "Expect" not in request.headers:
+            return path
+        return None
 
     async def match(self, request: web.Request) -> UrlMappingMatchInfo | None:
         """The catch-all's match info for ``request``, as its ``resolve`` makes it: ``{"tail": path}`` for the route.
@@ -238,9 +242,9 @@ class ConsoleDispatch:
     def __call__(self, request: web.Request) -> Awaitable[web.StreamResponse]:
         # Not a coroutine itself: it hands the server the coroutine that answers (the server awaits whatever the
         # handler returns), so the request's every resumption passes one frame fewer.
-        if not self.direct(request):
+        path = self._direct_path(request)
+        if path is None:
             return self._usual(request)
-        path = request.rel_url.path_safe
         if "%" in path or "\n" in path:
             return self._resolved(request)
         request._match_info = self._made(path)

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -82,7 +82,12 @@ def render_error(request: web.Request, exc: SidecarError) -> web.StreamResponse:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The only middleware: a request id, the config pin, and turning errors into responses.
+    """The only middleware: a request id, the config pin, and turning errors into responses (``guarded``)."""
+    return await guarded(request, handler, request.app[RUNTIME])
+
+
+async def guarded(request: web.Request, handler: Any, runtime: Runtime) -> web.StreamResponse:
+    """``error_middleware``'s work, for ``runtime``, the application's (``ConsoleDispatch`` has it at hand).
 
     The pin holds the active config's upstream pool open until the request's last byte
     (``Runtime.pin``); the handler starts, and reads ``runtime.active``, in the same step as the pin,
@@ -91,10 +96,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     offered = request.headers.get("X-Request-Id")
     # A front proxy's request id is kept (and passed to the console), so one id follows the request
     # through every hop's logs; anything that is not a plain token is replaced, never logged.
-    request[LOG] = entry = RequestLog(
+    # Into the request's dict directly: Request.__setitem__ (a Python call) only adds a check of the key's type.
+    request._state[LOG] = entry = RequestLog(
         offered if offered is not None and _REQUEST_ID.match(offered) else _next_request_id()
     )
-    runtime = request.app[RUNTIME]
     upstream = runtime.pin()
     try:
         response: web.StreamResponse = await handler(request)
@@ -206,33 +211,53 @@ class ConsoleDispatch:
 
     def direct(self, request: web.BaseRequest) -> bool:
         """Whether the router would give ``request`` to the console's catch-all, read from its path alone."""
+        return self._direct_path(request) is not None
+
+    def _direct_path(self, request: web.BaseRequest) -> str | None:
+        """``request``'s path where ``direct``, else None (the path read once for both)."""
         own = self._own
         if own is None:
             own = self._own = self._own_segments()
         path = request.rel_url.path_safe
-        return (
-            path[:1] == "/" and "{" not in own and path.split("/", 2)[1] not in own and "Expect" not in request.headers
-        )
+        if path[:1] == "/" and "{" not in own and path.split("/", 2)[1] not in own and "Expect" not in request.headers:
+            return path
+        return None
 
     async def match(self, request: web.Request) -> UrlMappingMatchInfo | None:
         """The catch-all's match info for ``request``, as its ``resolve`` makes it: ``{"tail": path}`` for the route.
-        Made here for the usual path (no "%", which the resource would unquote; no line break, which its ``.*``
-        does not match), else by the resource itself."""
+        Made here for the usual path (``_made``), else by the resource itself."""
         path = request.rel_url.path_safe
         if "%" in path or "\n" in path:
             return (await self._console.resolve(request))[0]
-        return UrlMappingMatchInfo({"tail": path[1:]}, self._route)
+        return self._made(path)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
-        if not self.direct(request):
-            return await self._usual(request)
-        match_info = await self.match(request)
+    def _made(self, path: str) -> UrlMappingMatchInfo:
+        """The match info the catch-all's ``resolve`` makes for ``path``, one without "%" (which the resource would
+        unquote) or a line break (which its ``.*`` does not match)."""
+        match_info = UrlMappingMatchInfo({"tail": path[1:]}, self._route)
+        match_info.add_app(self._app)
+        match_info.freeze()
+        return match_info
+
+    def __call__(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        # Not a coroutine itself: it hands the server the coroutine that answers (the server awaits whatever the
+        # handler returns), so the request's every resumption passes one frame fewer.
+        path = self._direct_path(request)
+        if path is None:
+            return self._usual(request)
+        if "%" in path or "\n" in path:
+            return self._resolved(request)
+        request._match_info = self._made(path)
+        return guarded(request, gate.handle, self._app[RUNTIME])
+
+    async def _resolved(self, request: web.Request) -> web.StreamResponse:
+        match_info = (await self._console.resolve(request))[0]
         if match_info is None:  # a path the catch-all's pattern refuses (a line break): the router's 404
             return await self._usual(request)
         match_info.add_app(self._app)
         match_info.freeze()
         request._match_info = match_info
-        return await error_middleware(request, gate.handle)
+        return await guarded(request, gate.handle, self._app[RUNTIME])
 
 
 DISPATCH: web.AppKey[ConsoleDispatch] = web.AppKey("dispatch", ConsoleDispatch)

@@ -79,12 +79,18 @@ BATCH = _Batch()
 
 
 class AccessLogger(AbstractAccessLogger):
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._level_and_name = f" INFO {logger.name}: "  # the same for every line
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = request.raw_path
         query = path.find("?")
         if query >= 0:
             path = path[:query]
-        entry = request.get(LOG)
+        # The request's own dict, read directly: Mapping.get's two Python calls on every request were a tenth of
+        # this record's cost.
+        entry = request._state.get(LOG)
         if entry is None:  # refused before the middleware (a malformed request)
             route, user, request_id = _route_of(path), None, "-"
         else:
@@ -107,9 +113,17 @@ class AccessLogger(AbstractAccessLogger):
                 event["user"] = user
             BATCH.add(json.dumps(event, ensure_ascii=False) + "\n")
             return
-        who = f" user={escape_field(user)}" if user is not None else ""
+        # escape_field's test, inline: the usual path and user need no escaping, and no call.
+        if not path.isprintable() or '"' in path or "\\" in path:
+            path = escape_field(path)
+        if user is None:
+            who = ""
+        elif user.isprintable() and '"' not in user and "\\" not in user:
+            who = " user=" + user
+        else:
+            who = " user=" + escape_field(user)
         BATCH.add(
-            f'{BATCH.timestamp()} INFO {self.logger.name}: {request.remote} "{request.method} {escape_field(path)}" '
+            f'{BATCH.timestamp()}{self._level_and_name}{request.remote} "{request.method} {path}" '
             f"{response.status} {time * 1000:.1f}ms [{request_id}] {route}{who}\n"
         )
 

@@ -108,6 +108,18 @@ class _Sent(web.StreamResponse):
     """An answer written whole by ``_send_whole``: aiohttp's ``prepare`` and ``write_eof`` (``finish_response``)
     find it sent, the access log its status, the server whether the connection is kept."""
 
+    def __init__(self, status: int, reason: str, keep_alive: bool, request: web.Request) -> None:
+        # What StreamResponse.__init__ sets, and the state prepare/write_eof leave behind, in one call: its
+        # keyword arguments and status check (the head is already out, checked) cost every answer more than this.
+        self._state = {}
+        self._headers = CIMultiDict()
+        self._status = status
+        self._reason = reason
+        self._keep_alive = keep_alive
+        self._req = request
+        self._payload_writer = request._payload_writer
+        self._eof_sent = True
+
 
 def _whole_head(answer: Answer, request: web.Request, body: bytes) -> bytes | None:
     """The head aiohttp's response writer would send for this whole answer, as latin-1 (``_ExactHead``), or None
@@ -135,7 +147,7 @@ def _whole_head(answer: Answer, request: web.Request, body: bytes) -> bytes | No
     if headers.get("Server") == SERVER_SOFTWARE:  # as _ExactHead._start deletes it: every Server header goes
         lines = [f"{name}: {value}" for name, value in headers.items() if name.lower() != "server"]
     else:
-        lines = [f"{name}: {value}" for name, value in headers.items()]
+        lines = list(map(": ".join, headers.items()))  # no comprehension's frame for the usual answer
     if body and "Content-Type" not in headers:
         lines.append("Content-Type: application/octet-stream")
     if "Date" not in headers:
@@ -156,18 +168,14 @@ _CONTROL_IN_LINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 async def _send_whole(request: web.Request, answer: Answer, head: bytes, body: bytes) -> web.StreamResponse:
-    sent = _Sent(status=answer.status, reason=answer.reason or None)
     keep_alive = request.keep_alive
-    writer = request._payload_writer
     try:
-        await writer.write(head + body)  # one write, as aiohttp's writer sends a small answer's head and body
+        # One write, as aiohttp's writer sends a small answer's head and body.
+        await request._payload_writer.write(head + body)
     except OSError:
         keep_alive = False  # the client left before the answer went out; nothing to tell it
-    sent._keep_alive = keep_alive
-    sent._req = request
-    sent._payload_writer = writer
-    sent._eof_sent = True
-    return sent
+    status = answer.status
+    return _Sent(status, answer.reason or REASON_PHRASES.get(status, ""), keep_alive, request)
 
 
 async def relay_streamed(

@@ -191,3 +191,19 @@ async def test_application_internals_that_the_console_dispatch_takes_over() -> N
     match_info.freeze()
     request._match_info = match_info
     assert request.app is app and request.match_info is match_info
+
+
+def test_request_state_that_the_middleware_and_access_log_use_directly() -> None:
+    """app.guarded stores the request's log entry, and telemetry.accesslog reads it, through Request._state (the dict
+    behind the request's mapping) rather than its Python __setitem__/get: the two must stay the same dict."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from proxy.telemetry.logs import LOG, RequestLog
+
+    request = make_mocked_request("GET", "/x")
+    missing = _missing(request, ("_state",))
+    assert not missing, _explain("web.Request", missing, "proxy/app.py (guarded), proxy/telemetry/accesslog.py")
+    entry = RequestLog("id")
+    request._state[LOG] = entry
+    assert request.get(LOG) is entry and request[LOG] is entry
+    assert request._state.get(LOG) is entry

@@ -19,7 +19,8 @@ from proxy.config.model import Settings, SkipRule
 from proxy.errors import Forbidden, InvalidToken, StepUpFailed, StepUpRequired
 from proxy.runtime.state import Active, Runtime
 from proxy.sessions import Session
-from proxy.signin.current import session_for
+from proxy.sessions.manager import UNKNOWN
+from proxy.signin.current import known_session, session_for
 from proxy.signin.login import login_url
 
 _BROWSER_ACCEPT = ("text/html", "application/xhtml+xml", "*/*")
@@ -73,7 +74,9 @@ async def identify(
 ) -> tuple[Mapping[str, Any], Session | None] | None:
     """``caller`` with the session the claims come from (None for a bearer token's)."""
     assert active.oidc is not None
-    session = await session_for(request, runtime, active)
+    session = known_session(request, runtime, active)  # nearly every request: no I/O, no coroutine
+    if session is UNKNOWN:
+        session = await session_for(request, runtime, active)
     if session is not None:
         return session.claims, session
     token = bearer_token(request)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Final
 
 from proxy.config.model import SessionSettings
 from proxy.errors import StoreUnavailable
@@ -38,6 +39,15 @@ _PENDING_BY_ADDRESS = "a:"
 _LOGIN_AAD = b"pending-login"
 _INVALIDATE = "sso:invalidate"
 _CACHE_MAX = 50_000
+
+
+class Unknown(enum.Enum):
+    """``SessionManager.cached``'s answer when only the store can tell."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN: Final = Unknown.UNKNOWN
 
 
 def _digest(*parts: str) -> str:
@@ -243,6 +253,26 @@ class SessionManager:
             return None
         if self._cache_live:
             self._remember(session)
+        return session
+
+    def cached(self, ticket: Ticket, *, issuer: str, client_id: str) -> Session | Unknown | None:
+        """``load`` for a session the cache settles without I/O (nearly every request of a signed-in user, on a
+        coroutine less): the session, or None when the cache refuses it; ``UNKNOWN`` when ``load`` must be
+        asked (not cached, its copy expired, or its idle timer in the store is due a restart). Every check is
+        ``_from_cache``'s, and ``load`` makes them again: the answer is the one ``load`` would give."""
+        if not self._cache_live:
+            return UNKNOWN
+        session = self._cache.get(ticket.session_id)
+        if session is None:
+            return UNKNOWN
+        now = time.monotonic()
+        if session.cached_until <= now or now - session.touched_at > min(60.0, self.settings.idle_timeout / 4):
+            return UNKNOWN
+        if not hmac.compare_digest(session.key, ticket.key):
+            self._cache.pop(ticket.session_id, None)
+            return None
+        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
+            return None
         return session
 
     def _remember(self, session: Session) -> None:

@@ -36,6 +36,18 @@ class Refresher:
         self._running: dict[str, asyncio.Task[Session | None]] = {}
         self._retry_at: dict[str, float] = {}
 
+    def current(self, session: Session, passed: PassTokensSettings | None = None) -> bool:
+        """Whether ``fresh`` would give ``session`` back as it is, with no I/O: no refresh due (or one is
+        waiting out a provider outage), and no token the console is given has expired. Most requests end here,
+        on a coroutine less; for the others ``fresh`` decides, with the same tests."""
+        now = time.time()
+        id_token = passed is not None and bool(passed.id_token)
+        if session.refresh_due(now, id_token=id_token) and self._retry_at.get(session.id, 0.0) <= now:
+            return False
+        return passed is None or not session.tokens_expired(
+            now, access_token=bool(passed.access_token), id_token=id_token
+        )
+
     async def fresh(
         self, session: Session, oidc: OIDCClient, passed: PassTokensSettings | None = None
     ) -> Session | None:

@@ -100,3 +100,25 @@ async def test_an_expired_passed_token_without_a_refresh_token_ends_the_session(
     assert await manager.load(session.ticket, issuer="https://idp", client_id="c") is None
     kept = await expired_session(manager, refresh_token=None)
     assert await first.fresh(kept, Provider()) is kept  # type: ignore[arg-type]  # not passed: the session goes on
+
+
+async def test_a_session_counts_as_current_only_where_fresh_would_hand_it_back_unchanged(replicas):
+    """``current`` (the gate's path, without a coroutine) is True only when ``fresh`` would neither refresh, wait
+    nor end the session: every case where it would, the gate leaves to ``fresh``."""
+    manager, refresher, _ = replicas
+    due = await expired_session(manager)  # its access token expired, with a refresh token
+    assert not refresher.current(due) and not refresher.current(due, PASSED)
+    refresher._retry_at[due.id] = time.time() + 30  # the provider was down: no refresh for a while...
+    assert refresher.current(due)  # ...and no token given to the console: fresh hands it back as it is
+    assert await refresher.fresh(due, Provider()) is due  # type: ignore[arg-type]
+    assert not refresher.current(due, PASSED)  # ...but the console would be given an expired token
+    unrenewable = await expired_session(manager, refresh_token=None)
+    assert refresher.current(unrenewable)  # nothing due without a refresh token, nothing passed
+    assert not refresher.current(unrenewable, PASSED)
+    assert await refresher.fresh(unrenewable, Provider(), PASSED) is None  # type: ignore[arg-type]
+    live = await manager.create(
+        claims={"sub": "bob"}, id_token="id", access_token="a", refresh_token="r",
+        access_expires_at=time.time() + 300, issuer="https://idp", client_id="c",
+    )  # fmt: skip
+    assert refresher.current(live) and refresher.current(live, PASSED)
+    assert await refresher.fresh(live, Provider(), PASSED) is live  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from redis import asyncio as aioredis
 from proxy.config.model import Secret, SessionSettings
 from proxy.errors import StoreUnavailable
 from proxy.sessions import MemoryStore, PendingLogin, SessionManager
+from proxy.sessions.manager import UNKNOWN
 from proxy.sessions.model import Ticket
 from proxy.sessions.redis import RedisStore
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Revocations, ttl_for
@@ -225,6 +226,41 @@ async def test_cached_copies_hold_no_tokens_and_the_store_still_has_them(twin_ma
     assert cached.refresh_due(time.time() + 10**6), "a cached copy still knows a refresh token exists"
     full = await a.load(session.ticket, issuer="https://idp", client_id="c", use_cache=False)
     assert full is not None and (full.access_token, full.refresh_token) == (TOKEN, "rt-value")
+
+
+async def test_the_cache_answers_without_io_only_what_load_would_answer(twin_managers):
+    """``cached`` (the gate's path, without a coroutine) gives a session or a refusal only where ``load`` would give
+    the same from the cache, and leaves everything else to ``load``: a session not cached, a copy past its
+    ``cache_ttl``, one whose idle timer in the store is due a restart, and all of them while the invalidation
+    channel is down."""
+    a, _ = twin_managers
+    session = await create(a)
+    where = {"issuer": "https://idp", "client_id": "c"}
+    assert a.cached(session.ticket, **where) is UNKNOWN  # not cached yet
+    await a.load(session.ticket, **where)  # from the store, and cached
+    loaded = await a.load(session.ticket, **where)
+    assert loaded is not None and loaded.tokens_elided and a.cached(session.ticket, **where) is loaded
+    assert a.cached(session.ticket, issuer="https://other", client_id="c") is None
+    assert a.cached(session.ticket, issuer="https://idp", client_id="other") is None
+    assert a.cached(Ticket(session.id, b"x" * 32), **where) is None
+    assert a.cached(session.ticket, **where) is UNKNOWN, "a ticket with another key dropped the copy"
+    assert await a.load(session.ticket, **where) is not None
+
+    copy = a._cache[session.id]
+    copy.touched_at -= 3600  # the store's idle timer is due a restart: that is load's, with a round trip
+    assert a.cached(session.ticket, **where) is UNKNOWN
+    await a.store.delete("s:" + session.id)  # behind the manager's back: the restart finds it gone
+    assert await a.load(session.ticket, **where) is None
+    assert a.cached(session.ticket, **where) is UNKNOWN
+
+    other = await create(a)
+    assert await a.load(other.ticket, **where) is not None
+    a._cache[other.id].cached_until = 0.0  # past its cache_ttl: load reads the store again
+    assert a.cached(other.ticket, **where) is UNKNOWN
+    assert await a.load(other.ticket, **where) is not None
+    assert a.cached(other.ticket, **where) is not None
+    a._cache_live = False  # the channel that invalidates copies is down: the cache serves nothing
+    assert a.cached(other.ticket, **where) is UNKNOWN
 
 
 # --------------------------------------------------------------------------------------------------

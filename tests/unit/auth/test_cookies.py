@@ -173,3 +173,32 @@ def test_pending_login_cookies_signed_under_a_retired_secret_are_left_alone():
     retired = CookieCodec(dataclasses.replace(SETTINGS, cookie_secrets=(Secret("n" * 40),)), secure=False)
     assert retired.pending_logins(jar) == []
     assert len(CookieCodec(SETTINGS, secure=False).pending_logins(jar)) == 3
+
+
+def test_a_remembered_ticket_is_refused_once_its_signature_is_too_old(monkeypatch):
+    """The values a codec remembers are served only while their signature is young enough: at the same age
+    (the lifetime and a minute) as a value read for the first time, which itsdangerous judges."""
+    codec = CookieCodec(SETTINGS, secure=False)
+    ticket = Ticket("abc", b"k" * 32)
+    value = codec.encode_ticket(ticket)
+    assert codec.decode_ticket(value) == ticket  # verified, and remembered
+    signed = TimestampSigner.get_timestamp(None)  # type: ignore[arg-type]
+    limit = SETTINGS.lifetime + 60
+    for age, expected in ((limit - 1, ticket), (limit + 1, None)):
+        monkeypatch.setattr("proxy.auth.cookies.time.time", lambda age=age: signed + age + 0.5)
+        monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self, age=age: signed + age)
+        assert codec.decode_ticket(value) == expected, age  # remembered
+        assert CookieCodec(SETTINGS, secure=False).decode_ticket(value) == expected, age  # read afresh
+    monkeypatch.undo()
+    assert codec.decode_ticket(value) == ticket
+
+
+def test_only_a_value_that_was_verified_is_remembered():
+    """A value one character away from a remembered one is verified, and refused."""
+    codec = CookieCodec(SETTINGS, secure=False)
+    value = codec.encode_ticket(Ticket("abc", b"k" * 32))
+    assert codec.decode_ticket(value) is not None
+    forged = value.replace("1.abc.", "1.abd.", 1)
+    assert codec.decode_ticket(forged) is None
+    assert codec.decode_ticket(forged) is None
+    assert codec.decode_ticket(value + " ") is None

@@ -24,7 +24,9 @@ collection on and off through ``valgrind/callgrind.h``, so start-up and warm-up 
 ``PYTHONHASHSEED=0``: the instructions per request, the same from one run to the next whatever else the machine
 does (within ~0.5 %). Under callgrind a request takes ~50 times as long, so what runs on a timer would run ~50
 times as often per request, and by how much would depend on the machine's load: there the access log is flushed
-every 256 lines (as under load) and ``cache_ttl`` is 1h (no cached session expires during the runs). About a
+every 256 lines (as under load), ``cache_ttl`` is 1h (no cached session expires during the runs), the idle timer
+is restarted at most hourly and, with ``--full``, the assertion lives a day (none is touched or signed again
+during the runs). About a
 minute per tree. ``--trees PATH...`` measures those checkouts (e.g. ``git worktree add`` of each commit).
 Instructions are not time (no cache misses, no kernel), but a change that removes work removes them.
 
@@ -200,10 +202,16 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
             # Under callgrind a request takes ~50x as long: what runs on a timer (the access log's 100 ms flush,
             # the cached sessions' reload after cache_ttl) would run ~50x as often per request, and by how much
             # depends on the machine's load. Here they run as often as under load at full speed: the log is
-            # flushed every 256 lines, and no session falls out of the cache during the runs.
+            # flushed every 256 lines, no session falls out of the cache, restarts its idle timer in the store or
+            # has its assertion signed again during the runs.
+            from proxy.sessions import manager
             from proxy.telemetry import accesslog
 
             accesslog._FLUSH_AFTER = 3600.0  # type: ignore[misc]
+            if hasattr(manager, "TOUCH_EVERY"):  # a tree from before it restarts idle timers every 60 s
+                manager.TOUCH_EVERY = 3600.0
+            if a.full:  # the assertion is signed again before its end: not within a run
+                extra["assertion"] = {**extra["assertion"], "lifetime": "1d"}
         config = {
             "public_url": "http://127.0.0.1:4180",
             "upstream": "http://127.0.0.1:9",

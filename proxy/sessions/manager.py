@@ -39,6 +39,8 @@ _PENDING_BY_ADDRESS = "a:"
 _LOGIN_AAD = b"pending-login"
 _INVALIDATE = "sso:invalidate"
 _CACHE_MAX = 50_000
+# A cached session restarts its idle timer in the store at most this often (or a quarter of idle_timeout).
+TOUCH_EVERY = 60.0
 
 
 class Unknown(enum.Enum):
@@ -266,7 +268,7 @@ class SessionManager:
         if session is None:
             return UNKNOWN
         now = time.monotonic()
-        if session.cached_until <= now or now - session.touched_at > min(60.0, self.settings.idle_timeout / 4):
+        if session.cached_until <= now or now - session.touched_at > min(TOUCH_EVERY, self.settings.idle_timeout / 4):
             return UNKNOWN
         if not hmac.compare_digest(session.key, ticket.key):
             self._cache.pop(ticket.session_id, None)
@@ -297,7 +299,7 @@ class SessionManager:
         if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
             return None
         # The idle timer lives in the store; restart it now and then rather than on every request.
-        if now - session.touched_at > min(60.0, self.settings.idle_timeout / 4):
+        if now - session.touched_at > min(TOUCH_EVERY, self.settings.idle_timeout / 4):
             if await self.store.get(_SESSION + session.id, touch=self.settings.idle_timeout) is None:
                 self._cache.pop(session.id, None)
                 return None

@@ -25,7 +25,7 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.auth.identity import header_key, remove_headers
+from proxy.auth.identity import HeaderFilter, header_key, remove_headers
 from proxy.errors import BadRequest, UpstreamError
 from proxy.upstream.aioclient import AiohttpClient
 from proxy.upstream.answer import SKIP_AUTO_HEADERS, Answer, Broken, Busy, NotForwardable, Timeout, UpstreamFailure
@@ -68,6 +68,7 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
     "expect",
 }
 _REQUEST_DROP_FIRST: Final = frozenset(c for k in _REQUEST_DROP for c in (k[0], k[0].upper()))
+_REQUEST_FILTER: Final = HeaderFilter(_REQUEST_DROP, first_chars=_REQUEST_DROP_FIRST)
 _PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
 # Never removed because a client listed them in Connection: without Host the sidecar would send the
 # console's own address, and without Content-Length the body would lose its framing.
@@ -282,7 +283,7 @@ def _prepare_headers(
     connection = headers.getall("Connection", None)
     listed = _connection_tokens(connection) if connection else None
     if listed is None:
-        remove_headers(headers, _REQUEST_DROP, first_chars=_REQUEST_DROP_FIRST)
+        _REQUEST_FILTER.remove(headers)
     else:
         remove_headers(headers, _REQUEST_DROP | (listed - _NOT_LISTABLE))
 

@@ -77,27 +77,74 @@ def remove_headers(
     """Remove, in place, every header whose ``header_key`` is in ``keys`` or starts with ``prefix``.
 
     ``first_chars`` (both cases), when given, lets the common headers (Accept, Sec-*, Referer...) be
-    passed over on their first character without building a key.
+    passed over on their first character without building a key. For a drop set used on every request,
+    ``HeaderFilter`` remembers the answer.
     """
-    doomed: list[str] | None = None
-    for name in headers.keys():  # noqa: SIM118 - names, duplicates included
+    for name in _doomed(headers.keys(), keys, prefix, first_chars):
+        headers.popall(name, None)
+
+
+def _doomed(
+    names: Iterable[str], keys: AbstractSet[str], prefix: str | None, first_chars: AbstractSet[str] | None
+) -> tuple[str, ...]:
+    """The names (duplicates included, in order) whose ``header_key`` is in ``keys`` or starts with ``prefix``."""
+    doomed: list[str] = []
+    for name in names:
         if first_chars is not None and name[:1] not in first_chars:
             continue
         key = header_key(name)
         if key in keys or (prefix is not None and key.startswith(prefix)):
-            if doomed is None:
-                doomed = [name]
-            else:
-                doomed.append(name)
-    if doomed is not None:
-        for name in doomed:
+            doomed.append(name)
+    return tuple(doomed)
+
+
+class HeaderFilter:
+    """``remove_headers`` for one fixed drop set, with its verdict remembered per sequence of header names.
+
+    A client sends the same names in the same order on every request (a browser's dozen, a script's three),
+    so the names' tuple is looked up instead of building every name's key again; the verdict depends on the
+    names alone, compared exactly (case and punctuation included). What a client sends otherwise costs the
+    full pass and at most ``_FILTER_MAX`` remembered sequences of limited size, never unbounded memory.
+    """
+
+    __slots__ = ("_first_chars", "_keys", "_known", "_prefix")
+
+    def __init__(
+        self, keys: AbstractSet[str], *, prefix: str | None = None, first_chars: AbstractSet[str] | None = None
+    ) -> None:
+        self._keys = keys
+        self._prefix = prefix
+        self._first_chars = first_chars
+        self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def doomed(self, headers: CIMultiDict[str]) -> tuple[str, ...]:
+        """The names ``remove`` takes out of ``headers``: duplicates included, in order; usually none."""
+        names = tuple(headers.keys())  # every name, duplicates included
+        known = self._known.get(names)
+        if known is None:
+            known = _doomed(names, self._keys, self._prefix, self._first_chars)
+            if len(names) <= _FILTER_NAMES_MAX and sum(map(len, names)) <= _FILTER_CHARS_MAX:
+                if len(self._known) >= _FILTER_MAX:
+                    self._known.clear()
+                self._known[names] = known
+        return known
+
+    def remove(self, headers: CIMultiDict[str]) -> None:
+        """``remove_headers(headers, keys, prefix=..., first_chars=...)`` for this filter's drop set."""
+        for name in self.doomed(headers):
             headers.popall(name, None)
+
+
+# Name sequences remembered per filter, and the largest one remembered: a few kinds of client in practice.
+_FILTER_MAX = 256
+_FILTER_NAMES_MAX = 64
+_FILTER_CHARS_MAX = 2048
 
 
 class IdentityHeaders:
     """The configured header -> claim map, checked once at construction and applied per request."""
 
-    __slots__ = ("_checked", "_first_chars", "_groups_claim", "_mapping", "_remembered", "_separator", "_stripped")
+    __slots__ = ("_checked", "_filter", "_groups_claim", "_mapping", "_remembered", "_separator")
 
     def __init__(
         self,
@@ -116,18 +163,19 @@ class IdentityHeaders:
         stripped.update(header_key(h) for h, _ in DEFAULT_HEADERS)
         stripped.update(_ALWAYS_STRIPPED)
         stripped.update(header_key(h) for h in also_stripped)
-        self._stripped = frozenset(stripped)
         # Most request headers (Accept, Cookie, User-Agent, Sec-*) are rejected on their first
         # character without building a lower-cased copy.
         first = {k[0] for k in stripped} | {_STRIPPED_PREFIX[0]}
-        self._first_chars = frozenset(first | {c.upper() for c in first})
+        self._filter = HeaderFilter(
+            frozenset(stripped), prefix=_STRIPPED_PREFIX, first_chars=frozenset(first | {c.upper() for c in first})
+        )
         # The headers of long-lived claim objects (the session cache's), by object: a signed-in user's
         # every request would otherwise rebuild the same headers from the same claims.
         self._remembered: dict[int, tuple[Mapping[str, Any], tuple[tuple[str, str], ...]]] = {}
 
     def strip(self, headers: CIMultiDict[str]) -> None:
         """Remove, in place, every header that could pass for an identity header (any case, ``_``/``-``)."""
-        remove_headers(headers, self._stripped, prefix=_STRIPPED_PREFIX, first_chars=self._first_chars)
+        self._filter.remove(headers)
 
     def problem(self, claims: Mapping[str, Any]) -> str | None:
         """Why these claims cannot be used as an identity here, or None. Checked at sign-in and for every

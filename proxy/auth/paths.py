@@ -70,6 +70,26 @@ def absolute_authority(target: str) -> str | None:
 
 def normalise(target: str) -> RequestPath:
     """The ``RequestPath`` for a raw request target; ``BadRequest`` for one that cannot be read safely."""
+    known = _NORMALISED.get(target)
+    if known is not None:
+        return known
+    normal = _normalise(target)
+    if len(target) <= _REMEMBERED_TARGET_MAX:
+        if len(_NORMALISED) >= _REMEMBERED_MAX:
+            _NORMALISED.clear()  # a client inventing targets costs a refill, never memory
+        _NORMALISED[target] = normal
+    return normal
+
+
+# The targets normalised so far and their (immutable) results: a console's pages and assets come back again
+# and again, and building a RequestPath costs more than the usual plain path's checks. Refused targets are
+# not remembered: each raises anew.
+_NORMALISED: dict[str, RequestPath] = {}
+_REMEMBERED_MAX = 1024
+_REMEMBERED_TARGET_MAX = 512  # longer ones (long queries) are normalised each time: memory stays small
+
+
+def _normalise(target: str) -> RequestPath:
     if "#" in target:
         raise BadRequest("The request target contains '#'.")
     absolute = _ABSOLUTE_FORM.match(target)

@@ -41,7 +41,7 @@ from multidict import CIMultiDict
 from proxy import html
 from proxy.auth import clientaddress
 from proxy.auth.cookies import cookie_value
-from proxy.auth.identity import header_key
+from proxy.auth.identity import HeaderFilter, header_key
 from proxy.auth.redirects import safe_return_to
 from proxy.config.model import BreakGlassSettings, Settings
 from proxy.errors import BadRequest, Forbidden, SidecarError, StoreUnavailable
@@ -54,7 +54,7 @@ log = logging.getLogger("sso_sidecar.break_glass")
 
 PATH = "/oauth2/break-glass"
 HEADER = "X-Break-Glass"
-_HEADER_KEY = header_key(HEADER)
+_HEADER_FILTER = HeaderFilter(frozenset({header_key(HEADER)}), first_chars=frozenset("xX"))
 _FINGERPRINT_INFO = b"sso-sidecar/break-glass-fingerprint/v1"
 # Wrong tokens per client: this many in WINDOW are answered 403; each further one 429 with a Retry-After
 # of 1 s, 2 s, 4 s ... up to MAX_DELAY. A client forgets its count after WINDOW without a wrong token.
@@ -258,7 +258,7 @@ def holder(request: web.Request, runtime: Runtime, active: Active) -> str | None
 def _take_header(headers: CIMultiDict[str]) -> str | None:
     """The offered token, removing the header in every spelling (any case, ``_`` for ``-``)."""
     offered = None
-    for name in [n for n in headers if n[:1] in "xX" and header_key(n) == _HEADER_KEY]:
+    for name in _HEADER_FILTER.doomed(headers):
         offered = offered or headers.get(name)
         headers.popall(name, None)
     return offered

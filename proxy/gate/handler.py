@@ -76,7 +76,7 @@ def forwarded_for(request: web.BaseRequest, settings: Settings, host: str) -> Fo
     """
     remote = request.remote or ""
     if not is_trusted_proxy(remote, settings):
-        return Forwarded(for_=remote, proto=settings.public_url.scheme, host=host, client=remote)
+        return Forwarded(remote, settings.public_url.scheme, host, remote)  # for_, proto, host, client
     chain, client = proxied_chain(request, settings, remote)
     proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
     forwarded_host = _first(request.headers.get("X-Forwarded-Host"))

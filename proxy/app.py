@@ -228,7 +228,11 @@ class ConsoleDispatch:
         Made here for the usual path (``_made``), else by the resource itself."""
         path = request.rel_url.path_safe
         if "%" in path or "\n" in path:
-            return (await self._console.resolve(request))[0]
+            match_info = (await self._console.resolve(request))[0]
+            if match_info is not None:
+                match_info.add_app(self._app)
+                match_info.freeze()
+            return match_info
         return self._made(path)
 
     def _made(self, path: str) -> UrlMappingMatchInfo:
@@ -251,11 +255,9 @@ class ConsoleDispatch:
         return guarded(request, gate.handle, self._app[RUNTIME])
 
     async def _resolved(self, request: web.Request) -> web.StreamResponse:
-        match_info = (await self._console.resolve(request))[0]
+        match_info = await self.match(request)
         if match_info is None:  # a path the catch-all's pattern refuses (a line break): the router's 404
             return await self._usual(request)
-        match_info.add_app(self._app)
-        match_info.freeze()
         request._match_info = match_info
         return await guarded(request, gate.handle, self._app[RUNTIME])
 

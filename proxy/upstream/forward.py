@@ -17,7 +17,7 @@ aiohttp's client, outside that cap.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, NamedTuple, Protocol
 
 import aiohttp
@@ -120,7 +120,7 @@ class Upstream:
         """``timeout`` bounds the wait for the response head and each later read (not the whole body),
         like nginx ``proxy_read_timeout``. ``client`` is one of ``UPSTREAM_CLIENTS``; ``max_connections``
         caps the plain-HTTP connections to the console, idle or in use. ``relay_writer`` (``RELAY_WRITERS``): who
-        writes a whole answer back to the client, ``relay._send_whole`` or aiohttp's response."""
+        writes a whole answer back to the client, ``relay.relay_whole`` itself or aiohttp's response."""
         if base.query_string or base.fragment:
             raise ValueError("upstream URL must not have a query or fragment")
         if client not in UPSTREAM_CLIENTS:
@@ -196,7 +196,7 @@ class Upstream:
         if session is not None:
             await session.close()
 
-    async def forward(
+    def forward(
         self,
         request: web.Request,
         *,
@@ -205,8 +205,9 @@ class Upstream:
         set_headers: Sequence[tuple[str, str]],
         remove_cookies: Callable[[str], bool] | None,
         forwarded: Forwarded,
-    ) -> web.StreamResponse:
-        """Proxy ``request`` to the console and stream the answer back.
+    ) -> Awaitable[web.StreamResponse]:
+        """Proxy ``request`` to the console and stream the answer back: the coroutine that does, to be awaited
+        (a plain function: each frame between the gate and the h1 client is resumed once more per request).
 
         ``headers`` is the caller's mutable copy of ``request.headers`` with spoofed identity headers
         already removed (``IdentityHeaders.strip``); ``forward`` takes ownership and edits it in place
@@ -230,7 +231,7 @@ class Upstream:
                 # for bytes that never come, or read the next ones as the body.
                 raise BadRequest("A websocket handshake must not have a body.")
             url = URL(self._prefix + path_qs, encoded=True)
-            return await proxy_websocket(
+            return proxy_websocket(
                 session,
                 request,
                 headers,
@@ -240,7 +241,7 @@ class Upstream:
                 ws_timeout=self._ws_timeout,
                 max_message=self._ws_max_message,
             )
-        return await _http(client, request, headers, self._path_prefix + path_qs, remove_cookies, self._lean)
+        return _http(client, request, headers, self._path_prefix + path_qs, remove_cookies, self._lean)
 
 
 # -- plain HTTP ---------------------------------------------------------------------------------------

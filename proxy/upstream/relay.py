@@ -88,7 +88,7 @@ async def relay_whole(
     in one write, and the pooled connection handed back before answering.
 
     ``lean`` (``relay_writer: lean``): the usual answer (HTTP/1.1, a body of its ``Content-Length``, no
-    framing or Connection header left) is written here as aiohttp would write it (``_send_whole``); anything
+    framing or Connection header left) is written here as aiohttp would write it; anything
     else, and everything with ``relay_writer: aiohttp``, goes through aiohttp's response (``_ExactResponse``)."""
     if own_cookie is not None and "Set-Cookie" in answer.headers:
         drop_own_set_cookies(answer.headers, own_cookie, request)
@@ -97,7 +97,15 @@ async def relay_whole(
         head = _whole_head(answer, request, body)
         if head is not None:
             answer.release()
-            return await _send_whole(request, answer, head, body)
+            # Written here, as aiohttp's writer sends a small answer's head and body: in one write (the
+            # ``_Sent`` response tells aiohttp it is out).
+            keep_alive = request.keep_alive
+            try:
+                await request._payload_writer.write(head + body)
+            except OSError:
+                keep_alive = False  # the client left before the answer went out; nothing to tell it
+            status = answer.status
+            return _Sent(status, answer.reason or REASON_PHRASES.get(status, ""), keep_alive, request)
     whole = _ExactResponse(status=answer.status, reason=answer.reason or None, body=body)
     whole.headers.extend(answer.headers)
     answer.release()
@@ -105,7 +113,7 @@ async def relay_whole(
 
 
 class _Sent(web.StreamResponse):
-    """An answer written whole by ``_send_whole``: aiohttp's ``prepare`` and ``write_eof`` (``finish_response``)
+    """An answer written whole by ``relay_whole``: aiohttp's ``prepare`` and ``write_eof`` (``finish_response``)
     find it sent, the access log its status, the server whether the connection is kept."""
 
     def __init__(self, status: int, reason: str, keep_alive: bool, request: web.Request) -> None:
@@ -165,17 +173,6 @@ def _whole_head(answer: Answer, request: web.Request, body: bytes) -> bytes | No
 
 
 _CONTROL_IN_LINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-async def _send_whole(request: web.Request, answer: Answer, head: bytes, body: bytes) -> web.StreamResponse:
-    keep_alive = request.keep_alive
-    try:
-        # One write, as aiohttp's writer sends a small answer's head and body.
-        await request._payload_writer.write(head + body)
-    except OSError:
-        keep_alive = False  # the client left before the answer went out; nothing to tell it
-    status = answer.status
-    return _Sent(status, answer.reason or REASON_PHRASES.get(status, ""), keep_alive, request)
 
 
 async def relay_streamed(

@@ -1,6 +1,6 @@
 """``relay_writer``: the relay's own writer of whole answers sends the bytes aiohttp's response would send.
 
-Two sidecars in front of one console, ``relay_writer: lean`` (the default: ``relay._send_whole``) and ``relay_writer:
+Two sidecars in front of one console, ``relay_writer: lean`` (the default: ``relay.relay_whole``) and ``relay_writer:
 aiohttp`` (aiohttp's ``Response``, the well-trodden way), get the same raw requests, and their raw answers are
 compared byte for byte (the Date aiohttp adds is the one value that may differ, by a second). The answers cover
 what the writer decides itself (Content-Type, Date, Server, Connection, the reason phrase, obs-text bytes), and the

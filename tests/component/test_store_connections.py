@@ -1,7 +1,7 @@
 """How many Redis connections a worker keeps after sign-ins, sign-outs and the settings page's Sessions.
 
 redis-py's connection pool never closes a connection it opened: every command in flight beside another costs a
-connection for the rest of the worker's life (about 25 KiB of memory each, up to the pool's bound of 512, past
+connection for the rest of the worker's life (over 20 KiB of memory each, up to the pool's bound of 512, past
 which it refuses). A sign-in's seven writes sent side by side left a worker with six connections per concurrent
 sign-in: most of the RSS growth per login that issue 25 measured. Counted here on the real server (CLIENT LIST),
 so the bounds hold whatever the client library does inside.

@@ -38,6 +38,10 @@ _KEY_INFO = b"sso-sidecar/session-facts-key/v1"
 _HANDLE_INFO = b"sso-sidecar/session-handle/v1"
 USER_AGENT_MAX = 300
 LIST_MAX = 200  # sessions one listing shows: more than any person has, fewer than a runaway script makes
+# At most this many store calls at once, however many sessions a listing reads: a Redis connection pool keeps
+# every connection it ever opened (and refuses past its bound), so calls sent side by side cost a connection
+# each for the rest of the process's life. A sign-in's writes and a sign-out's deletes go one at a time.
+_STORE_CALLS_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -125,28 +129,30 @@ class Directory:
             user_agent="".join(c if c.isprintable() else "?" for c in client.user_agent[:USER_AGENT_MAX]),
         )
         sealed = seal(self._keys[0], dumps(asdict(facts)), _AAD + session_id.encode())
-        keys = _index_keys(facts.sub, facts.username, facts.email)
-        await asyncio.gather(
-            self._store.set(_FACTS + session_id, sealed, lifetime),
-            *(self._store.index_add(key, session_id, lifetime) for key in keys),
-        )
+        # One write after another (``_STORE_CALLS_AT_ONCE``): a sign-in holds one store connection at a time.
+        await self._store.set(_FACTS + session_id, sealed, lifetime)
+        for key in _index_keys(facts.sub, facts.username, facts.email):
+            await self._store.index_add(key, session_id, lifetime)
 
     async def find(self, name: str, now: float | None = None) -> list[SessionFacts]:
         """The live sessions whose subject, username or email is ``name``, newest sign-in first."""
         if not name:
             return []
-        keys = [_index_key("sub", name), _index_key("name", name.casefold())]
-        members = await asyncio.gather(*(self._store.index_members(k) for k in keys))
-        ids = sorted(set().union(*members))[: LIST_MAX * 2]
-        found = await asyncio.gather(*(self._live(i, time.time() if now is None else now) for i in ids))
+        ids = sorted(
+            (await self._store.index_members(_index_key("sub", name)))
+            | (await self._store.index_members(_index_key("name", name.casefold())))
+        )[: LIST_MAX * 2]
+        found: list[SessionFacts | None] = []
+        for at in range(0, len(ids), _STORE_CALLS_AT_ONCE):
+            batch = ids[at : at + _STORE_CALLS_AT_ONCE]
+            found += await asyncio.gather(*(self._live(i, time.time() if now is None else now) for i in batch))
         listed = [f for f in found if f is not None and f.matches(name)]
         listed.sort(key=lambda f: f.created_at, reverse=True)
         return listed[:LIST_MAX]
 
     async def _live(self, session_id: str, now: float) -> SessionFacts | None:
-        raw, ttl = await asyncio.gather(
-            self._store.get(_FACTS + session_id), self._store.ttl(self._session_prefix + session_id)
-        )
+        raw = await self._store.get(_FACTS + session_id)
+        ttl = await self._store.ttl(self._session_prefix + session_id)
         facts = self._open(session_id, raw) if raw is not None else None
         if facts is None or ttl is None:
             # The session ended (signed out, revoked, idle, replaced at a new sign-in): its traces go too.
@@ -170,13 +176,14 @@ class Directory:
     async def forget(self, session_id: str, facts: SessionFacts | None) -> None:
         """Drop a session's facts and index entries (the session itself is the manager's)."""
         keys: Iterable[str] = _index_keys(facts.sub, facts.username, facts.email) if facts is not None else ()
-        await asyncio.gather(
-            self._store.delete(_FACTS + session_id), *(self._store.index_remove(k, session_id) for k in keys)
-        )
+        await self._drop(session_id, keys)
 
     async def forget_claims(self, session_id: str, claims: Mapping[str, Any]) -> None:
         """At sign-out: the same, from the session's own claims."""
         keys = _index_keys(_claim(claims, "sub"), _claim(claims, "preferred_username"), _claim(claims, "email"))
-        await asyncio.gather(
-            self._store.delete(_FACTS + session_id), *(self._store.index_remove(k, session_id) for k in keys)
-        )
+        await self._drop(session_id, keys)
+
+    async def _drop(self, session_id: str, keys: Iterable[str]) -> None:
+        await self._store.delete(_FACTS + session_id)
+        for key in keys:
+            await self._store.index_remove(key, session_id)

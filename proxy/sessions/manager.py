@@ -177,13 +177,19 @@ class SessionManager:
         session.refreshed_at = session.created_at
         await self.save(session)
         # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
-        lifetime = self.settings.lifetime
-        keys = _index_keys(issuer, session.subject, session.provider_session)
-        await asyncio.gather(
-            *(self.store.index_add(key, session.id, lifetime) for key in keys),
-            self.directory.record(session.id, claims, issuer, client_id, session.created_at, client or SignIn()),
-        )
+        await self._index(session)
+        await self.directory.record(session.id, claims, issuer, client_id, session.created_at, client or SignIn())
         return session
+
+    async def _index(self, session: Session) -> None:
+        """Add a new session to the back-channel logout indexes of its user and provider session.
+
+        One write after another, as every store write of a sign-in: a Redis connection pool keeps every
+        connection it ever opened, so writes sent side by side would leave it with several connections per
+        concurrent sign-in for the rest of the process's life (most of what the wave of issues 22-24 added to a
+        worker's memory per sign-in, issue 25)."""
+        for key in _index_keys(session.issuer, session.subject, session.provider_session):
+            await self.store.index_add(key, session.id, self.settings.lifetime)
 
     async def upgrade(
         self,
@@ -214,12 +220,8 @@ class SessionManager:
             refreshed_at=time.time(),
         )
         await self.save(session)
-        lifetime = self.settings.lifetime
-        await asyncio.gather(
-            *(self.store.index_add(k, session.id, lifetime) for k in _index_keys(old.issuer, session.subject,
-                                                                                  session.provider_session)),
-            self.directory.record(session.id, claims, old.issuer, old.client_id, old.created_at, client or SignIn()),
-        )  # fmt: skip
+        await self._index(session)
+        await self.directory.record(session.id, claims, old.issuer, old.client_id, old.created_at, client or SignIn())
         await self.end(old)
         return session
 

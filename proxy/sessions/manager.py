@@ -138,6 +138,8 @@ class SessionManager:
     def configure(self, settings: SessionSettings) -> None:
         """Apply reloaded timeouts and secrets; the store itself cannot change without a restart."""
         self.settings = settings
+        # A cached copy's idle timer in the store is due a restart after this long (``_touch_due``).
+        self._touch_after = min(TOUCH_EVERY, settings.idle_timeout / 4)
         self.directory.configure(settings)
         # Derived from the cookie secrets (newest first) so every replica can open a pending login
         # another one stored, also while a secret rotation rolls out.
@@ -268,14 +270,21 @@ class SessionManager:
         if session is None:
             return UNKNOWN
         now = time.monotonic()
-        if session.cached_until <= now or now - session.touched_at > min(TOUCH_EVERY, self.settings.idle_timeout / 4):
+        if session.cached_until <= now or self._touch_due(session, now):
             return UNKNOWN
+        return None if self._refuses(ticket, session, issuer, client_id) else session
+
+    def _touch_due(self, session: Session, now: float) -> bool:
+        # The idle timer lives in the store; a cached copy restarts it now and then rather than on every request.
+        return now - session.touched_at > self._touch_after
+
+    def _refuses(self, ticket: Ticket, session: Session, issuer: str, client_id: str) -> bool:
+        """True when a live cached copy must not answer ``ticket``: another key (the copy goes, so that a guessed
+        id never meets it again), past its lifetime, or from another provider or client."""
         if not hmac.compare_digest(session.key, ticket.key):
             self._cache.pop(ticket.session_id, None)
-            return None
-        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
-            return None
-        return session
+            return True
+        return self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id)
 
     def _remember(self, session: Session) -> None:
         now = time.monotonic()
@@ -292,14 +301,12 @@ class SessionManager:
 
     async def _from_cache(self, ticket: Ticket, session: Session, *, issuer: str, client_id: str) -> Session | None:
         now = time.monotonic()
-        expired = session.cached_until <= now
-        if expired or not hmac.compare_digest(session.key, ticket.key):
+        if session.cached_until <= now:
             self._cache.pop(ticket.session_id, None)
-            return await self.load(ticket, issuer=issuer, client_id=client_id) if expired else None
-        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
+            return await self.load(ticket, issuer=issuer, client_id=client_id)
+        if self._refuses(ticket, session, issuer, client_id):
             return None
-        # The idle timer lives in the store; restart it now and then rather than on every request.
-        if now - session.touched_at > min(TOUCH_EVERY, self.settings.idle_timeout / 4):
+        if self._touch_due(session, now):
             if await self.store.get(_SESSION + session.id, touch=self.settings.idle_timeout) is None:
                 self._cache.pop(session.id, None)
                 return None

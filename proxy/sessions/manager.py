@@ -164,6 +164,7 @@ class SessionManager:
     ) -> Session:
         """A new session; ``client``: what the sign-in request said about the browser (for the settings page's
         Sessions), recorded beside it."""
+        now = time.time()
         session = Session(
             id=secrets.token_urlsafe(16),
             key=secrets.token_bytes(32),
@@ -172,19 +173,12 @@ class SessionManager:
             access_token=access_token,
             refresh_token=refresh_token,
             access_expires_at=access_expires_at,
-            created_at=time.time(),
+            created_at=now,
             issuer=issuer,
             client_id=client_id,
+            refreshed_at=now,
         )
-        session.refreshed_at = session.created_at
-        await self.save(session)
-        # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
-        lifetime = self.settings.lifetime
-        keys = _index_keys(issuer, session.subject, session.provider_session)
-        await asyncio.gather(
-            *(self.store.index_add(key, session.id, lifetime) for key in keys),
-            self.directory.record(session.id, claims, issuer, client_id, session.created_at, client or SignIn()),
-        )
+        await self._begin(session, client)
         return session
 
     async def upgrade(
@@ -215,15 +209,23 @@ class SessionManager:
             client_id=old.client_id,
             refreshed_at=time.time(),
         )
-        await self.save(session)
-        lifetime = self.settings.lifetime
-        await asyncio.gather(
-            *(self.store.index_add(k, session.id, lifetime) for k in _index_keys(old.issuer, session.subject,
-                                                                                  session.provider_session)),
-            self.directory.record(session.id, claims, old.issuer, old.client_id, old.created_at, client or SignIn()),
-        )  # fmt: skip
+        await self._begin(session, client)
         await self.end(old)
         return session
+
+    async def _begin(self, session: Session, client: SignIn | None) -> None:
+        """Store a new session (``create``'s, ``upgrade``'s) with its logout index entries, and its sign-in facts
+        for the settings page's Sessions."""
+        await self.save(session)
+        # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
+        lifetime = self.settings.lifetime
+        keys = _index_keys(session.issuer, session.subject, session.provider_session)
+        await asyncio.gather(
+            *(self.store.index_add(key, session.id, lifetime) for key in keys),
+            self.directory.record(
+                session.id, session.claims, session.issuer, session.client_id, session.created_at, client or SignIn()
+            ),
+        )
 
     async def save(self, session: Session) -> None:
         ttl = min(self.settings.idle_timeout, self._remaining(session))

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 from redis import Redis
 
 from proxy.admin.record import Applied, PageRecord, PageSSO
@@ -40,6 +40,7 @@ from support.adminsetup import (
     start_replicas,
 )
 from support.badop import running_badop
+from support.browser_login import sign_in_at_idp
 from support.http import HttpClient
 from support.idp import DevIdP, RegisteredClient, login
 from support.procs import LOOPBACK
@@ -297,20 +298,6 @@ async def test_forget_is_refused_when_the_config_file_would_not_run(
 
 
 # -- 6. lock-out: the admin who disabled SSO, in a browser ----------------------------------------------------
-
-
-async def sign_in_at_idp(page: Page, username: str, *, if_asked: bool = False) -> None:
-    if if_asked and not await page.locator("#login").count():
-        return  # still signed in at the provider: it sent the browser straight back
-    await expect(page.locator("#login")).to_be_visible()
-    await page.fill("#login", username)
-    await page.fill("#password", "any password")
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_function("document.querySelector('#login') === null")
-    await page.wait_for_load_state()
-    allow = page.get_by_role("button", name="Allow")
-    if await allow.count():
-        await allow.click()
 
 
 async def test_the_admin_who_disabled_sso_turns_it_back_on(

@@ -165,6 +165,16 @@ async def form(request: web.Request, runtime: Runtime, active: Active) -> tuple[
     return who, {k: v for k, v in fields.items() if isinstance(v, str)}
 
 
+async def setup_form(
+    request: web.Request, runtime: Runtime, active: Active, action: str
+) -> tuple[Actor, dict[str, str]]:
+    """``form``, for a form that sets a provider up (Save, Register, Test login, Enable): break-glass may not while
+    SSO is on (``break_glass_may_set_up``; ``action`` names the form in the refusal)."""
+    who, fields = await form(request, runtime, active)
+    break_glass_may_set_up(who, active, action)
+    return who, fields
+
+
 def same_origin(request: web.Request, page_origin: str) -> bool:
     """The browser's word that a POST comes from our own pages (Fetch Metadata, else Origin)."""
     fetch_site = request.headers.get("Sec-Fetch-Site")
@@ -239,6 +249,28 @@ def break_glass_may_use(actor: Actor, sso: PageSSO, allowed: list[Pinned], actio
 
 
 # -- a recent sign-in ----------------------------------------------------------------------------------------
+
+
+class SignInAgain(SidecarError):
+    """A change that needs a more recent sign-in (``fresh``): the page's handlers show ``html.sign_in_again``
+    instead (403, nothing changed)."""
+
+    status = 403
+    code = "sign_in_again"
+    title = "Sign in again"
+
+    def __init__(self, action: str, *, sso_on: bool) -> None:
+        super().__init__(
+            f"To {action}, your sign-in must be at most {FRESH_SIGN_IN / 60:.0f} minutes old: sign in again."
+        )
+        self.action = action
+        self.sso_on = sso_on
+
+
+def require_fresh(actor: Actor, record: PageRecord | None, active: Active, action: str) -> None:
+    """``SignInAgain`` unless ``actor`` signed in recently enough (``fresh``) to ``action``."""
+    if not fresh(actor, record, active):
+        raise SignInAgain(action, sso_on=sso_on(active))
 
 
 def fresh(actor: Actor, record: PageRecord | None, active: Active, now: float | None = None) -> bool:

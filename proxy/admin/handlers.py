@@ -60,11 +60,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _shows_problems(handler: Handler) -> Handler:
     """A refusal, or page settings that cannot be used, end on the settings page with the reason and the way
-    out, not on an error page that leaves the admin guessing."""
+    out, not on an error page that leaves the admin guessing; a sign-in too old for the change, on the page
+    that says how to sign in again."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
+        except access.SignInAgain as exc:
+            return html.sign_in_again(exc.action, sso_on=exc.sso_on)
         except (RecordUnusable, Refused) as exc:
             runtime = request.app[RUNTIME]
             active = runtime.active
@@ -237,8 +240,7 @@ def _allowed(runtime: Runtime) -> list[Pinned]:
 async def save(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await access.form(request, runtime, active)
-    access.break_glass_may_set_up(actor, active, "saving provider settings")
+    actor, form = await access.setup_form(request, runtime, active, "saving provider settings")
     page = access.page_sync(runtime)
     record = await page.load()
     values = {name: form.get(name, "").strip() for name in FIELDS}
@@ -398,8 +400,7 @@ async def register(request: web.Request) -> web.StreamResponse:
     draft. A refusal is shown in the provider's words next to its field, and nothing is saved."""
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await access.form(request, runtime, active)
-    access.break_glass_may_set_up(actor, active, "registering a client")
+    actor, form = await access.setup_form(request, runtime, active, "registering a client")
     registration.break_glass_may_register(actor, _allowed(runtime))
     page = access.page_sync(runtime)
     record = await page.load()
@@ -440,8 +441,7 @@ async def register(request: web.Request) -> web.StreamResponse:
 async def test_login(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await access.form(request, runtime, active)
-    access.break_glass_may_set_up(actor, active, "a test login")
+    actor, form = await access.setup_form(request, runtime, active, "a test login")
     record = await access.page_sync(runtime).load()
     if record.draft is None:
         raise Refused("Save the provider settings first: Test login runs with the saved draft.")
@@ -460,12 +460,10 @@ async def test_login(request: web.Request) -> web.StreamResponse:
 async def enable(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     active = runtime.active
-    actor, form = await access.form(request, runtime, active)
-    access.break_glass_may_set_up(actor, active, "enabling a provider")
+    actor, form = await access.setup_form(request, runtime, active, "enabling a provider")
     page = access.page_sync(runtime)
     record = await page.load()
-    if not access.fresh(actor, record, active):
-        return html.sign_in_again("enable SSO", sso_on=access.sso_on(active))
+    access.require_fresh(actor, record, active, "enable SSO")
     draft = record.draft
     if draft is not None:
         access.break_glass_may_use(actor, draft.sso, _allowed(runtime), "enable")
@@ -509,8 +507,7 @@ async def disable(request: web.Request) -> web.StreamResponse:
     active = runtime.active
     actor, form = await access.form(request, runtime, active)
     record, _ = await access.stored_record(runtime)
-    if not access.fresh(actor, record, active):
-        return html.sign_in_again("disable SSO", sso_on=access.sso_on(active))
+    access.require_fresh(actor, record, active, "disable SSO")
     problem = await _problem_with(runtime, {"enabled": False})
     if problem is not None:
         access.audit(runtime, actor, "disable", "refused", problem)
@@ -536,8 +533,7 @@ async def forget(request: web.Request) -> web.StreamResponse:
     actor, form = await access.form(request, runtime, active)
     record, stored_problem = await access.stored_record(runtime)
     access.break_glass_may_forget(actor, active, runtime, stored_problem)
-    if not access.fresh(actor, record, active):
-        return html.sign_in_again("forget the page settings", sso_on=access.sso_on(active))
+    access.require_fresh(actor, record, active, "forget the page settings")
     problem = await _problem_with(runtime, None)
     if problem is not None:
         access.audit(runtime, actor, "forget", "refused", problem)

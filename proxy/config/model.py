@@ -243,6 +243,16 @@ class UpstreamSettings:
         return [key for name, key in self.KEYS.items() if getattr(self, name) != getattr(new, name)]
 
 
+# The methods a rule may name (``skip_auth``'s and ``routes``' ``methods``, read by ``validate`` and ``validate_routes``
+# from this one list): RFC 9110 9.3 and RFC 5789, and the WebDAV methods consoles serve (RFC 4918, 3253, 4791, 5323).
+# A request matches a rule's methods by name (``proxy.auth.routes.matches``): one of any other method matches only
+# rules that name none.
+HTTP_METHODS = (
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH", "MKCALENDAR",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SkipRule:
     methods: frozenset[str] | None  # None: any method

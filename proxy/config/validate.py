@@ -18,6 +18,7 @@ from yarl import URL
 from proxy.config import validate_identity, validate_routes, validate_session, validate_sso
 from proxy.config.model import (
     DEFAULT_HEADERS,
+    HTTP_METHODS,
     AccessSettings,
     AdminSettings,
     BreakGlassSettings,
@@ -36,7 +37,6 @@ MIN_BREAK_GLASS_TOKEN_LENGTH = 24
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
 _REDIRECT_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
@@ -264,7 +264,7 @@ def parse_skip_auth(r: ConfigReader, raw: Mapping[str, Any]) -> tuple[SkipRule, 
         methods: frozenset[str] | None = None
         pattern = text.strip()
         first, _, rest = pattern.partition(" ")
-        if rest and all(m in _HTTP_METHODS for m in first.upper().split(",")) and first.isupper():
+        if rest and all(m in HTTP_METHODS for m in first.upper().split(",")) and first.isupper():
             methods = frozenset(first.split(","))
             if "GET" in methods:
                 methods |= {"HEAD"}

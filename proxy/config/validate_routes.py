@@ -19,16 +19,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.config.model import AccessSettings, Route
+from proxy.config.model import HTTP_METHODS, AccessSettings, Route
 from proxy.config.reader import ConfigReader
 from proxy.config.validate_access import ACCESS_KEYS, access_rules
 
 KEYS = {"path", "methods", "access", "max_age", "acr_values"}
-# RFC 9110 9.3 and RFC 5789, and the WebDAV methods consoles serve (RFC 4918, 3253, 4791, 5323).
-METHODS = (
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
-    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH", "MKCALENDAR",
-)  # fmt: skip
 # An acr value travels in a space-separated acr_values parameter and in a quoted WWW-Authenticate parameter
 # (RFC 9470 3): printable ASCII without space, '"' or '\'.
 _ACR = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -102,8 +97,8 @@ def _methods(r: ConfigReader, item: Mapping[str, Any], key: str) -> frozenset[st
     methods = set()
     for i, name in enumerate(names):
         method = name.upper()
-        if method not in METHODS:
-            close = difflib.get_close_matches(method, METHODS, n=1, cutoff=0.6)
+        if method not in HTTP_METHODS:
+            close = difflib.get_close_matches(method, HTTP_METHODS, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             r.problem(f"{key}.methods[{i}]", f"{name!r} is not an HTTP method{hint}")
             continue

@@ -138,6 +138,8 @@ class SessionManager:
     def configure(self, settings: SessionSettings) -> None:
         """Apply reloaded timeouts and secrets; the store itself cannot change without a restart."""
         self.settings = settings
+        # A cached copy's idle timer in the store is due a restart after this long (``_touch_due``).
+        self._touch_after = min(TOUCH_EVERY, settings.idle_timeout / 4)
         self.directory.configure(settings)
         # Derived from the cookie secrets (newest first) so every replica can open a pending login
         # another one stored, also while a secret rotation rolls out.
@@ -162,6 +164,7 @@ class SessionManager:
     ) -> Session:
         """A new session; ``client``: what the sign-in request said about the browser (for the settings page's
         Sessions), recorded beside it."""
+        now = time.time()
         session = Session(
             id=secrets.token_urlsafe(16),
             key=secrets.token_bytes(32),
@@ -170,26 +173,13 @@ class SessionManager:
             access_token=access_token,
             refresh_token=refresh_token,
             access_expires_at=access_expires_at,
-            created_at=time.time(),
+            created_at=now,
             issuer=issuer,
             client_id=client_id,
+            refreshed_at=now,
         )
-        session.refreshed_at = session.created_at
-        await self.save(session)
-        # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
-        await self._index(session)
-        await self.directory.record(session.id, claims, issuer, client_id, session.created_at, client or SignIn())
+        await self._begin(session, client)
         return session
-
-    async def _index(self, session: Session) -> None:
-        """Add a new session to the back-channel logout indexes of its user and provider session.
-
-        One write after another, as every store write of a sign-in: a Redis connection pool keeps every
-        connection it ever opened, so writes sent side by side would leave it with several connections per
-        concurrent sign-in for the rest of the process's life (most of what the wave of issues 22-24 added to a
-        worker's memory per sign-in, issue 25)."""
-        for key in _index_keys(session.issuer, session.subject, session.provider_session):
-            await self.store.index_add(key, session.id, self.settings.lifetime)
 
     async def upgrade(
         self,
@@ -219,11 +209,24 @@ class SessionManager:
             client_id=old.client_id,
             refreshed_at=time.time(),
         )
-        await self.save(session)
-        await self._index(session)
-        await self.directory.record(session.id, claims, old.issuer, old.client_id, old.created_at, client or SignIn())
+        await self._begin(session, client)
         await self.end(old)
         return session
+
+    async def _begin(self, session: Session, client: SignIn | None) -> None:
+        """Store a new session (``create``'s, ``upgrade``'s) with its logout index entries, and its sign-in facts
+        for the settings page's Sessions."""
+        await self.save(session)
+        # Back-channel logout names a user (sub) or a provider session (sid), never our session id. One write after
+        # another, as every store write of a sign-in: a Redis connection pool keeps every connection it ever
+        # opened, so writes sent side by side would leave it with several connections per concurrent sign-in for
+        # the rest of the process's life (most of what the wave of issues 22-24 added to a worker's memory per
+        # sign-in, issue 25; tests/component/test_store_connections.py).
+        for key in _index_keys(session.issuer, session.subject, session.provider_session):
+            await self.store.index_add(key, session.id, self.settings.lifetime)
+        await self.directory.record(
+            session.id, session.claims, session.issuer, session.client_id, session.created_at, client or SignIn()
+        )
 
     async def save(self, session: Session) -> None:
         ttl = min(self.settings.idle_timeout, self._remaining(session))
@@ -270,14 +273,21 @@ class SessionManager:
         if session is None:
             return UNKNOWN
         now = time.monotonic()
-        if session.cached_until <= now or now - session.touched_at > min(TOUCH_EVERY, self.settings.idle_timeout / 4):
+        if session.cached_until <= now or self._touch_due(session, now):
             return UNKNOWN
+        return None if self._refuses(ticket, session, issuer, client_id) else session
+
+    def _touch_due(self, session: Session, now: float) -> bool:
+        # The idle timer lives in the store; a cached copy restarts it now and then rather than on every request.
+        return now - session.touched_at > self._touch_after
+
+    def _refuses(self, ticket: Ticket, session: Session, issuer: str, client_id: str) -> bool:
+        """True when a live cached copy must not answer ``ticket``: another key (the copy goes, so that a guessed
+        id never meets it again), past its lifetime, or from another provider or client."""
         if not hmac.compare_digest(session.key, ticket.key):
             self._cache.pop(ticket.session_id, None)
-            return None
-        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
-            return None
-        return session
+            return True
+        return self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id)
 
     def _remember(self, session: Session) -> None:
         now = time.monotonic()
@@ -294,14 +304,12 @@ class SessionManager:
 
     async def _from_cache(self, ticket: Ticket, session: Session, *, issuer: str, client_id: str) -> Session | None:
         now = time.monotonic()
-        expired = session.cached_until <= now
-        if expired or not hmac.compare_digest(session.key, ticket.key):
+        if session.cached_until <= now:
             self._cache.pop(ticket.session_id, None)
-            return await self.load(ticket, issuer=issuer, client_id=client_id) if expired else None
-        if self._remaining(session) <= 0 or (session.issuer, session.client_id) != (issuer, client_id):
+            return await self.load(ticket, issuer=issuer, client_id=client_id)
+        if self._refuses(ticket, session, issuer, client_id):
             return None
-        # The idle timer lives in the store; restart it now and then rather than on every request.
-        if now - session.touched_at > min(TOUCH_EVERY, self.settings.idle_timeout / 4):
+        if self._touch_due(session, now):
             if await self.store.get(_SESSION + session.id, touch=self.settings.idle_timeout) is None:
                 self._cache.pop(session.id, None)
                 return None

@@ -113,17 +113,10 @@ class AccessLogger(AbstractAccessLogger):
                 event["user"] = user
             BATCH.add(json.dumps(event, ensure_ascii=False) + "\n")
             return
-        # escape_field's test, inline: the usual path and user need no escaping, and no call.
-        if not path.isprintable() or '"' in path or "\\" in path:
-            path = escape_field(path)
-        if user is None:
-            who = ""
-        elif user.isprintable() and '"' not in user and "\\" not in user:
-            who = " user=" + user
-        else:
-            who = " user=" + escape_field(user)
+        # escape_field alone says what needs escaping (its own fast test returns the usual value as it is).
+        who = "" if user is None else " user=" + escape_field(user)
         BATCH.add(
-            f'{BATCH.timestamp()}{self._level_and_name}{request.remote} "{request.method} {path}" '
+            f'{BATCH.timestamp()}{self._level_and_name}{request.remote} "{request.method} {escape_field(path)}" '
             f"{response.status} {time * 1000:.1f}ms [{request_id}] {route}{who}\n"
         )
 

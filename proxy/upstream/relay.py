@@ -119,13 +119,16 @@ class _Sent(web.StreamResponse):
     def __init__(self, status: int, reason: str, keep_alive: bool, request: web.Request) -> None:
         # What StreamResponse.__init__ sets, and the state prepare/write_eof leave behind, in one call: its
         # keyword arguments and status check (the head is already out, checked) cost every answer more than this.
+        # tests/component/test_aiohttp_internals.py holds these to the fields a finished StreamResponse has.
         self._state = {}
         self._headers = CIMultiDict()
         self._status = status
         self._reason = reason
         self._keep_alive = keep_alive
+        self._must_be_empty_body = False  # _whole_head takes no HEAD or CONNECT, no 1xx, 204 or 304
         self._req = request
-        self._payload_writer = request._payload_writer
+        writer = self._payload_writer = request._payload_writer
+        self._body_length = writer.output_size  # head and body, as write_eof counts them
         self._eof_sent = True
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 from redis import Redis
 
 from proxy.admin.record import Applied, PageRecord, PageSSO
@@ -25,6 +25,7 @@ from proxy.config.load import parse_settings
 from support.adminsetup import (
     ACCOUNTS,
     ADMIN,
+    NOT_ADMIN,
     Replicas,
     break_glass,
     digest,
@@ -39,8 +40,9 @@ from support.adminsetup import (
     start_replicas,
 )
 from support.badop import running_badop
+from support.browser_login import sign_in_at_idp
 from support.http import HttpClient
-from support.idp import DevIdP, login
+from support.idp import DevIdP, RegisteredClient, login
 from support.procs import LOOPBACK
 from support.redis_server import RedisServer
 from support.waiting import eventually
@@ -48,6 +50,7 @@ from support.waiting import eventually
 pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
 
 KEY = "sso:admin:settings"
+SESSION_COOKIE = "sso_sidecar"  # session.cookie_name's default
 
 
 @pytest.fixture(scope="module")
@@ -297,20 +300,6 @@ async def test_forget_is_refused_when_the_config_file_would_not_run(
 # -- 6. lock-out: the admin who disabled SSO, in a browser ----------------------------------------------------
 
 
-async def sign_in_at_idp(page: Page, username: str, *, if_asked: bool = False) -> None:
-    if if_asked and not await page.locator("#login").count():
-        return  # still signed in at the provider: it sent the browser straight back
-    await expect(page.locator("#login")).to_be_visible()
-    await page.fill("#login", username)
-    await page.fill("#password", "any password")
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_function("document.querySelector('#login') === null")
-    await page.wait_for_load_state()
-    allow = page.get_by_role("button", name="Allow")
-    if await allow.count():
-        await allow.click()
-
-
 async def test_the_admin_who_disabled_sso_turns_it_back_on(
     browser: Browser, replicas: Replicas, http: Any, admin_idp: DevIdP
 ) -> None:
@@ -508,11 +497,12 @@ async def test_a_console_pages_fetch_cannot_operate_the_settings_page(
         await context.close()
 
 
-async def test_the_page_on_an_origin_of_its_own_serves_only_the_page(
-    browser: Browser, sidecar_factory: Any, admin_idp: DevIdP, aof_redis: RedisServer, http: Any
-) -> None:
-    """``admin.public_url``: the console's origin sends the page there, the page's origin proxies nothing,
-    admins sign in (and Test login comes back) through its own redirect URI."""
+def page_on_an_origin_of_its_own(
+    sidecar_factory: Any, admin_idp: DevIdP, aof_redis: RedisServer
+) -> tuple[Replicas, str, RegisteredClient]:
+    """Replica a with SSO on and the page on an origin of its own (``admin.public_url``: localhost, where the
+    console's is 127.0.0.1, so the browser keeps apart their cookies), with a client that may come back to
+    both callbacks; the page's origin."""
     r = start_replicas(sidecar_factory, admin_idp, aof_redis, file_sso=True)
     page_origin = f"http://localhost:{r.a.port}"
     own = admin_idp.register_client(
@@ -527,6 +517,15 @@ async def test_the_page_on_an_origin_of_its_own_serves_only_the_page(
     r.a.stop()
     r.a.write_config(config)
     r.a.start()
+    return r, page_origin, own
+
+
+async def test_the_page_on_an_origin_of_its_own_serves_only_the_page(
+    browser: Browser, sidecar_factory: Any, admin_idp: DevIdP, aof_redis: RedisServer, http: Any
+) -> None:
+    """``admin.public_url``: the console's origin sends the page there, the page's origin proxies nothing,
+    admins sign in (and Test login comes back) through its own redirect URI."""
+    r, page_origin, own = page_on_an_origin_of_its_own(sidecar_factory, admin_idp, aof_redis)
     async with http().get(r.a.url + "/oauth2/admin?x=1") as resp:
         assert resp.status == 302 and resp.headers["Location"] == page_origin + "/oauth2/admin?x=1"
     async with http().get(page_origin + "/api/whoami", headers={"X-Break-Glass": r.break_glass}) as resp:
@@ -567,6 +566,41 @@ async def test_the_page_on_an_origin_of_its_own_serves_only_the_page(
         await page.goto(page_origin + "/oauth2/admin")
         await page.get_by_role("button", name="Enable SSO").click()
         await expect(page).to_have_url(page_origin + "/oauth2/admin?done=enabled")
+    finally:
+        await context.close()
+
+
+async def test_the_page_origins_own_callback_leaves_a_fresh_session_id_not_a_planted_one(
+    browser: Browser, sidecar_factory: Any, admin_idp: DevIdP, aof_redis: RedisServer, http: Any
+) -> None:
+    """Session fixation (RFC 9700 4.x; OIDC Core 3.1.2.7): a session cookie planted on the page's own origin
+    before an admin signs in there, here a real session of another user that the planter holds, is not the
+    session that sign-in leaves. The page origin's own callback sets a new id and ends the planted session."""
+    r, page_origin, _ = page_on_an_origin_of_its_own(sidecar_factory, admin_idp, aof_redis)
+    planter = http()
+    signed_in = await login(planter, r.a.url + "/api/whoami", NOT_ADMIN)
+    assert signed_in.status == 200 and NOT_ADMIN in await signed_in.text()
+    planted = planter.cookie(SESSION_COOKIE)
+    assert planted
+
+    async def planted_is_a_session() -> bool:
+        async with http().get(r.a.url + "/api/whoami", headers={"Cookie": f"{SESSION_COOKIE}={planted}"}) as resp:
+            assert resp.status in (200, 302), resp.status  # 302: to the provider, to sign in
+            return resp.status == 200
+
+    context = await browser.new_context()
+    try:
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": planted, "url": page_origin}])
+        page = await context.new_page()
+        opened = await page.goto(page_origin + "/oauth2/admin")
+        assert opened is not None and opened.status == 403, "the planted cookie is a live session on the page origin"
+        await page.goto(page_origin + "/oauth2/admin/reauth")  # the admin signs in, through the page's callback
+        await sign_in_at_idp(page, ADMIN)
+        await expect(page).to_have_url(page_origin + "/oauth2/admin?done=reauth")
+        await expect(page.locator(".who")).to_contain_text("Signed in as admin.ada@example.com")
+        cookies = {c["name"]: c["value"] for c in await context.cookies(page_origin)}
+        assert cookies.get(SESSION_COOKIE) not in (None, planted)
+        assert not await planted_is_a_session(), "the planted session outlived the sign-in over it"
     finally:
         await context.close()
 

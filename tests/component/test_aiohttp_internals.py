@@ -58,6 +58,80 @@ def test_stream_response_internals_that_relay_writes_the_head_through() -> None:
     )
 
 
+class _WholeAnswer:
+    """A console's answer that arrived whole (``upstream.answer.Answer``): what ``relay_whole`` writes itself."""
+
+    status, reason, complete = 200, "OK", True
+
+    def __init__(self) -> None:
+        self.headers = CIMultiDict({"Content-Length": "2"})
+
+    def take_body(self) -> bytes:
+        return b"ok"
+
+    async def read(self) -> bytes:
+        return b""
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_relay_sent_has_every_field_of_a_stream_response_aiohttp_prepared_and_finished() -> None:
+    """relay._Sent sets StreamResponse's fields itself, without its __init__, prepare or write_eof. A plain
+    StreamResponse that aiohttp's server prepared and finished (finish_response) is the measure: a field a new
+    aiohttp sets there, and may read afterwards (the server, its access log, repr), must be one _Sent sets too,
+    or this test fails rather than a request in production."""
+    responses: dict[str, web.StreamResponse] = {}
+
+    async def plain(request: web.Request) -> web.StreamResponse:
+        responses["plain"] = response = web.StreamResponse()
+        response.content_length = 0
+        return response  # prepared and finished by the server, as aiohttp does with any response
+
+    async def relayed(request: web.Request) -> web.StreamResponse:
+        responses["relayed"] = response = await relay.relay_whole(_WholeAnswer(), request, None)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/plain", plain)
+    app.router.add_get("/relayed", relayed)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        loop = asyncio.get_running_loop()
+        with socket.create_connection(("127.0.0.1", runner.addresses[0][1])) as sock:
+            # One connection: the server finishes each response before it reads the next request, and closes
+            # the connection only once the last one is finished.
+            sock.sendall(
+                b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\nGET /relayed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            raw = b""
+            while chunk := await loop.run_in_executor(None, sock.recv, 65536):
+                raw += chunk
+    finally:
+        await runner.cleanup()
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2 and raw.endswith(b"\r\n\r\nok"), raw
+    sent, finished = responses["relayed"], responses["plain"]
+    assert type(sent) is relay._Sent, "the answer took aiohttp's response, not relay._Sent: see _whole_head"
+    missing, stale = sorted(set(vars(finished)) - set(vars(sent))), sorted(set(vars(sent)) - set(vars(finished)))
+    assert not missing, (
+        f"aiohttp {aiohttp.__version__}'s StreamResponse, prepared and finished, has {', '.join(missing)}, which "
+        "relay._Sent does not set: set them in _Sent.__init__ (proxy/upstream/relay.py) to what prepare and "
+        "write_eof leave there, or pin aiohttp back in requirements/ (make lock UPGRADE=none)."
+    )
+    assert not stale, (
+        f"relay._Sent sets {', '.join(stale)}, which aiohttp {aiohttp.__version__}'s StreamResponse no longer has "
+        "after prepare and write_eof: proxy/upstream/relay.py (_Sent.__init__) needs porting."
+    )
+    assert (sent.prepared, sent.keep_alive, sent.status, sent.reason) == (True, False, 200, "OK")
+    assert sent.body_length == len(raw) - raw.index(b"HTTP/1.1 200 OK\r\n", 1), "the bytes written, as write_eof counts"
+
+
 async def test_stream_writer_internals_that_relay_fills_with_a_latin1_head() -> None:
     """relay._ExactHead sets StreamWriter._headers_buf / _headers_written and calls send_headers()."""
     writer = StreamWriter(ResponseHandler(asyncio.get_running_loop()), asyncio.get_running_loop())

@@ -232,7 +232,7 @@ async def test_the_cache_answers_without_io_only_what_load_would_answer(twin_man
     """``cached`` (the gate's path, without a coroutine) gives a session or a refusal only where ``load`` would give
     the same from the cache, and leaves everything else to ``load``: a session not cached, a copy past its
     ``cache_ttl``, one whose idle timer in the store is due a restart, and all of them while the invalidation
-    channel is down."""
+    channel is down. Each refusal (another key, provider or client, a lifetime over) is ``load``'s too."""
     a, _ = twin_managers
     session = await create(a)
     where = {"issuer": "https://idp", "client_id": "c"}
@@ -240,8 +240,9 @@ async def test_the_cache_answers_without_io_only_what_load_would_answer(twin_man
     await a.load(session.ticket, **where)  # from the store, and cached
     loaded = await a.load(session.ticket, **where)
     assert loaded is not None and loaded.tokens_elided and a.cached(session.ticket, **where) is loaded
-    assert a.cached(session.ticket, issuer="https://other", client_id="c") is None
-    assert a.cached(session.ticket, issuer="https://idp", client_id="other") is None
+    for elsewhere in ({"issuer": "https://other", "client_id": "c"}, {"issuer": "https://idp", "client_id": "other"}):
+        assert a.cached(session.ticket, **elsewhere) is None
+        assert await a.load(session.ticket, **elsewhere) is None
     assert a.cached(Ticket(session.id, b"x" * 32), **where) is None
     assert a.cached(session.ticket, **where) is UNKNOWN, "a ticket with another key dropped the copy"
     assert await a.load(session.ticket, **where) is not None
@@ -259,6 +260,12 @@ async def test_the_cache_answers_without_io_only_what_load_would_answer(twin_man
     assert a.cached(other.ticket, **where) is UNKNOWN
     assert await a.load(other.ticket, **where) is not None
     assert a.cached(other.ticket, **where) is not None
+
+    ended = await create(a)
+    assert await a.load(ended.ticket, **where) is not None
+    a._cache[ended.id].created_at -= SETTINGS.lifetime  # past its absolute lifetime while its copy is cached
+    assert a.cached(ended.ticket, **where) is None
+    assert await a.load(ended.ticket, **where) is None
     a._cache_live = False  # the channel that invalidates copies is down: the cache serves nothing
     assert a.cached(other.ticket, **where) is UNKNOWN
 

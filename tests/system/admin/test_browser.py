@@ -17,6 +17,7 @@ from redis import Redis
 
 from support import REPO
 from support.adminsetup import ACCOUNTS, ADMIN, NOT_ADMIN, Replicas, start_replicas
+from support.browser_login import sign_in_at_idp
 from support.http import new_client
 from support.idp import DevIdP
 from support.procs import http_status
@@ -59,23 +60,12 @@ class Walk:
     def admin_url(self) -> str:
         return self.r.a.url + "/oauth2/admin"
 
-    async def sign_in_at_idp(self, page: Page, username: str) -> None:
-        await expect(page.locator("#login")).to_be_visible()
-        await page.fill("#login", username)
-        await page.fill("#password", "any password")
-        await page.get_by_role("button", name="Sign in").click()
-        await page.wait_for_function("document.querySelector('#login') === null")
-        await page.wait_for_load_state()
-        allow = page.get_by_role("button", name="Allow")
-        if await allow.count():  # the provider asks for consent the first time a user meets this client
-            await allow.click()
-
     async def test_login(self, username: str, name: str) -> Page:
         async with self.context.expect_page() as opened:
             await self.page.get_by_role("button", name="Test login").click()
         window = await opened.value
         await window.wait_for_load_state()
-        await self.sign_in_at_idp(window, username)
+        await sign_in_at_idp(window, username)
         await expect(window.get_by_role("heading", level=1)).to_contain_text("Test login")
         await self.shot(name, window)
         return window
@@ -165,7 +155,7 @@ async def test_the_settings_page_walk(
         user = await browser.new_context()
         user_page = await user.new_page()
         await user_page.goto(a.url + "/reports")
-        await walk.sign_in_at_idp(user_page, "carol.jones")
+        await sign_in_at_idp(user_page, "carol.jones")
         await expect(user_page.locator("#identity")).to_contain_text("carol.jones@example.com")
         await expect(user_page.locator("#identity")).to_contain_text("Carol Jones")
         await walk.shot("console-after-sign-in", user_page)
@@ -178,7 +168,7 @@ async def test_the_settings_page_walk(
         admin = await browser.new_context()
         admin_page = await admin.new_page()
         await admin_page.goto(walk.admin_url)
-        await walk.sign_in_at_idp(admin_page, ADMIN)
+        await sign_in_at_idp(admin_page, ADMIN)
         await expect(admin_page).to_have_url(walk.admin_url)
         await expect(admin_page.locator(".who")).to_contain_text("Signed in as admin.ada@example.com")
         await walk.shot("admin-signed-in", admin_page)

@@ -24,6 +24,7 @@ from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 
 from support import REPO
 from support.adminsetup import ACCOUNTS, ADMIN, NOT_ADMIN, Replicas, start_replicas
+from support.browser_login import sign_in_at_idp
 from support.http import new_client
 from support.idp import DevIdP
 from support.redis_server import RedisServer
@@ -39,19 +40,6 @@ SCOPES = "openid profile email groups"
 @pytest.fixture(scope="module")
 def reg_idp(idp_factory: Any) -> DevIdP:
     return idp_factory(accounts=ACCOUNTS, allow_registration=False, registration_initial_access_token=TOKEN)
-
-
-async def sign_in_at_idp(page: Page, username: str) -> None:
-    """The dev IdP's sign-in form (and its consent, the first time a user meets a client), as a person fills it."""
-    await expect(page.locator("#login")).to_be_visible()
-    await page.fill("#login", username)
-    await page.fill("#password", "any password")
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_function("document.querySelector('#login') === null")
-    await page.wait_for_load_state()
-    allow = page.get_by_role("button", name="Allow")
-    if await allow.count():
-        await allow.click()
 
 
 async def shot(target: Page | Locator, name: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.auth.paths import normalise
-from proxy.config.model import DEFAULT_HEADERS, DEFAULT_SCOPES, SkipRule
+from proxy.config.model import DEFAULT_HEADERS, DEFAULT_SCOPES, HTTP_METHODS, SkipRule
 from proxy.errors import ConfigError
 from proxy.gate.decide import skips_auth
 from support.config_text import MINIMAL, parse, problems
@@ -128,6 +128,20 @@ def test_skip_auth_rules_parse_methods_and_get_implies_head():
     assert not skips(static, "POST", "/static/a.css")
     assert skips(health, "DELETE", "/api/health") and not skips(health, "GET", "/api/healthz")
     assert skips(hook, "PUT", "/hook") and not skips(hook, "GET", "/hook")
+
+
+def test_skip_auth_names_the_methods_routes_name_webdav_too():
+    """One list of methods (config.model.HTTP_METHODS) for skip_auth and routes: "PROPFIND ^/dav/" is a rule for
+    PROPFIND, as ``methods: [PROPFIND]`` is in a route, not a regex that can never match."""
+    every = ",".join(HTTP_METHODS)
+    s = parse(
+        MINIMAL
+        + f'skip_auth: ["PROPFIND,MKCOL ^/dav/", "{every} ^/all/"]\nroutes: [{{path: "^/", methods: [{every}]}}]\n'
+    )
+    dav, everything = s.skip_auth
+    assert dav.methods == frozenset({"PROPFIND", "MKCOL"}) and dav.pattern.pattern == "^/dav/"
+    assert skips_auth([dav], "PROPFIND", normalise("/dav/a")) and not skips_auth([dav], "GET", normalise("/dav/a"))
+    assert everything.methods == s.routes[0].methods == frozenset(HTTP_METHODS)
 
 
 def test_a_bad_key_is_listed_once():

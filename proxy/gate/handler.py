@@ -13,8 +13,8 @@ forward-auth endpoint (``forward_auth``), which answers the same questions for n
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
@@ -117,13 +117,17 @@ def _settled(
     if session is None or session is UNKNOWN:
         return None
     claims = session.claims
-    subject = claims.get("sub")
-    if isinstance(subject, str):
-        entry.user = subject
+    _note_user(entry, claims)
     short = admit(request, runtime, active.settings, claims, request.method, target)
     if short is not None:
         return _StepUp(*short)
     return active.identity.values(claims)
+
+
+def _note_user(entry: RequestLog, claims: Mapping[str, Any]) -> None:
+    subject = claims.get("sub")
+    if isinstance(subject, str):
+        entry.user = subject
 
 
 class _StepUp(NamedTuple):
@@ -146,22 +150,16 @@ async def _step_up(
 async def _identity(
     request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
 ) -> Sequence[tuple[str, str]] | web.StreamResponse:
-    """The identity headers for the console, or the login redirect a browser without a session gets.
+    """The identity headers for the console, or the login redirect a browser without a session gets, where
+    ``_settled`` could not tell (SSO is on and the path is not public: it answered those): the session from the
+    store, a bearer token, a console lookup.
 
-    Also notes the route kind and the subject for the access log."""
-    if active.oidc is None:
-        entry.route = "passthrough"
-        return []
-    if skips_auth(active.settings.skip_auth, request.method, target):
-        entry.route = "public"
-        return []
+    Also notes the subject for the access log."""
     found = await identify(request, runtime, active)
     if found is None:
         return await _sign_in(request, runtime, active, target, entry)
     claims = found[0]
-    subject = claims.get("sub")
-    if isinstance(subject, str):
-        entry.user = subject
+    _note_user(entry, claims)
     short = admit(request, runtime, active.settings, claims, request.method, target)
     if short is not None:  # a route needs a more recent or stronger sign-in
         return await _step_up(request, runtime, active, target, entry, _StepUp(*short))

@@ -13,8 +13,10 @@ still take effect at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +26,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.upstream import aioclient, relay
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _missing(obj: object, names: tuple[str, ...]) -> list[str]:
@@ -95,26 +99,12 @@ async def test_relay_sent_has_every_field_of_a_stream_response_aiohttp_prepared_
         responses["relayed"] = response = await relay.relay_whole(_WholeAnswer(), request, None)
         return response
 
-    app = web.Application()
-    app.router.add_get("/plain", plain)
-    app.router.add_get("/relayed", relayed)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        loop = asyncio.get_running_loop()
-        with socket.create_connection(("127.0.0.1", runner.addresses[0][1])) as sock:
-            # One connection: the server finishes each response before it reads the next request, and closes
-            # the connection only once the last one is finished.
-            sock.sendall(
-                b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\nGET /relayed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            raw = b""
-            while chunk := await loop.run_in_executor(None, sock.recv, 65536):
-                raw += chunk
-    finally:
-        await runner.cleanup()
+    async with _served({"/plain": plain, "/relayed": relayed}) as port:
+        # One connection: the server finishes each response before it reads the next request, and closes the
+        # connection only once the last one is finished.
+        raw = await _exchange(
+            port, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\nGET /relayed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
     assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2 and raw.endswith(b"\r\n\r\nok"), raw
     sent, finished = responses["relayed"], responses["plain"]
     assert type(sent) is relay._Sent, "the answer took aiohttp's response, not relay._Sent: see _whole_head"
@@ -191,21 +181,8 @@ async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_us
         await response.write(b"k")
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    app.router.add_get("/streaming", streaming)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        loop = asyncio.get_running_loop()
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            raw = b""
-            while chunk := await loop.run_in_executor(None, sock.recv, 65536):
-                raw += chunk
+    async with _served({"/": handler, "/streaming": streaming}) as port:
+        raw = await _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert b"filename=caf\xe9.txt\r\n" in raw, (
             f"aiohttp {aiohttp.__version__}: relay._ExactHead no longer writes the head as latin-1 "
             f"(got {raw[:300]!r}); see proxy/upstream/relay.py"
@@ -233,8 +210,6 @@ async def test_a_relayed_head_keeps_its_latin1_bytes_and_aioclient_handler_is_us
             )
         finally:
             await client.close()
-    finally:
-        await runner.cleanup()
 
 
 async def test_application_internals_that_the_console_dispatch_takes_over() -> None:
@@ -281,3 +256,29 @@ def test_request_state_that_the_middleware_and_access_log_use_directly() -> None
     request._state[LOG] = entry
     assert request.get(LOG) is entry and request[LOG] is entry
     assert request._state.get(LOG) is entry
+
+
+@contextlib.asynccontextmanager
+async def _served(routes: dict[str, Handler]) -> AsyncIterator[int]:
+    """aiohttp's own server with these GET routes on a free loopback port (the port), stopped at the end."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """Send raw request bytes on one connection and read until the server closes it."""
+    loop = asyncio.get_running_loop()
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        while chunk := await loop.run_in_executor(None, sock.recv, 65536):
+            raw += chunk
+    return raw

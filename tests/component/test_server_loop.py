@@ -15,8 +15,10 @@ import contextlib
 import re
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp import web
 
 from proxy import server
@@ -235,3 +237,39 @@ def test_the_server_loop_setting_is_checked() -> None:
     assert parse_settings(base + "server_loop: aiohttp\n", environ={}).server_loop == "aiohttp"
     with pytest.raises(ConfigError, match=r"server_loop: must be lean or aiohttp"):
         parse_settings(base + "server_loop: fast\n", environ={})
+
+
+async def test_the_sidecar_serves_with_the_loop_its_config_names_and_a_reload_changes_it(tmp_path: Path) -> None:
+    """``create_app`` wires ``server_loop`` to the config in force: each new connection's handler is the lean
+    loop's, and after a reload to ``aiohttp``, aiohttp's own."""
+    from aiohttp.web_protocol import RequestHandler
+
+    from proxy.app import create_app
+    from proxy.config.load import load_settings
+    from proxy.runtime.reload import reload_config
+    from proxy.runtime.state import RUNTIME
+
+    path = tmp_path / "config.yaml"
+    config = {
+        "public_url": "http://127.0.0.1:4180",
+        "upstream": "http://127.0.0.1:9",
+        "sso": {"issuer_url": "http://127.0.0.1:9/realms/x", "client_id": "console", "client_secret": "unused"},
+        "session": {"store": "memory", "cookie_secret": "9fK2mQx7Lp4Zr8Tb1Wn6Vc3Hy5Jd0Gs2"},
+    }
+    path.write_text(yaml.safe_dump(config))
+    app = create_app(load_settings(str(path)))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        assert type(runner.server()) is server.LeanRequestHandler
+        path.write_text(yaml.safe_dump({**config, "server_loop": "aiohttp"}))
+        assert await reload_config(app[RUNTIME], str(path))
+        assert type(runner.server()) is RequestHandler
+        path.write_text(yaml.safe_dump({**config, "server_loop": "quick"}))
+        assert not await reload_config(app[RUNTIME], str(path))  # refused, naming the key: the last good stays
+        assert app[RUNTIME].reload_status.last_error is not None
+        assert "server_loop: must be lean or aiohttp" in str(app[RUNTIME].reload_status.last_error)
+        assert type(runner.server()) is RequestHandler
+    finally:
+        await runner.cleanup()

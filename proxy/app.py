@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
-from proxy import html
+from proxy import html, server
 from proxy.admin import handlers as admin
 from proxy.admin.sync import PageSync, open_page_store
 from proxy.auth import bearer
@@ -324,4 +324,6 @@ def create_app(settings: Settings, *, worker: int = 0) -> web.Application:
     assert console is not None
     app[DISPATCH] = dispatch = ConsoleDispatch(app, console)
     object.__setattr__(app, "_handle", dispatch)  # what the runner hands the server (Application._make_handler)
+    # Each new connection's request loop (``server_loop``), read from the config in force when it opens.
+    server.serve_with(app, lambda: app[RUNTIME].active.settings.server_loop if RUNTIME in app else settings.server_loop)
     return app

@@ -352,6 +352,7 @@ class Settings:
     allowed_redirect_hosts: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "text"  # text | json
+    server_loop: str = "lean"  # lean | aiohttp: each connection's request loop (``proxy.server``)
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     break_glass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     status: StatusSettings = field(default_factory=StatusSettings)

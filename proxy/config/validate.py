@@ -48,7 +48,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
             "access", "skip_auth", "trusted_proxies", "metrics_listen", "workers", "upstream_timeout",
             "log_level", "log_format", "reload", "break_glass", "status", "allowed_redirect_hosts", "admin",
             "upstream_client", "upstream_max_connections", "assertion", "roles", "pass_tokens", "routes",
-            "relay_writer",
+            "relay_writer", "server_loop",
         },
     )  # fmt: skip
     listen = r.host_port(raw, "listen", "listen") or ("0.0.0.0", 4180)  # noqa: S104
@@ -66,6 +66,10 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
     if relay_writer not in ("lean", "aiohttp"):
         r.problem("relay_writer", "must be lean or aiohttp")
         relay_writer = "lean"
+    server_loop = r.string(raw, "server_loop", "server_loop") or "lean"
+    if server_loop not in ("lean", "aiohttp"):
+        r.problem("server_loop", "must be lean or aiohttp")
+        server_loop = "lean"
     log_level = r.string(raw, "log_level", "log_level") or "info"
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         r.problem("log_level", "must be one of debug, info, warning, error")
@@ -130,6 +134,7 @@ def settings(r: ConfigReader, raw: Mapping[str, Any]) -> Settings | None:
         allowed_redirect_hosts=redirect_hosts,
         log_level=log_level.lower(),
         log_format=log_format,
+        server_loop=server_loop,
         reload=reload,
         break_glass=break_glass,
         status=status,

@@ -5,9 +5,10 @@ browser."""
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from proxy.config.model import Settings, SkipRule
 from proxy.errors import Forbidden, InvalidToken, StepUpFailed, StepUpRequired
 from proxy.runtime.state import Active, Runtime
 from proxy.sessions import Session
-from proxy.sessions.manager import UNKNOWN
+from proxy.sessions.manager import UNKNOWN, Unknown
 from proxy.signin.current import known_session, session_for
 from proxy.signin.login import login_url
 
@@ -69,12 +70,24 @@ async def caller(request: web.Request, runtime: Runtime, active: Active) -> Mapp
     return None if found is None else found[0]
 
 
+class NotAsked(enum.Enum):
+    """``identify``'s ``known`` where its caller has not asked ``known_session``."""
+
+    NOT_ASKED = "not asked"
+
+
+NOT_ASKED: Final = NotAsked.NOT_ASKED
+
+
 async def identify(
-    request: web.Request, runtime: Runtime, active: Active
+    request: web.Request, runtime: Runtime, active: Active, known: Session | Unknown | NotAsked | None = NOT_ASKED
 ) -> tuple[Mapping[str, Any], Session | None] | None:
-    """``caller`` with the session the claims come from (None for a bearer token's)."""
+    """``caller`` with the session the claims come from (None for a bearer token's). ``known``: what
+    ``known_session`` said of this request, where the caller asked it already (the gate's ``_settled``): it is
+    not asked twice (a second cookie parse and cache read on every request the cache cannot answer)."""
     assert active.oidc is not None
-    session = known_session(request, runtime, active)  # nearly every request: no I/O, no coroutine
+    # known_session: nearly every request, with no I/O and no coroutine
+    session = known_session(request, runtime, active) if known is NOT_ASKED else known
     if session is UNKNOWN:
         session = await session_for(request, runtime, active)
     if session is not None:

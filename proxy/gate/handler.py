@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
@@ -26,9 +26,19 @@ from proxy.config.model import Settings
 from proxy.errors import BadRequest, Closed, NotFound, Unauthenticated
 from proxy.gate import breakglass
 from proxy.gate.console import console_values
-from proxy.gate.decide import BEARER_CHALLENGE, admit, identify, is_api_request, skips_auth, step_up_required
+from proxy.gate.decide import (
+    BEARER_CHALLENGE,
+    NOT_ASKED,
+    NotAsked,
+    admit,
+    identify,
+    is_api_request,
+    skips_auth,
+    step_up_required,
+)
 from proxy.runtime.state import RUNTIME, Active, Runtime
-from proxy.sessions.manager import UNKNOWN
+from proxy.sessions import Session
+from proxy.sessions.manager import UNKNOWN, Unknown
 from proxy.signin.current import known_session
 from proxy.signin.login import begin_login, login_url, route_requirement
 from proxy.telemetry.logs import LOG, RequestLog
@@ -96,12 +106,26 @@ def _first(value: str | None) -> str:
     return (value or "").split(",", 1)[0].strip()
 
 
+class _Unsettled:
+    """``_settled`` could not tell: ``_identity`` finds out, given what ``known_session`` said (``known``)."""
+
+    __slots__ = ("known",)
+
+    def __init__(self, known: Session | Unknown | NotAsked | None) -> None:
+        self.known = known
+
+
+_ASK: Final = _Unsettled(NOT_ASKED)  # a console lookup: ``identify`` asks for the session itself
+_NO_SESSION: Final = _Unsettled(None)
+_NOT_CACHED: Final = _Unsettled(UNKNOWN)
+
+
 def _settled(
     request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
-) -> Sequence[tuple[str, str]] | _StepUp | None:
+) -> Sequence[tuple[str, str]] | _StepUp | _Unsettled:
     """``_identity``'s answer where it needs no I/O and no redirect, which is nearly every request: SSO off, a
     public path, or a signed-in user the session cache knows (with no console lookup): the identity headers, or
-    what a route needs that the sign-in lacks (``_step_up``). None where only ``_identity`` can tell. A plain
+    what a route needs that the sign-in lacks (``_step_up``). ``_Unsettled`` where only ``_identity`` can tell. A plain
     function: the request it answers costs no coroutine (``_identity`` and ``identify`` would cost two).
 
     Also notes the route kind and the subject for the access log."""
@@ -112,10 +136,12 @@ def _settled(
         entry.route = "public"
         return ()
     if active.console is not None:
-        return None
+        return _ASK
     session = known_session(request, runtime, active)
-    if session is None or session is UNKNOWN:
-        return None
+    if session is None:
+        return _NO_SESSION
+    if session is UNKNOWN:
+        return _NOT_CACHED
     claims = session.claims
     _note_user(entry, claims)
     short = admit(request, runtime, active.settings, claims, request.method, target)
@@ -148,14 +174,19 @@ async def _step_up(
 
 
 async def _identity(
-    request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
+    request: web.Request,
+    runtime: Runtime,
+    active: Active,
+    target: RequestPath,
+    entry: RequestLog,
+    known: Session | Unknown | NotAsked | None,
 ) -> Sequence[tuple[str, str]] | web.StreamResponse:
     """The identity headers for the console, or the login redirect a browser without a session gets, where
     ``_settled`` could not tell (SSO is on and the path is not public: it answered those): the session from the
     store, a bearer token, a console lookup.
 
     Also notes the subject for the access log."""
-    found = await identify(request, runtime, active)
+    found = await identify(request, runtime, active, known)
     if found is None:
         return await _sign_in(request, runtime, active, target, entry)
     claims = found[0]
@@ -205,8 +236,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if emergency is not None:
         entry.route, entry.user = "break_glass", active.settings.break_glass.user
     settled = emergency if emergency is not None else _settled(request, runtime, active, target, entry)
-    if settled is None:
-        decided = await _identity(request, runtime, active, target, entry)
+    if isinstance(settled, _Unsettled):
+        decided = await _identity(request, runtime, active, target, entry, settled.known)
         if isinstance(decided, web.StreamResponse):
             return decided
     elif isinstance(settled, _StepUp):

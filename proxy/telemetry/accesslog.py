@@ -32,6 +32,8 @@ def _route_of(path: str) -> str:
     return "sidecar" if path.startswith("/oauth2/") else "proxy"
 
 
+# ",000" to ",999": a line's milliseconds looked up, not formatted (formatting was a third of the line's cost).
+_MILLIS = tuple(f",{ms:03d}" for ms in range(1000))
 _FLUSH_AFTER = 0.1
 _MAX_PENDING = 256
 _PIPE_BUF = 4096  # writes up to this size are atomic on a pipe: lines of several workers never mix
@@ -50,7 +52,7 @@ class _Batch:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((now - second) * 1000):03d}"
+        return self._stamp + _MILLIS[int((now - second) * 1000)]
 
     def add(self, line: str) -> None:
         self.lines.append(line)

@@ -282,3 +282,39 @@ async def _exchange(port: int, request: bytes) -> bytes:
         while chunk := await loop.run_in_executor(None, sock.recv, 65536):
             raw += chunk
     return raw
+
+
+async def _ok(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response()
+
+
+# The aiohttp code that proxy/server.py's lean request loop copies, as of the pinned aiohttp: its source's digest.
+_COPIED = {"start": "2e565fd40c8e04fb", "_handle_request": "a88a34ee65a2714c", "finish_response": "b7eb53db8f4b30ca"}
+
+
+async def test_the_request_loop_that_the_lean_loop_copies_is_unchanged() -> None:
+    """proxy.server.LeanRequestHandler.start is aiohttp's RequestHandler.start with _handle_request inlined, and
+    finishes a response sent whole as finish_response would. A new aiohttp whose loop differs fails here, so that
+    the copy is compared with it (a fix there may be one the copy needs) before the digests are updated."""
+    import hashlib
+    import inspect
+
+    from aiohttp.web_protocol import RequestHandler
+
+    from proxy import server
+
+    changed = [
+        name
+        for name, digest in _COPIED.items()
+        if hashlib.sha256(inspect.getsource(getattr(RequestHandler, name)).encode()).hexdigest()[:16] != digest
+    ]
+    assert not changed, (
+        f"aiohttp {aiohttp.__version__} changed RequestHandler.{', '.join(changed)}, which proxy/server.py's "
+        "LeanRequestHandler copies: compare the two, port what changed, then update _COPIED here."
+    )
+    needed = ("_messages", "_waiter", "_parser", "_buffer_paused", "_msg_queue_resume_size", "_lingering_time")
+    needed += ("_request_in_progress", "_handler_waiter", "_upgraded", "_keepalive_handle", "_task_handler")
+    handler = RequestHandler(web.Server(_ok), loop=asyncio.get_running_loop())
+    missing = _missing(handler, needed)
+    assert not missing, _explain("RequestHandler", missing, "proxy/server.py (LeanRequestHandler)")
+    assert issubclass(server.SidecarServer, web.Server)

@@ -2,7 +2,8 @@
 
 ``proxy_config`` is the one place the suite builds a sidecar config, so the whole suite runs once per
 proxy path (``UPSTREAM_CLIENTS``: each upstream client, ``upstream_client``, and the lean one also with
-``relay_writer: aiohttp``). ``Rig`` bundles a
+``relay_writer: aiohttp``; the aiohttp client's path also with aiohttp's own request loop, ``server_loop:
+aiohttp``, the others with the lean one). ``Rig`` bundles a
 ``RawConsole``, the sidecar in front of it (started through its CLI) and the session cookies of users
 signed in through a real provider.
 
@@ -36,7 +37,9 @@ AUTH_PATH = "/api/echo"  # needs a session
 COOKIE = "sso_sidecar"
 # The proxy paths the suite runs against: each upstream client (``upstream_client``: the lean one and aiohttp's)
 # with the relay's own writer of whole answers, and the lean client with aiohttp's response writing them
-# (``relay_writer: aiohttp``, the well-trodden fallback of that writer).
+# (``relay_writer: aiohttp``, the well-trodden fallback of that writer). The server's request loop: aiohttp's own
+# (``server_loop: aiohttp``) on the aiohttp client's path, the path of every well-trodden fallback; the lean loop
+# (the default) on the other two.
 AIOHTTP_WRITER = "h1+aiohttp-writer"
 UPSTREAM_CLIENTS: tuple[str, ...] = ("h1", "aiohttp", AIOHTTP_WRITER)
 
@@ -44,8 +47,10 @@ UPSTREAM_CLIENTS: tuple[str, ...] = ("h1", "aiohttp", AIOHTTP_WRITER)
 def proxy_path_config(variant: str) -> dict[str, str]:
     """The config keys of one of ``UPSTREAM_CLIENTS``."""
     if variant == AIOHTTP_WRITER:
-        return {"upstream_client": "h1", "relay_writer": "aiohttp"}
-    return {"upstream_client": variant, "relay_writer": "lean"}
+        return {"upstream_client": "h1", "relay_writer": "aiohttp", "server_loop": "lean"}
+    if variant == "aiohttp":
+        return {"upstream_client": "aiohttp", "relay_writer": "lean", "server_loop": "aiohttp"}
+    return {"upstream_client": variant, "relay_writer": "lean", "server_loop": "lean"}
 
 
 # Embedded in every request line an attacker hides in a body, a header or a trailer: the console must

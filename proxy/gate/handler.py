@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from aiohttp import HttpVersion11, web
-from multidict import CIMultiDict, istr
+from multidict import istr
 
 from proxy.auth.clientaddress import is_trusted_proxy, names_host, proxied_chain
 from proxy.auth.paths import RequestPath, absolute_authority, normalise
@@ -198,7 +198,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # The settings page's own origin serves the page alone: a console page there would be a script on
         # the page's origin, the very thing the origin of its own keeps out.
         raise NotFound("This address serves only the SSO settings page, at /oauth2/admin.")
-    headers = CIMultiDict(request.headers)
+    headers = request.headers.copy()
     headers[_HOST_HEADER] = host
     entry = request[LOG]
     entry.route = "proxy"  # until the decision below says which kind

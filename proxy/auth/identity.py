@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from proxy.config.model import DEFAULT_HEADERS
 from proxy.errors import UnusableIdentity
@@ -155,7 +155,9 @@ class IdentityHeaders:
     ) -> None:
         """``also_stripped``: the other headers the sidecar writes for the console (the assertion, roles and
         token headers), removed from every incoming request like the identity headers."""
-        self._mapping: tuple[tuple[str, str], ...] = tuple((str(h), str(c)) for h, c in mapping)
+        # Header names as ``istr``: the console's copy of the request headers (a CIMultiDict) takes an istr's
+        # lower-cased form as it is, where it would lower-case a plain str for every header of every request.
+        self._mapping: tuple[tuple[str, str], ...] = tuple((istr(h), str(c)) for h, c in mapping)
         self._separator = separator
         self._groups_claim = groups_claim
         self._checked = tuple(dict.fromkeys((*(c for _, c in self._mapping), *_ALWAYS_CHECKED, groups_claim)))

@@ -70,6 +70,10 @@ class ConsoleIdentity:
         self.access_header = istr(settings.pass_tokens.access_token)
         self.id_header = istr(settings.pass_tokens.id_token)
         self.passes_tokens = settings.pass_tokens.enabled
+        # Each of these is stripped from every request and a header of its own, or this is a construction error.
+        identity.check_also_written(
+            h for h in (self.roles_header, self.assertion_header, self.access_header, self.id_header) if h
+        )
         if self.signer is not None:
             lifetime = self.signer.lifetime
             self._margin = min(_RENEW_MARGIN_MAX, lifetime * _RENEW_SHARE)

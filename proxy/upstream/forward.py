@@ -224,8 +224,8 @@ class Upstream:
         ``headers`` is the caller's mutable copy of ``request.headers`` with spoofed identity headers
         already removed (``IdentityHeaders.strip``); ``forward`` takes ownership and edits it in place
         (drops hop-by-hop headers and the cookies ``remove_cookies`` selects, sets X-Forwarded-*, then
-        adds ``set_headers``). ``path_qs`` is the already-normalised, still-encoded path and raw query.
-        A websocket upgrade is proxied as a websocket.
+        sets ``set_headers``, no two of which may be one header). ``path_qs`` is the already-normalised,
+        still-encoded path and raw query. A websocket upgrade is proxied as a websocket.
         """
         session, client = self._session, self._client
         if session is None or client is None:
@@ -322,10 +322,12 @@ def _prepare_headers(
             (_X_REAL_IP, forwarded.client),
         )
     )
-    # Set, not appended: an identity header may be named X-Real-IP or X-Forwarded-For (the mapping allows it,
-    # and then replaces the sidecar's value in place), which an append would send twice.
-    for name, value in set_headers:
-        headers[name] = value
+    # Each replaced in place where present, else appended: what setting them one by one does, in one call. Not
+    # appended (extend): an identity header may be named X-Real-IP or X-Forwarded-For (the mapping allows it,
+    # and then replaces the sidecar's value in place), which an append would send twice. ``update`` equals
+    # setting them one by one only while no two of ``set_headers`` are one header (it would keep both where
+    # setting keeps the last): ``IdentityHeaders`` and ``ConsoleIdentity`` refuse any two when built.
+    headers.update(set_headers)
 
 
 def _connection_tokens(values: list[str]) -> frozenset[str] | None:

@@ -326,8 +326,10 @@ def _prepare_headers(
     # appended (extend): an identity header may be named X-Real-IP or X-Forwarded-For (the mapping allows it,
     # and then replaces the sidecar's value in place), which an append would send twice. ``update`` equals
     # setting them one by one only while no two of ``set_headers`` are one header (it would keep both where
-    # setting keeps the last): ``IdentityHeaders`` and ``ConsoleIdentity`` refuse any two when built.
-    headers.update(set_headers)
+    # setting keeps the last): ``IdentityHeaders`` and ``ConsoleIdentity`` refuse any two when built. None on a
+    # public path or with SSO off, where update(()) would cost more than the empty loop did.
+    if set_headers:
+        headers.update(set_headers)
 
 
 def _connection_tokens(values: list[str]) -> frozenset[str] | None:

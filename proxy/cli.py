@@ -173,11 +173,15 @@ def _check_console_identity(settings: Settings, out: Callable[[str], None]) -> N
     from proxy.auth.console import ConsoleIdentity
     from proxy.auth.identity import IdentityHeaders
     from proxy.config.model import JWKS_PATH
+    from proxy.runtime.state import console_headers
 
     a, roles, tokens = settings.assertion, settings.roles, settings.pass_tokens
     if a is None and roles is None and not tokens.enabled:
         return
-    console = ConsoleIdentity(settings, IdentityHeaders(settings.headers, settings.header_list_separator))
+    identity = IdentityHeaders(
+        settings.headers, settings.header_list_separator, also_stripped=console_headers(settings)
+    )
+    console = ConsoleIdentity(settings, identity)
     out("")
     out("Identity for the console:")
     if a is not None and console.keyring is not None:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from multidict import istr
+
 from proxy.auth.assertion import AssertionSigner, Keyring
 from proxy.auth.identity import IdentityHeaders
 from proxy.auth.roles import RoleRules
@@ -53,7 +55,9 @@ class ConsoleIdentity:
         self.separator = settings.header_list_separator
         roles = settings.roles
         self.roles = RoleRules(roles, settings.access.groups_claim) if roles is not None else None
-        self.roles_header = roles.header if roles is not None else ""
+        # Header names as ``istr``, like ``IdentityHeaders``': the console's copy of the request headers (a
+        # CIMultiDict) takes their lower-cased form as it is instead of lower-casing them on every request.
+        self.roles_header = istr(roles.header) if roles is not None else ""
         assertion = settings.assertion
         self.keyring: Keyring | None = None
         self.signer: AssertionSigner | None = None
@@ -62,10 +66,14 @@ class ConsoleIdentity:
             self.keyring = Keyring(assertion, settings.session.cookie_secrets)
             issuer = str(settings.public_url).rstrip("/")
             self.signer = AssertionSigner(assertion, self.keyring, issuer)
-            self.assertion_header = assertion.header
-        self.access_header = settings.pass_tokens.access_token
-        self.id_header = settings.pass_tokens.id_token
+            self.assertion_header = istr(assertion.header)
+        self.access_header = istr(settings.pass_tokens.access_token)
+        self.id_header = istr(settings.pass_tokens.id_token)
         self.passes_tokens = settings.pass_tokens.enabled
+        # Each of these is stripped from every request and a header of its own, or this is a construction error.
+        identity.check_also_written(
+            h for h in (self.roles_header, self.assertion_header, self.access_header, self.id_header) if h
+        )
         if self.signer is not None:
             lifetime = self.signer.lifetime
             self._margin = min(_RENEW_MARGIN_MAX, lifetime * _RENEW_SHARE)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from proxy.config.model import DEFAULT_HEADERS
 from proxy.errors import UnusableIdentity
@@ -129,6 +129,10 @@ class HeaderFilter:
                 self._known[names] = known
         return known
 
+    def catches(self, name: str) -> bool:
+        """Whether ``remove`` takes a header of this name (in any spelling) out."""
+        return bool(_doomed((name,), self._keys, self._prefix, None))
+
     def remove(self, headers: CIMultiDict[str]) -> None:
         """``remove_headers(headers, keys, prefix=..., first_chars=...)`` for this filter's drop set."""
         for name in self.doomed(headers):
@@ -155,10 +159,13 @@ class IdentityHeaders:
     ) -> None:
         """``also_stripped``: the other headers the sidecar writes for the console (the assertion, roles and
         token headers), removed from every incoming request like the identity headers."""
-        self._mapping: tuple[tuple[str, str], ...] = tuple((str(h), str(c)) for h, c in mapping)
+        # Header names as ``istr``: the console's copy of the request headers (a CIMultiDict) takes an istr's
+        # lower-cased form as it is, where it would lower-case a plain str for every header of every request.
+        self._mapping: tuple[tuple[str, str], ...] = tuple((istr(h), str(c)) for h, c in mapping)
         self._separator = separator
         self._groups_claim = groups_claim
         self._checked = tuple(dict.fromkeys((*(c for _, c in self._mapping), *_ALWAYS_CHECKED, groups_claim)))
+        _distinct(h for h, _ in self._mapping)
         stripped = {header_key(h) for h, _ in self._mapping}
         stripped.update(header_key(h) for h, _ in DEFAULT_HEADERS)
         stripped.update(_ALWAYS_STRIPPED)
@@ -176,6 +183,18 @@ class IdentityHeaders:
     def strip(self, headers: CIMultiDict[str]) -> None:
         """Remove, in place, every header that could pass for an identity header (any case, ``_``/``-``)."""
         self._filter.remove(headers)
+
+    def check_also_written(self, names: Iterable[str]) -> None:
+        """``ValueError`` unless every one of ``names`` (the other headers written for the console beside these)
+        is stripped from every request and is a name of its own: none two the same header, none an identity
+        header. Called where those headers are configured (``ConsoleIdentity``), never per request: a client's
+        value can never survive beside the sidecar's, and the gate's headers go upstream with one ``update``
+        (``upstream.forward``), which would send both of two equal names where setting each keeps the last."""
+        names = tuple(names)
+        for name in names:
+            if not self._filter.catches(name):
+                raise ValueError(f"the header {name} is written for the console but not stripped from requests")
+        _distinct((*(h for h, _ in self._mapping), *names))
 
     def problem(self, claims: Mapping[str, Any]) -> str | None:
         """Why these claims cannot be used as an identity here, or None. Checked at sign-in and for every
@@ -239,6 +258,17 @@ class IdentityHeaders:
             if value:
                 result.append((header, value))
         return tuple(result)
+
+
+def _distinct(names: Iterable[str]) -> None:
+    """``ValueError`` if two of ``names`` are one header (``header_key``); the config refuses them before, naming
+    the keys (``config.validate_identity.check_writers``)."""
+    seen: set[str] = set()
+    for name in names:
+        key = header_key(name)
+        if key in seen:
+            raise ValueError(f"the header {name} is written for the console twice")
+        seen.add(key)
 
 
 def _scalar(value: Any) -> str | None:

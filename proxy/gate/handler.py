@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from aiohttp import HttpVersion11, web
-from multidict import CIMultiDict
+from multidict import istr
 
 from proxy.auth.clientaddress import is_trusted_proxy, names_host, proxied_chain
 from proxy.auth.paths import RequestPath, absolute_authority, normalise
@@ -45,6 +45,10 @@ from proxy.telemetry.logs import LOG, RequestLog
 from proxy.upstream.forward import Forwarded
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+# As ``istr``: a CIMultiDict takes an istr's lower-cased form as it is, where a plain str is lower-cased on every
+# lookup and set (see ``upstream.forward``). Spelled as sent.
+_HOST_HEADER = istr("Host")
+_REQUEST_ID_HEADER = istr("X-Request-Id")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,7 +62,7 @@ def request_host(request: web.BaseRequest, settings: Settings) -> str:
     so that no two parties can read a different host out of one request. An absolute-form target's
     authority is the host (3.2.2). An HTTP/1.0 request without Host is taken as meant for ``public_url``.
     """
-    values = request.headers.getall("Host", ())
+    values = request.headers.getall(_HOST_HEADER, ())
     if len(values) > 1:
         raise BadRequest("The request has more than one Host header.")
     target = request.raw_path
@@ -225,11 +229,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # The settings page's own origin serves the page alone: a console page there would be a script on
         # the page's origin, the very thing the origin of its own keeps out.
         raise NotFound("This address serves only the SSO settings page, at /oauth2/admin.")
-    headers = CIMultiDict(request.headers)
-    headers["Host"] = host
+    headers = request.headers.copy()
+    headers[_HOST_HEADER] = host
     entry = request[LOG]
     entry.route = "proxy"  # until the decision below says which kind
-    headers["X-Request-Id"] = entry.id
+    headers[_REQUEST_ID_HEADER] = entry.id
     active.identity.strip(headers)
     # Lock-out protection (``breakglass``); it also keeps its token header from reaching the console.
     emergency = breakglass.admit(request, runtime, active, headers)

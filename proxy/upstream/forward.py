@@ -22,7 +22,7 @@ from typing import Final, NamedTuple, Protocol
 
 import aiohttp
 from aiohttp import StreamReader, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from proxy.auth.identity import HeaderFilter, header_key, remove_headers
@@ -75,6 +75,18 @@ _PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close"})
 _NOT_LISTABLE: Final = frozenset({"host", "content-length"})
 
 _DEFAULT_WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
+
+# The names this module reads and writes on every request, as ``istr``: a ``CIMultiDict`` takes an istr's
+# lower-cased form as it is instead of lower-casing a plain str on every lookup, set and add, and hands back
+# istr keys anyway (it turns every key it iterates into one). Spelled as sent: the key is written as given.
+_CONNECTION: Final = istr("Connection")
+_COOKIE: Final = istr("Cookie")
+_TRANSFER_ENCODING: Final = istr("Transfer-Encoding")
+_UPGRADE: Final = istr("Upgrade")
+_X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
+_X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
+_X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")
+_X_REAL_IP: Final = istr("X-Real-IP")
 
 
 class Forwarded(NamedTuple):
@@ -212,14 +224,14 @@ class Upstream:
         ``headers`` is the caller's mutable copy of ``request.headers`` with spoofed identity headers
         already removed (``IdentityHeaders.strip``); ``forward`` takes ownership and edits it in place
         (drops hop-by-hop headers and the cookies ``remove_cookies`` selects, sets X-Forwarded-*, then
-        adds ``set_headers``). ``path_qs`` is the already-normalised, still-encoded path and raw query.
-        A websocket upgrade is proxied as a websocket.
+        sets ``set_headers``, no two of which may be one header). ``path_qs`` is the already-normalised,
+        still-encoded path and raw query. A websocket upgrade is proxied as a websocket.
         """
         session, client = self._session, self._client
         if session is None or client is None:
             raise RuntimeError("Upstream.start() was not called")
-        upgrade = headers.get("Upgrade")
-        framing = headers.get("Transfer-Encoding")
+        upgrade = headers.get(_UPGRADE)
+        framing = headers.get(_TRANSFER_ENCODING)
         if framing is not None and framing.lower() != "chunked":
             # aiohttp takes "gzip, chunked" and hands us the body de-chunked but still gzip-coded; sent on
             # re-chunked it would be a different body. nginx refuses such requests too.
@@ -281,30 +293,43 @@ def _prepare_headers(
     remove_cookies: Callable[[str], bool] | None,
     forwarded: Forwarded,
 ) -> None:
-    connection = headers.getall("Connection", None)
+    connection = headers.getall(_CONNECTION, None)
     listed = _connection_tokens(connection) if connection else None
+    # Either way every X-Forwarded-For/-Proto/-Host and X-Real-IP is gone from here on (``_REQUEST_DROP``).
     if listed is None:
         _REQUEST_FILTER.remove(headers)
     else:
         remove_headers(headers, _REQUEST_DROP | (listed - _NOT_LISTABLE))
 
     if remove_cookies is not None:
-        cookies = headers.getall("Cookie", None)
+        cookies = headers.getall(_COOKIE, None)
         if cookies:
             kept = _filter_cookies(cookies, remove_cookies)
             if kept is None:
                 pass  # nothing removed, a single header: leave it as the client sent it
             elif kept:
-                headers["Cookie"] = kept
+                headers[_COOKIE] = kept
             else:
-                del headers["Cookie"]
+                del headers[_COOKIE]
 
-    headers["X-Forwarded-For"] = forwarded.for_
-    headers["X-Forwarded-Proto"] = forwarded.proto
-    headers["X-Forwarded-Host"] = forwarded.host
-    headers["X-Real-IP"] = forwarded.client
-    for name, value in set_headers:
-        headers[name] = value
+    # Appended in one call, not set one by one: the four names were removed just above (and Cookie is none of
+    # them), so setting each would only append it at the end too, after looking for an old one.
+    headers.extend(
+        (
+            (_X_FORWARDED_FOR, forwarded.for_),
+            (_X_FORWARDED_PROTO, forwarded.proto),
+            (_X_FORWARDED_HOST, forwarded.host),
+            (_X_REAL_IP, forwarded.client),
+        )
+    )
+    # Each replaced in place where present, else appended: what setting them one by one does, in one call. Not
+    # appended (extend): an identity header may be named X-Real-IP or X-Forwarded-For (the mapping allows it,
+    # and then replaces the sidecar's value in place), which an append would send twice. ``update`` equals
+    # setting them one by one only while no two of ``set_headers`` are one header (it would keep both where
+    # setting keeps the last): ``IdentityHeaders`` and ``ConsoleIdentity`` refuse any two when built. None on a
+    # public path or with SSO off, where update(()) would cost more than the empty loop did.
+    if set_headers:
+        headers.update(set_headers)
 
 
 def _connection_tokens(values: list[str]) -> frozenset[str] | None:

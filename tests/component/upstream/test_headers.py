@@ -6,15 +6,19 @@ runs once per upstream client.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.upstream.forward import HOP_BY_HOP
+from support.rawclient import RawClient
 
-from .rig import COOKIE_NAME, GZIPPED, Echo, MakeProxy, echoed, header_names, header_values
+from .rig import COOKIE_NAME, GZIPPED, Echo, MakeProxy, RawUpstream, echoed, header_names, header_values
 
 
 async def test_hop_by_hop_request_headers_are_not_forwarded(
@@ -217,3 +221,85 @@ async def test_relayed_answers_never_name_the_stack_and_keep_the_consoles_server
             assert resp.status == 200
             await resp.read()
             assert resp.headers.getall("Server", [None]) == [server], path
+
+
+_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def _head_sent(proxy: URL, lines: list[str]) -> bytes:
+    """The head the console gets, byte for byte, for a GET whose head is exactly ``lines``."""
+    head = "\r\n".join(["GET /order HTTP/1.1", *lines, "", ""])
+    assert proxy.port is not None
+    async with await RawClient.open(proxy.port, proxy.host or "127.0.0.1") as raw:
+        await raw.send(head.encode())
+        resp = await raw.response()
+    assert resp.status == 200, resp.body
+    return resp.body
+
+
+async def test_the_console_gets_the_head_in_order(
+    raw_upstream: Callable[..., Awaitable[RawUpstream]], make_proxy: MakeProxy
+) -> None:
+    """The client's headers where the client put them (Host and X-Request-Id set in place, the session cookie
+    taken out of Cookie, forged forwarded and identity headers gone), then X-Forwarded-For/-Proto/-Host and
+    X-Real-IP, then the identity headers in mapping order. Pins the head the gate and ``forward`` build."""
+    console = await raw_upstream(lambda conn, req, head: (_ANSWER, True))
+    proxy = await make_proxy(console.url)
+    await _head_sent(
+        proxy,
+        [
+            "host: console.test:8443",
+            "X-Forwarded-For: 6.6.6.6",
+            "Accept: text/html",
+            "x-request-id: abc123",
+            "X_Forwarded_User: admin",
+            f"Cookie: a=1; {make_proxy.cookie}; b=2",
+            "X-Real-IP: 6.6.6.6",
+            "X-Custom: 1",
+        ],
+    )
+    assert console.requests == [
+        b"GET /order HTTP/1.1\r\n"
+        b"Host: console.test:8443\r\n"  # the client's line, set in place (in the sidecar's spelling)
+        b"Accept: text/html\r\n"
+        b"X-Request-Id: abc123\r\n"  # a well-formed one is kept, one id through every hop's logs
+        b"Cookie: a=1; b=2\r\n"
+        b"X-Custom: 1\r\n"
+        b"X-Forwarded-For: 127.0.0.1\r\n"
+        b"X-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: console.test:8443\r\n"
+        b"X-Real-IP: 127.0.0.1\r\n"
+        b"X-Forwarded-Email: alice@example.com\r\n"  # the mapping's order (the rig's YAML sorts it)
+        b"X-Forwarded-Groups: admins,ops\r\n"
+        b"X-Forwarded-Name: Zo\xc3\xab \xc3\x9cnicode\r\n"
+        b"X-Forwarded-User: alice\r\n"
+        b"\r\n"
+    ]
+
+
+async def test_an_identity_header_named_like_a_forwarded_one_replaces_it_in_place(
+    raw_upstream: Callable[..., Awaitable[RawUpstream]], make_proxy: MakeProxy
+) -> None:
+    """A mapping may name X-Real-IP (or X-Forwarded-For): the console gets the claim there, once, where the
+    client address would be. Appending the identity headers instead of setting them would send both."""
+    console = await raw_upstream(lambda conn, req, head: (_ANSWER, True))
+    mapping = (("X-Real-IP", "preferred_username"), ("X-Forwarded-Email", "email"))
+    proxy = await make_proxy(console.url, mapping=mapping)
+    await _head_sent(proxy, ["Host: console.test", "X-Real-IP: 6.6.6.6", f"Cookie: {make_proxy.cookie}"])
+    assert console.requests == [
+        b"GET /order HTTP/1.1\r\n"
+        b"Host: console.test\r\n"
+        b"X-Request-Id: " + _request_id(console.requests[0]) + b"\r\n"
+        b"X-Forwarded-For: 127.0.0.1\r\n"
+        b"X-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: console.test\r\n"
+        b"X-Real-IP: alice\r\n"
+        b"X-Forwarded-Email: alice@example.com\r\n"
+        b"\r\n"
+    ]
+
+
+def _request_id(head: bytes) -> bytes:
+    match = re.search(rb"\r\nX-Request-Id: ([^\r]+)\r\n", head)
+    assert match is not None, head
+    return match.group(1)

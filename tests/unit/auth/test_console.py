@@ -24,6 +24,7 @@ from proxy.config.model import (
     SSOSettings,
     UpstreamSettings,
 )
+from proxy.runtime.state import console_headers
 
 SETTINGS = Settings(
     public_url=URL("https://console.example.com/"),
@@ -38,7 +39,10 @@ NOW = 1_700_000_000.0
 
 
 def make(settings: Settings = SETTINGS) -> ConsoleIdentity:
-    return ConsoleIdentity(settings, IdentityHeaders(settings.headers, settings.header_list_separator))
+    identity = IdentityHeaders(
+        settings.headers, settings.header_list_separator, also_stripped=console_headers(settings)
+    )
+    return ConsoleIdentity(settings, identity)
 
 
 def assertion_of(headers: tuple[tuple[str, str], ...], name: str = "X-Sso-Assertion") -> str:
@@ -120,3 +124,18 @@ def test_the_sample_is_what_would_be_signed(groups):
     sample = make().sample({**ANN, "groups": groups}, NOW)
     assert sample is not None and sample["roles"] == (["admin"] if groups == ["admins"] else ["viewer"])
     assert make(replace(SETTINGS, assertion=None)).sample(ANN, NOW) is None
+
+
+def test_it_cannot_be_built_over_identity_headers_that_do_not_strip_its_headers():
+    """A client's X-Console-Identity would reach the console beside the sidecar's (or, set in place, decide
+    where it stands) if the gate's strip missed it: a construction error, never a per-request check."""
+    settings = replace(SETTINGS, assertion=replace(SETTINGS.assertion, header="X-Console-Identity"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"X-Console-Identity .* not stripped"):
+        ConsoleIdentity(settings, IdentityHeaders(settings.headers, settings.header_list_separator))
+    make(settings)  # built as the runtime builds it: stripped
+
+
+def test_it_cannot_be_built_where_one_of_its_headers_is_an_identity_header():
+    settings = replace(SETTINGS, headers=(*SETTINGS.headers, ("X-Forwarded-Roles", "groups")))
+    with pytest.raises(ValueError, match="twice"):
+        make(settings)

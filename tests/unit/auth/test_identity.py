@@ -209,3 +209,22 @@ def test_the_headers_of_long_lived_claims_are_remembered_and_of_plain_dicts_not(
     ]
     assert [identity.values(c) for c in many] == [(("X-Forwarded-User", f"user{i}"),) for i in range(len(many))]
     assert len(identity._remembered) <= module._REMEMBERED_MAX
+
+
+@pytest.mark.parametrize("other", ["X-Forwarded-User", "x-forwarded-user", "X_Forwarded_User", "X.Forwarded.User"])
+def test_two_identity_headers_that_are_one_header_cannot_be_built(other: str) -> None:
+    """The gate sets the identity headers with one ``update``, which would send both of two such names where
+    setting them one by one kept the last: refused when built (the config refuses them first, naming the key)."""
+    with pytest.raises(ValueError, match="twice"):
+        IdentityHeaders((("X-Forwarded-User", "preferred_username"), (other, "email")))
+
+
+def test_the_headers_written_beside_the_identity_must_be_stripped_and_distinct() -> None:
+    identity = IdentityHeaders(DEFAULT_HEADERS, also_stripped=("X-Console-Assertion", "X-Console-Roles"))
+    identity.check_also_written(("X-Console-Assertion", "X-Console-Roles", "X-Sso-Assertion"))  # all stripped
+    with pytest.raises(ValueError, match="not stripped"):
+        identity.check_also_written(("X-Console-Assertion", "X-Unstripped"))
+    with pytest.raises(ValueError, match="twice"):
+        identity.check_also_written(("X-Console-Assertion", "x_console_assertion"))
+    with pytest.raises(ValueError, match="twice"):  # stripped, but an identity header already writes it
+        identity.check_also_written(("X-Forwarded-Email",))

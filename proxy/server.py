@@ -7,7 +7,7 @@ runs each in an asyncio Task of its own (created, scheduled, awaited and dropped
 for statement, with two differences:
 
 - the handler runs in the connection's own task: no Task per request, and no frame between the loop and the
-  handler (about 3.6 % of a proxied request's instructions);
+  handler (about 3 % of a proxied request's instructions);
 - a response already sent whole (``_eof_sent``) is not prepared and ended a second time: its request is
   finished and logged, as ``finish_response`` would do after finding nothing to do.
 
@@ -15,10 +15,10 @@ Everything else, framing above all, is aiohttp's: the same request parser (llhtt
 pipelined requests, limits, keep-alive and lingering close, the same error answers. The per-request Task exists
 in aiohttp to give each request a copy of the connection's context variables; the sidecar sets none.
 
-``server_loop: aiohttp`` keeps aiohttp's own loop, the well-trodden one; the adversarial suites of the request
-side run against both (``tests/adversarial/conftest.py``). The copy follows aiohttp's ``start`` of the version
-pinned in requirements/ (``ENGINE_VERSION``): ``tests/component/test_aiohttp_internals.py`` fails when aiohttp's
-own changes, so that an upgrade re-reads it.
+``server_loop: aiohttp`` keeps aiohttp's own loop, the well-trodden one; the adversarial suites of the proxy path
+run against both (``tests/support/proxyrig.py``: the aiohttp client's path with aiohttp's loop, the others with this
+one). The copy follows aiohttp's ``start`` of the version pinned in requirements/: a digest of the code it copies, in
+``tests/component/test_aiohttp_internals.py``, fails when an aiohttp upgrade changes it, so that the copy is re-read.
 """
 
 from __future__ import annotations

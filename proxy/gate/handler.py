@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, hdrs, web
 from multidict import istr
 
 from proxy.auth.clientaddress import is_trusted_proxy, names_host, proxied_chain
@@ -45,9 +45,8 @@ from proxy.telemetry.logs import LOG, RequestLog
 from proxy.upstream.forward import Forwarded
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
-# As ``istr``: a CIMultiDict takes an istr's lower-cased form as it is, where a plain str is lower-cased on every
-# lookup and set (see ``upstream.forward``). Spelled as sent.
-_HOST_HEADER = istr("Host")
+# As ``istr`` (with Host from aiohttp's ``hdrs``): a CIMultiDict takes an istr's lower-cased form as it is, where a
+# plain str is lower-cased on every lookup and set (see ``upstream.forward``). Spelled as sent.
 _REQUEST_ID_HEADER = istr("X-Request-Id")
 
 
@@ -62,7 +61,7 @@ def request_host(request: web.BaseRequest, settings: Settings) -> str:
     so that no two parties can read a different host out of one request. An absolute-form target's
     authority is the host (3.2.2). An HTTP/1.0 request without Host is taken as meant for ``public_url``.
     """
-    values = request.headers.getall(_HOST_HEADER, ())
+    values = request.headers.getall(hdrs.HOST, ())
     if len(values) > 1:
         raise BadRequest("The request has more than one Host header.")
     target = request.raw_path
@@ -230,7 +229,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # the page's origin, the very thing the origin of its own keeps out.
         raise NotFound("This address serves only the SSO settings page, at /oauth2/admin.")
     headers = request.headers.copy()
-    headers[_HOST_HEADER] = host
+    headers[hdrs.HOST] = host
     entry = request[LOG]
     entry.route = "proxy"  # until the decision below says which kind
     headers[_REQUEST_ID_HEADER] = entry.id

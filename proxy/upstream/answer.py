@@ -24,8 +24,8 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Final, Protocol
 
-from aiohttp import StreamReader
-from multidict import CIMultiDict, istr
+from aiohttp import StreamReader, hdrs
+from multidict import CIMultiDict
 
 __all__ = [
     "BODY_FREE_METHODS",
@@ -147,11 +147,8 @@ def remove_listed(headers: CIMultiDict[str], listed: Iterable[bytes]) -> None:
                 headers.popall(token, None)
 
 
-# As ``istr``: a CIMultiDict takes an istr's lower-cased form as it is, where a plain str is lower-cased on every
-# lookup and set; ``frame_request`` runs for every request. Spelled as sent.
-_CONTENT_LENGTH: Final = istr("Content-Length")
-_HOST: Final = istr("Host")
-_TRANSFER_ENCODING: Final = istr("Transfer-Encoding")
+# The header names below are aiohttp's ``hdrs``, ``istr``: a CIMultiDict takes an istr's lower-cased form as it is,
+# where a plain str is lower-cased on every lookup and set; ``frame_request`` runs for every request.
 
 
 def frame_request(
@@ -163,17 +160,17 @@ def frame_request(
     ``exactly``), else chunked (``say_chunked``: set ``Transfer-Encoding`` here, for a client that writes the
     framing itself). A request without a body of a method that may have one says ``Content-Length: 0``; Host is
     the console's authority when the request has none. ``headers`` holds no Transfer-Encoding (hop-by-hop)."""
-    declared = headers.get(_CONTENT_LENGTH)
+    declared = headers.get(hdrs.CONTENT_LENGTH)
     length: int | None = None
     if has_body:
         if declared is not None:
             length = int(declared)
         elif say_chunked:
-            headers[_TRANSFER_ENCODING] = "chunked"
+            headers[hdrs.TRANSFER_ENCODING] = "chunked"
     elif method not in BODY_FREE_METHODS and declared is None:
-        headers[_CONTENT_LENGTH] = "0"  # RFC 9110 8.6: a POST without a body says so
-    if _HOST not in headers:
-        headers[_HOST] = authority
+        headers[hdrs.CONTENT_LENGTH] = "0"  # RFC 9110 8.6: a POST without a body says so
+    if hdrs.HOST not in headers:
+        headers[hdrs.HOST] = authority
     return length
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, NamedTuple, Protocol
 
 import aiohttp
-from aiohttp import StreamReader, web
+from aiohttp import StreamReader, hdrs, web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
@@ -76,16 +76,10 @@ _NOT_LISTABLE: Final = frozenset({"host", "content-length"})
 
 _DEFAULT_WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
 
-# The names this module reads and writes on every request, as ``istr``: a ``CIMultiDict`` takes an istr's
-# lower-cased form as it is instead of lower-casing a plain str on every lookup, set and add, and hands back
-# istr keys anyway (it turns every key it iterates into one). Spelled as sent: the key is written as given.
-_CONNECTION: Final = istr("Connection")
-_COOKIE: Final = istr("Cookie")
-_TRANSFER_ENCODING: Final = istr("Transfer-Encoding")
-_UPGRADE: Final = istr("Upgrade")
-_X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
-_X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
-_X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")
+# The names this module reads and writes on every request are ``istr`` (aiohttp's ``hdrs``, and X-Real-IP here): a
+# ``CIMultiDict`` takes an istr's lower-cased form as it is instead of lower-casing a plain str on every lookup, set
+# and add, and hands back istr keys anyway (it turns every key it iterates into one). Spelled as sent: the key is
+# written as given.
 _X_REAL_IP: Final = istr("X-Real-IP")
 
 
@@ -230,8 +224,8 @@ class Upstream:
         session, client = self._session, self._client
         if session is None or client is None:
             raise RuntimeError("Upstream.start() was not called")
-        upgrade = headers.get(_UPGRADE)
-        framing = headers.get(_TRANSFER_ENCODING)
+        upgrade = headers.get(hdrs.UPGRADE)
+        framing = headers.get(hdrs.TRANSFER_ENCODING)
         if framing is not None and framing.lower() != "chunked":
             # aiohttp takes "gzip, chunked" and hands us the body de-chunked but still gzip-coded; sent on
             # re-chunked it would be a different body. nginx refuses such requests too.
@@ -293,7 +287,7 @@ def _prepare_headers(
     remove_cookies: Callable[[str], bool] | None,
     forwarded: Forwarded,
 ) -> None:
-    connection = headers.getall(_CONNECTION, None)
+    connection = headers.getall(hdrs.CONNECTION, None)
     listed = _connection_tokens(connection) if connection else None
     # Either way every X-Forwarded-For/-Proto/-Host and X-Real-IP is gone from here on (``_REQUEST_DROP``).
     if listed is None:
@@ -302,23 +296,23 @@ def _prepare_headers(
         remove_headers(headers, _REQUEST_DROP | (listed - _NOT_LISTABLE))
 
     if remove_cookies is not None:
-        cookies = headers.getall(_COOKIE, None)
+        cookies = headers.getall(hdrs.COOKIE, None)
         if cookies:
             kept = _filter_cookies(cookies, remove_cookies)
             if kept is None:
                 pass  # nothing removed, a single header: leave it as the client sent it
             elif kept:
-                headers[_COOKIE] = kept
+                headers[hdrs.COOKIE] = kept
             else:
-                del headers[_COOKIE]
+                del headers[hdrs.COOKIE]
 
     # Appended in one call, not set one by one: the four names were removed just above (and Cookie is none of
     # them), so setting each would only append it at the end too, after looking for an old one.
     headers.extend(
         (
-            (_X_FORWARDED_FOR, forwarded.for_),
-            (_X_FORWARDED_PROTO, forwarded.proto),
-            (_X_FORWARDED_HOST, forwarded.host),
+            (hdrs.X_FORWARDED_FOR, forwarded.for_),
+            (hdrs.X_FORWARDED_PROTO, forwarded.proto),
+            (hdrs.X_FORWARDED_HOST, forwarded.host),
             (_X_REAL_IP, forwarded.client),
         )
     )

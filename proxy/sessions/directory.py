@@ -30,6 +30,7 @@ from typing import Any
 from proxy.config.model import SessionSettings
 from proxy.sessions.model import dumps, seal, unseal
 from proxy.sessions.store import SessionStore
+from proxy.sessions.writes import Enter, Put, Write
 
 _FACTS = "m:"
 _USER = "u:"
@@ -40,7 +41,7 @@ USER_AGENT_MAX = 300
 LIST_MAX = 200  # sessions one listing shows: more than any person has, fewer than a runaway script makes
 # At most this many store calls at once, however many sessions a listing reads: a Redis connection pool keeps
 # every connection it ever opened (and refuses past its bound), so calls sent side by side cost a connection
-# each for the rest of the process's life. A sign-in's writes and a sign-out's deletes go one at a time.
+# each for the rest of the process's life. A sign-in's writes go in one pipeline, a sign-out's deletes one at a time.
 _STORE_CALLS_AT_ONCE = 8
 
 
@@ -113,6 +114,12 @@ class Directory:
     async def record(
         self, session_id: str, claims: Mapping[str, Any], issuer: str, client_id: str, created_at: float, client: SignIn
     ) -> None:
+        await self._store.write(self.writes(session_id, claims, issuer, client_id, created_at, client))
+
+    def writes(
+        self, session_id: str, claims: Mapping[str, Any], issuer: str, client_id: str, created_at: float, client: SignIn
+    ) -> list[Write]:
+        """What ``record`` stores, for a sign-in to write together with its session (``SessionManager._begin``)."""
         lifetime = self._settings.lifetime
         sid = claims.get("sid")
         facts = SessionFacts(
@@ -129,10 +136,9 @@ class Directory:
             user_agent="".join(c if c.isprintable() else "?" for c in client.user_agent[:USER_AGENT_MAX]),
         )
         sealed = seal(self._keys[0], dumps(asdict(facts)), _AAD + session_id.encode())
-        # One write after another (``_STORE_CALLS_AT_ONCE``): a sign-in holds one store connection at a time.
-        await self._store.set(_FACTS + session_id, sealed, lifetime)
-        for key in _index_keys(facts.sub, facts.username, facts.email):
-            await self._store.index_add(key, session_id, lifetime)
+        writes: list[Write] = [Put(_FACTS + session_id, sealed, lifetime)]
+        writes += [Enter(key, session_id, lifetime) for key in _index_keys(facts.sub, facts.username, facts.email)]
+        return writes
 
     async def find(self, name: str, now: float | None = None) -> list[SessionFacts]:
         """The live sessions whose subject, username or email is ``name``, newest sign-in first."""

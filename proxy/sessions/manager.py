@@ -26,6 +26,7 @@ from proxy.sessions.directory import Directory, SessionFacts, SignIn
 from proxy.sessions.model import PendingLogin, Session, Ticket, dumps, seal, unseal
 from proxy.sessions.revocations import Revocations
 from proxy.sessions.store import SessionStore
+from proxy.sessions.writes import Enter, Put, Write
 
 log = logging.getLogger("sso_sidecar.sessions")
 
@@ -215,25 +216,34 @@ class SessionManager:
 
     async def _begin(self, session: Session, client: SignIn | None) -> None:
         """Store a new session (``create``'s, ``upgrade``'s) with its logout index entries, and its sign-in facts
-        for the settings page's Sessions."""
-        await self.save(session)
-        # Back-channel logout names a user (sub) or a provider session (sid), never our session id. One write after
-        # another, as every store write of a sign-in: a Redis connection pool keeps every connection it ever
-        # opened, so writes sent side by side would leave it with several connections per concurrent sign-in for
-        # the rest of the process's life (most of what the wave of issues 22-24 added to a worker's memory per
-        # sign-in, issue 25; tests/component/test_store_connections.py).
-        for key in _index_keys(session.issuer, session.subject, session.provider_session):
-            await self.store.index_add(key, session.id, self.settings.lifetime)
-        await self.directory.record(
+        for the settings page's Sessions: every write in one round trip (``SessionStore.write``) on one connection.
+        Never side by side: a Redis connection pool keeps every connection it ever opened, so writes sent beside
+        each other would leave it with several connections per concurrent sign-in for the rest of the process's
+        life (tests/component/test_store_connections.py)."""
+        put = self._put(session)
+        writes: list[Write] = [put] if put is not None else []
+        # Back-channel logout names a user (sub) or a provider session (sid), never our session id.
+        writes += [
+            Enter(key, session.id, self.settings.lifetime)
+            for key in _index_keys(session.issuer, session.subject, session.provider_session)
+        ]
+        writes += self.directory.writes(
             session.id, session.claims, session.issuer, session.client_id, session.created_at, client or SignIn()
         )
+        await self.store.write(writes)
 
-    async def save(self, session: Session) -> None:
+    def _put(self, session: Session) -> Put | None:
+        """The sealed session's write, with the idle timeout as its TTL (or what is left of its lifetime, when
+        less); None when its lifetime is over."""
         ttl = min(self.settings.idle_timeout, self._remaining(session))
         if ttl <= 0:
-            return
-        sealed = seal(session.key, dumps(session.to_record()), session.id.encode())
-        await self.store.set(_SESSION + session.id, sealed, ttl)
+            return None
+        return Put(_SESSION + session.id, seal(session.key, dumps(session.to_record()), session.id.encode()), ttl)
+
+    async def save(self, session: Session) -> None:
+        put = self._put(session)
+        if put is not None:
+            await self.store.set(put.key, put.value, put.ttl)
 
     async def load(self, ticket: Ticket, *, issuer: str, client_id: str, use_cache: bool = True) -> Session | None:
         """The live session for a ticket, or None (unknown, expired, or from another provider/client).

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+
+from proxy.sessions.writes import Put, Write
 
 
 class MemoryStore:
@@ -69,6 +71,13 @@ class MemoryStore:
         members[member] = max(now + ttl, members.get(member, 0.0))
         self._sets[key] = members
         return len(members)
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        for w in writes:
+            if isinstance(w, Put):
+                await self.set(w.key, w.value, w.ttl)
+            else:
+                await self.index_add(w.key, w.member, w.ttl)
 
     async def index_members(self, key: str) -> builtins.set[str]:
         now = time.monotonic()

@@ -34,6 +34,7 @@ from proxy.config.model import RedisSettings
 from proxy.config.redis_url import parse_redis_url
 from proxy.errors import StoreUnavailable
 from proxy.sessions.fastget import Fallback, FastGet
+from proxy.sessions.writes import Put, Write
 
 log = logging.getLogger("sso_sidecar.sessions")
 _T = TypeVar("_T")
@@ -245,6 +246,30 @@ class RedisStore:
     async def index_add(self, key: str, member: str, ttl: float) -> int:
         args: list[str | int] = [member, _now_ms(), _ms(ttl)]
         return int(await self._call(lambda: self._index_add(keys=[_PREFIX + key], args=args)))
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        if isinstance(self._redis, RedisCluster):
+            # Their keys lie in different hash slots, so on different nodes: one call each.
+            for w in writes:
+                if isinstance(w, Put):
+                    await self.set(w.key, w.value, w.ttl)
+                else:
+                    await self.index_add(w.key, w.member, w.ttl)
+            return
+
+        async def pipelined() -> None:
+            # One connection and one round trip. EVAL, not the registered script's EVALSHA: a pipeline would first
+            # ask whether the script is loaded (a round trip of its own), and Redis caches what EVAL compiles.
+            now = _now_ms()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    if isinstance(w, Put):
+                        pipe.set(_PREFIX + w.key, w.value, px=_ms(w.ttl))
+                    else:
+                        pipe.eval(_INDEX_ADD, 1, _PREFIX + w.key, w.member, now, _ms(w.ttl))
+                await pipe.execute()
+
+        await self._call(pipelined)
 
     async def index_members(self, key: str) -> builtins.set[str]:
         members = await self._call(lambda: self._redis.zrangebyscore(_PREFIX + key, f"({_now_ms()}", "+inf"))

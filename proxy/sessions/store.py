@@ -7,11 +7,12 @@ Every key is written with a TTL, so nothing a store holds outlives its use.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from proxy.config.model import SessionSettings
 from proxy.sessions.memory import MemoryStore
+from proxy.sessions.writes import Write
 
 
 class SessionStore(Protocol):
@@ -41,6 +42,10 @@ class SessionStore(Protocol):
         ``ttl``; the number of live members afterwards, counted in the same atomic step."""
 
     async def index_members(self, key: str) -> builtins.set[str]: ...
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Each of ``writes`` as its ``set`` or ``index_add`` would make it, in order, in one round trip where the
+        store can (a sign-in's). Not a transaction: when it raises, some may have been made, as with the calls."""
 
     async def index_remove(self, key: str, member: str) -> None: ...
 

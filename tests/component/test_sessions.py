@@ -18,6 +18,7 @@ from proxy.sessions.model import Ticket
 from proxy.sessions.redis import RedisStore
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Revocations, ttl_for
 from proxy.sessions.store import SessionStore
+from proxy.sessions.writes import Enter, Put
 from support.redis_ha import command
 from support.waiting import eventually
 
@@ -154,11 +155,53 @@ async def test_redis_holds_no_token_or_claim_in_clear(redis_server):
 
 async def test_unreachable_redis_is_a_clear_bounded_error():
     store = RedisStore("redis://127.0.0.1:1/0", timeout=0.5)
-    started = time.monotonic()
-    with pytest.raises(StoreUnavailable):
-        await store.get("s:x")
-    assert time.monotonic() - started < 5
+    for call in (lambda: store.get("s:x"), lambda: store.write([Put("s:x", b"v", 5), Enter("i:x", "m", 5)])):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await call()
+        assert time.monotonic() - started < 5
     await store.close()
+
+
+async def test_writes_made_together_are_the_calls_they_stand_for(manager, redis_server):
+    """``write`` (a sign-in's pipeline on Redis): every write made, in order, each with its own TTL; an index entry
+    never shortens a member's or the index's time, and its members expire one by one."""
+    store, n = manager.store, secrets.token_hex(4)  # the Redis server is shared: keys of this test's own
+    iw, ix, ka, kb = f"i:w{n}", f"i:x{n}", f"k:a{n}", f"k:b{n}"
+    assert await store.index_add(iw, "kept", 30) == 1
+    await store.write([
+        Put(ka, b"first", 20), Enter(iw, "kept", 5), Enter(iw, "brief", 0.3), Put(ka, b"second", 40),
+        Enter(ix, "m", 10), Put(kb, b"b", 10),
+    ])  # fmt: skip
+    assert (await store.get(ka), await store.get(kb)) == (b"second", b"b")
+    assert 35 < (await store.ttl(ka) or 0) <= 40 and 5 < (await store.ttl(kb) or 0) <= 10
+    assert await store.index_members(iw) == {"kept", "brief"}
+    assert await store.index_members(ix) == {"m"}
+    if isinstance(store, RedisStore):
+        assert 29_000 < int(command(redis_server.port, "PTTL", "sso:" + iw)) <= 30_000  # not shortened to 5 s
+        assert 9_000 < int(command(redis_server.port, "PTTL", "sso:" + ix)) <= 10_000  # a new index: its entry's
+
+    async def brief_gone() -> bool:
+        return await store.index_members(iw) == {"kept"}
+
+    await eventually(brief_gone, what="the 0.3 s member to expire alone")
+    assert await store.index_add(iw, "third", 30) == 2  # "kept" outlived its 5 s entry: still counted
+
+
+async def test_a_sign_in_writes_its_indexes_also_when_redis_has_forgotten_its_scripts(redis_clean):
+    """A restarted or flushed Redis holds no scripts: the sign-in's pipeline sends each index entry's script
+    whole (EVAL), so it never meets NOSCRIPT, and every index finds the session."""
+    store = RedisStore(redis_clean.url)
+    try:
+        manager = SessionManager(store, SETTINGS)
+        await create(manager, claims={"sub": "s-1", "sid": "op-9", "email": "a@example.org"})
+        command(redis_clean.port, "SCRIPT", "FLUSH")
+        session = await create(manager, claims={"sub": "s-2", "sid": "op-8", "email": "b@example.org"})
+        assert [f.session_id for f in await manager.directory.find("b@example.org")] == [session.id]
+        assert await manager.end_matching("https://idp", sub=None, sid="op-8") == 1
+        assert await manager.load(session.ticket, issuer="https://idp", client_id="c") is None
+    finally:
+        await store.close()
 
 
 # --------------------------------------------------------------------------------------------------

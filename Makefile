@@ -72,7 +72,7 @@ format: install
 
 # The whole suite, every tier (CONTRIBUTING.md): unit, component, system, adversarial, deploy.
 test: install node system-deps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # The fast tier alone: pure, in-process tests (tests/unit), seconds.
 test-unit: install

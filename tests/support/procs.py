@@ -1,5 +1,9 @@
 """Subprocess helpers: free ports, start with a readiness wait, stop, and logs kept in a temp file.
 
+``make test`` runs the suite in several pytest-xdist workers at once (one test file per worker at a time): each
+worker draws its ports from a range of its own, and the few tests that need the demo's fixed ports take turns
+(``machine_wide``).
+
 Every started process is registered so that ``conftest.py`` can attach the part of its log written
 during a failing test to the report.
 """
@@ -7,6 +11,7 @@ during a failing test to the report.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import re
@@ -16,7 +21,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from support.waiting import WaitTimeout, eventually, eventually_sync
@@ -42,7 +47,29 @@ def _outside_the_ephemeral_range() -> range:
     return range(10000, max(low, 12000))
 
 
-_PORTS = _outside_the_ephemeral_range()
+def _this_workers_share(ports: range) -> range:
+    """Under pytest-xdist, worker ``gw<i>`` of ``n`` gets the i-th of n equal slices of ``ports``: another worker
+    can never pick a port this one checked free and has not bound yet."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return ports
+    index, size = int(worker[2:]), len(ports) // int(count)
+    return range(ports.start + index * size, ports.start + (index + 1) * size)
+
+
+_PORTS = _this_workers_share(_outside_the_ephemeral_range())
+
+
+@contextlib.contextmanager
+def machine_wide(name: str) -> Iterator[None]:
+    """Held by one test of this machine at a time, whichever worker (or other pytest run) runs it: for what
+    every process shares, such as the demo's fixed ports."""
+    with open(Path(tempfile.gettempdir()) / f"sso-sidecar-tests-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@
     .venv/bin/python bench/request_cost.py --baseline HEAD~1   # ... and the baseline's, alternating, with new/old
     .venv/bin/python bench/request_cost.py --full              # with 20 routes, assertion: {} and roles
     .venv/bin/python bench/request_cost.py --instructions --baseline HEAD~1   # instructions, under callgrind
+    .venv/bin/python bench/request_cost.py --sign-ins --baseline HEAD~1  # a sign-in's session store work instead
 
 ``cpu_profile.py`` measures a real worker under wrk, and what it measures moves with the machine: on a shared
 2-core VM its runs of one tree differ by ±10 %, more than a change of a few per cent. This measures the work of
@@ -32,12 +33,18 @@ Instructions are not time (no cache misses, no kernel), but a change that remove
 
 With ``--baseline REF_OR_PATH`` (a git ref becomes a temporary worktree, as in ``run.py``) the processes
 alternate between the two trees, each importing its tree's ``proxy``.
+
+``--sign-ins``: the same, for what a sign-in asks of the session store (``SessionManager.create`` on the real
+Redis store: the session, its back-channel logout indexes, its record for the settings page), one after another;
+µs (or instructions) per sign-in. The provider's part of a sign-in (the token request, the ID token's checks) is
+``run.py``'s login CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -82,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=6, help="processes per tree, the trees alternating")
     p.add_argument("--sessions", type=int, default=100)
     p.add_argument("--full", action="store_true", help="20 routes, assertion: {} and roles")
+    p.add_argument(
+        "--sign-ins",
+        action="store_true",
+        help="measure a sign-in's session store work instead (SessionManager.create: the session, its logout "
+        "indexes, its facts for the settings page; Redis)",
+    )
     p.add_argument("--extra", default="{}", help="JSON: more top-level config keys")
     p.add_argument("--warmup", type=int, default=2000, help="requests before the runs")
     p.add_argument(
@@ -273,6 +286,20 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
                 await client.done
             return (time.process_time() - t0) * 1e6 / count
 
+        if a.sign_ins:
+            made = itertools.count()
+
+            async def run(count: int) -> float:  # a sign-in's store work, as the callback asks for it
+                t0 = time.process_time()
+                for _ in range(count):
+                    n = next(made)
+                    claims = {**CLAIMS, "sub": f"signed-in-{n}", "sid": f"op-session-{n}"}
+                    await runtime.sessions.create(
+                        claims=claims, id_token="unused", access_token="unused", refresh_token=None,
+                        access_expires_at=None, issuer=ISSUER, client_id="console",
+                    )  # fmt: skip
+                return (time.process_time() - t0) * 1e6 / count
+
         await run(a.warmup)  # warm: every session cached, the pool's connection open
         switch = _callgrind()
         if switch is not None:
@@ -374,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {k: [] for k in trees}
     try:
         if a.instructions:
-            return _instructions(trees, inner)
+            return _instructions(trees, inner, "sign-in" if a.sign_ins else "request")
         for rep in range(a.processes):
             for label in trees if rep % 2 == 0 else reversed(list(trees)):
                 results[label] += run_tree(trees[label], inner)["us"]
@@ -382,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         if old is not None:
             old.cleanup()
         shutil.rmtree(work, ignore_errors=True)
-    print("| tree | µs per request (fastest run) | median | runs |")
+    what = "sign-in" if a.sign_ins else "request"
+    print(f"| tree | µs per {what} (fastest run) | median | runs |")
     print("|---|---:|---:|---:|")
     for label, us in results.items():
         print(f"| {label} ({trees[label]}) | {min(us):.1f} | {statistics.median(us):.1f} | {len(us)} |")
@@ -393,10 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _instructions(trees: dict[str, Path], argv: list[str]) -> int:
-    """One run per tree under callgrind: instructions per request (user space only: no kernel work)."""
+def _instructions(trees: dict[str, Path], argv: list[str], what: str) -> int:
+    """One run per tree under callgrind: instructions per request or sign-in (user space only: no kernel work)."""
     counts = {label: run_tree(tree, argv, instructions=True)["instructions"] for label, tree in trees.items()}
-    print("| tree | instructions per request (callgrind) |")
+    print(f"| tree | instructions per {what} (callgrind) |")
     print("|---|---:|")
     for label, count in counts.items():
         print(f"| {label} ({trees[label]}) | {count:,.0f} |")

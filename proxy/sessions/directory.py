@@ -30,7 +30,7 @@ from typing import Any
 from proxy.config.model import SessionSettings
 from proxy.sessions.model import dumps, seal, unseal
 from proxy.sessions.store import SessionStore
-from proxy.sessions.writes import Enter, Put, Write
+from proxy.sessions.writes import Drop, Enter, Leave, Put, Write
 
 _FACTS = "m:"
 _USER = "u:"
@@ -41,7 +41,7 @@ USER_AGENT_MAX = 300
 LIST_MAX = 200  # sessions one listing shows: more than any person has, fewer than a runaway script makes
 # At most this many store calls at once, however many sessions a listing reads: a Redis connection pool keeps
 # every connection it ever opened (and refuses past its bound), so calls sent side by side cost a connection
-# each for the rest of the process's life. A sign-in's writes go in one pipeline, a sign-out's deletes one at a time.
+# each for the rest of the process's life. A sign-in's writes and a sign-out's deletions go in one pipeline each.
 _STORE_CALLS_AT_ONCE = 8
 
 
@@ -181,15 +181,14 @@ class Directory:
 
     async def forget(self, session_id: str, facts: SessionFacts | None) -> None:
         """Drop a session's facts and index entries (the session itself is the manager's)."""
-        keys: Iterable[str] = _index_keys(facts.sub, facts.username, facts.email) if facts is not None else ()
-        await self._drop(session_id, keys)
+        await self._store.write(self.forgetting(session_id, facts))
 
-    async def forget_claims(self, session_id: str, claims: Mapping[str, Any]) -> None:
+    def forgetting(self, session_id: str, facts: SessionFacts | None) -> list[Write]:
+        """What ``forget`` deletes, for a caller to write together with deletions of its own."""
+        keys: Iterable[str] = _index_keys(facts.sub, facts.username, facts.email) if facts is not None else ()
+        return [Drop(_FACTS + session_id), *(Leave(key, session_id) for key in keys)]
+
+    def forgetting_claims(self, session_id: str, claims: Mapping[str, Any]) -> list[Write]:
         """At sign-out: the same, from the session's own claims."""
         keys = _index_keys(_claim(claims, "sub"), _claim(claims, "preferred_username"), _claim(claims, "email"))
-        await self._drop(session_id, keys)
-
-    async def _drop(self, session_id: str, keys: Iterable[str]) -> None:
-        await self._store.delete(_FACTS + session_id)
-        for key in keys:
-            await self._store.index_remove(key, session_id)
+        return [Drop(_FACTS + session_id), *(Leave(key, session_id) for key in keys)]

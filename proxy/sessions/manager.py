@@ -26,7 +26,7 @@ from proxy.sessions.directory import Directory, SessionFacts, SignIn
 from proxy.sessions.model import PendingLogin, Session, Ticket, dumps, seal, unseal
 from proxy.sessions.revocations import Revocations
 from proxy.sessions.store import SessionStore
-from proxy.sessions.writes import Enter, Put, Write
+from proxy.sessions.writes import Drop, Enter, Leave, Put, Write
 
 log = logging.getLogger("sso_sidecar.sessions")
 
@@ -337,20 +337,24 @@ class SessionManager:
         return deleted
 
     async def end(self, session: Session) -> None:
-        """Sign-out: the session and its index entries."""
-        await self.delete(session.id)
-        for key in _index_keys(session.issuer, session.subject, session.provider_session):
-            await self.store.index_remove(key, session.id)
-        await self.directory.forget_claims(session.id, session.claims)
+        """Sign-out: the session, its index entries and its record for the settings page, in one round trip
+        (``SessionStore.write``); then every worker drops its copy."""
+        writes: list[Write] = [Drop(_SESSION + session.id)]
+        writes += [
+            Leave(key, session.id) for key in _index_keys(session.issuer, session.subject, session.provider_session)
+        ]
+        writes += self.directory.forgetting_claims(session.id, session.claims)
+        await self.store.write(writes)
+        await self._forget(session.id)
 
     async def revoke(self, facts: SessionFacts) -> bool:
         """An admin ends someone's session (the settings page's Sessions): gone from the store, and from every
         worker's and replica's cache at once (the invalidation channel), with its index entries. True when it
         was still live."""
         ended = await self.delete(facts.session_id)
-        for key in _index_keys(facts.issuer, facts.sub, facts.sid):
-            await self.store.index_remove(key, facts.session_id)
-        await self.directory.forget(facts.session_id, facts)
+        writes: list[Write] = [Leave(key, facts.session_id) for key in _index_keys(facts.issuer, facts.sub, facts.sid)]
+        writes += self.directory.forgetting(facts.session_id, facts)
+        await self.store.write(writes)
         return ended
 
     async def end_matching(self, issuer: str, *, sub: str | None, sid: str | None) -> int:

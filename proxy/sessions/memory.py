@@ -7,7 +7,7 @@ import builtins
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from proxy.sessions.writes import Put, Write
+from proxy.sessions.writes import Write, one_by_one
 
 
 class MemoryStore:
@@ -73,11 +73,7 @@ class MemoryStore:
         return len(members)
 
     async def write(self, writes: Sequence[Write]) -> None:
-        for w in writes:
-            if isinstance(w, Put):
-                await self.set(w.key, w.value, w.ttl)
-            else:
-                await self.index_add(w.key, w.member, w.ttl)
+        await one_by_one(self, writes)
 
     async def index_members(self, key: str) -> builtins.set[str]:
         now = time.monotonic()

@@ -34,7 +34,7 @@ from proxy.config.model import RedisSettings
 from proxy.config.redis_url import parse_redis_url
 from proxy.errors import StoreUnavailable
 from proxy.sessions.fastget import Fallback, FastGet
-from proxy.sessions.writes import Put, Write
+from proxy.sessions.writes import Drop, Enter, Put, Write, one_by_one
 
 log = logging.getLogger("sso_sidecar.sessions")
 _T = TypeVar("_T")
@@ -250,11 +250,7 @@ class RedisStore:
     async def write(self, writes: Sequence[Write]) -> None:
         if isinstance(self._redis, RedisCluster):
             # Their keys lie in different hash slots, so on different nodes: one call each.
-            for w in writes:
-                if isinstance(w, Put):
-                    await self.set(w.key, w.value, w.ttl)
-                else:
-                    await self.index_add(w.key, w.member, w.ttl)
+            await one_by_one(self, writes)
             return
 
         async def pipelined() -> None:
@@ -265,8 +261,12 @@ class RedisStore:
                 for w in writes:
                     if isinstance(w, Put):
                         pipe.set(_PREFIX + w.key, w.value, px=_ms(w.ttl))
-                    else:
+                    elif isinstance(w, Enter):
                         pipe.eval(_INDEX_ADD, 1, _PREFIX + w.key, w.member, now, _ms(w.ttl))
+                    elif isinstance(w, Drop):
+                        pipe.delete(_PREFIX + w.key)
+                    else:
+                        pipe.zrem(_PREFIX + w.key, w.member)
                 await pipe.execute()
 
         await self._call(pipelined)

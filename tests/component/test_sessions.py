@@ -18,7 +18,7 @@ from proxy.sessions.model import Ticket
 from proxy.sessions.redis import RedisStore
 from proxy.sessions.revocations import ID_TOKEN_MAX_LIFETIME, Revocations, ttl_for
 from proxy.sessions.store import SessionStore
-from proxy.sessions.writes import Enter, Put
+from proxy.sessions.writes import Drop, Enter, Leave, Put
 from support.redis_ha import command
 from support.waiting import eventually
 
@@ -164,8 +164,8 @@ async def test_unreachable_redis_is_a_clear_bounded_error():
 
 
 async def test_writes_made_together_are_the_calls_they_stand_for(manager, redis_server):
-    """``write`` (a sign-in's pipeline on Redis): every write made, in order, each with its own TTL; an index entry
-    never shortens a member's or the index's time, and its members expire one by one."""
+    """``write`` (a sign-in's or a sign-out's pipeline on Redis): every write made, in order, each with its own TTL;
+    an index entry never shortens a member's or the index's time, and its members expire one by one."""
     store, n = manager.store, secrets.token_hex(4)  # the Redis server is shared: keys of this test's own
     iw, ix, ka, kb = f"i:w{n}", f"i:x{n}", f"k:a{n}", f"k:b{n}"
     assert await store.index_add(iw, "kept", 30) == 1
@@ -186,6 +186,10 @@ async def test_writes_made_together_are_the_calls_they_stand_for(manager, redis_
 
     await eventually(brief_gone, what="the 0.3 s member to expire alone")
     assert await store.index_add(iw, "third", 30) == 2  # "kept" outlived its 5 s entry: still counted
+    # A sign-out's deletions: keys and members gone, others kept, and deleting what is not there is no error.
+    await store.write([Drop(kb), Leave(iw, "kept"), Leave(ix, "m"), Drop(f"k:never{n}"), Leave(iw, "never")])
+    assert (await store.get(ka), await store.get(kb)) == (b"second", None)
+    assert (await store.index_members(iw), await store.index_members(ix)) == ({"third"}, set())
 
 
 async def test_a_sign_in_writes_its_indexes_also_when_redis_has_forgotten_its_scripts(redis_clean):

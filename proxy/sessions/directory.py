@@ -111,15 +111,11 @@ class Directory:
         """A name for a session in a page or a form that is not its id (the id is half of its cookie)."""
         return hmac.new(self._handle_key, session_id.encode(), hashlib.sha256).hexdigest()[:24]
 
-    async def record(
-        self, session_id: str, claims: Mapping[str, Any], issuer: str, client_id: str, created_at: float, client: SignIn
-    ) -> None:
-        await self._store.write(self.writes(session_id, claims, issuer, client_id, created_at, client))
-
     def writes(
         self, session_id: str, claims: Mapping[str, Any], issuer: str, client_id: str, created_at: float, client: SignIn
     ) -> list[Write]:
-        """What ``record`` stores, for a sign-in to write together with its session (``SessionManager._begin``)."""
+        """A new session's facts and index entries, for the sign-in to write together with the session itself
+        (``SessionManager._begin``)."""
         lifetime = self._settings.lifetime
         sid = claims.get("sid")
         facts = SessionFacts(
@@ -186,9 +182,13 @@ class Directory:
     def forgetting(self, session_id: str, facts: SessionFacts | None) -> list[Write]:
         """What ``forget`` deletes, for a caller to write together with deletions of its own."""
         keys: Iterable[str] = _index_keys(facts.sub, facts.username, facts.email) if facts is not None else ()
-        return [Drop(_FACTS + session_id), *(Leave(key, session_id) for key in keys)]
+        return _deletions(session_id, keys)
 
     def forgetting_claims(self, session_id: str, claims: Mapping[str, Any]) -> list[Write]:
         """At sign-out: the same, from the session's own claims."""
         keys = _index_keys(_claim(claims, "sub"), _claim(claims, "preferred_username"), _claim(claims, "email"))
-        return [Drop(_FACTS + session_id), *(Leave(key, session_id) for key in keys)]
+        return _deletions(session_id, keys)
+
+
+def _deletions(session_id: str, index_keys: Iterable[str]) -> list[Write]:
+    return [Drop(_FACTS + session_id), *(Leave(key, session_id) for key in index_keys)]

@@ -44,8 +44,9 @@ class SessionStore(Protocol):
     async def index_members(self, key: str) -> builtins.set[str]: ...
 
     async def write(self, writes: Sequence[Write]) -> None:
-        """Each of ``writes`` as its ``set`` or ``index_add`` would make it, in order, in one round trip where the
-        store can (a sign-in's). Not a transaction: when it raises, some may have been made, as with the calls."""
+        """Each of ``writes`` as its ``set``, ``index_add``, ``delete`` or ``index_remove`` would make it, in order, in
+        one round trip where the store can (a sign-in's writes, a sign-out's deletions). Not a transaction: when it
+        raises, some may have been made, as with the calls."""
 
     async def index_remove(self, key: str, member: str) -> None: ...
 

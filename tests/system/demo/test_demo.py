@@ -16,9 +16,10 @@ import pytest
 
 from support import REPO
 from support.idp import DevIdP
-from support.procs import LOOPBACK, machine_wide
+from support.procs import LOOPBACK
 
 RUN_DEMO = REPO / "deploy" / "demo" / "run_demo.py"
+pytestmark = pytest.mark.usefixtures("demo_ports")  # the demo's fixed ports, one test at a time (conftest.py)
 
 
 def _run_demo_module() -> ModuleType:
@@ -30,13 +31,6 @@ def _run_demo_module() -> ModuleType:
 
 
 DEMO = _run_demo_module()
-
-
-@pytest.fixture(autouse=True)
-def _the_demos_ports() -> Iterator[None]:
-    """The demo's fixed ports are the machine's: one test at a time, whichever worker runs it (support.procs)."""
-    with machine_wide("demo-ports"):
-        yield
 
 
 def demo_port_is_free() -> bool:

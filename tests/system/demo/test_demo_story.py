@@ -15,20 +15,14 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from support import REPO
-from support.procs import Process, machine_wide, port_open
+from support.procs import Process, port_open
 
 pytest_plugins = ["support.browser"]  # the browser fixture (Playwright)
+pytestmark = pytest.mark.usefixtures("demo_ports")  # the demo's fixed ports, one test at a time (conftest.py)
 
 RUN_DEMO = REPO / "deploy" / "demo" / "run_demo.py"
 README = (REPO / "README.md").read_text(encoding="utf-8")
 DEMO = "http://127.0.0.1:4180"
-
-
-@pytest.fixture(autouse=True)
-def _the_demos_ports() -> Iterator[None]:
-    """The demo's fixed ports are the machine's: one test at a time, whichever worker runs it (support.procs)."""
-    with machine_wide("demo-ports"):
-        yield
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 # sso-sidecar — see README.md.  make install | demo | test | test-unit | test-image | lint | bench | bench-compare | lock
 SHELL := /bin/bash
-PYTHON ?= python3
+# The venv's interpreter: the one the image ships where this machine has it (Debian 12's python3.11, the image's
+# base: an optimised build, with libpython linked into the executable), so that the tests and `make bench` run
+# the sidecar on what is deployed; python3 from PATH elsewhere. docs/performance.md: what the build is worth.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3)
+export PYTHON
 VENV := .venv
 BIN := $(VENV)/bin
 IDP := deploy/dev-idp
@@ -13,6 +17,12 @@ LOCK := requirements/dev.txt
 .PHONY: install node system-deps image-deps checkov demo test test-unit test-image lint format bench bench-compare lock clean
 
 install: $(VENV)/.installed
+
+# A venv made from another interpreter than $(PYTHON) is made anew too (its packages are built for that one).
+ifneq ($(realpath $(VENV)/bin/python),$(realpath $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null)))
+$(VENV)/.installed: .FORCE
+endif
+.PHONY: .FORCE
 
 # The venv holds exactly the lock: it is made anew whenever the lock changes, since installing over an old
 # venv would keep what a new lock dropped. pip checks every file's hash and refuses anything not in the lock.

@@ -271,6 +271,13 @@ def markdown(out: dict[str, Any]) -> str:
             f"{wrk.get('duration')} s per run{pin}; medians of {out.get('settings', {}).get('reps')} alternating runs; "
             f"machine: {out.get('machine', {}).get('cpus')} CPUs"
         )
+    for label in ("new", "baseline"):
+        probe = (out.get(label) or {}).get("probe") or {}
+        if probe.get("interpreter"):
+            lines.append(
+                f"The {'baseline' if label == 'baseline' else 'sidecar'}'s interpreter: {probe['interpreter']} (Python "
+                f"{probe.get('python_version')}, libpython {probe.get('libpython')})"
+            )
     bearer = out.get("bearer")
     if bearer and any(row.get("credential") == "Authorization" for row in tp.values()):
         lines.append(

@@ -10,8 +10,18 @@ python)
     exit 1
   fi
   if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
-    echo "Python's venv module is missing. On Debian/Ubuntu: apt-get install python3-venv" >&2
-    exit 1
+    minor=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    if [ "$(command -v "$py")" = "/usr/bin/python$minor" ] && command -v apt-get >/dev/null 2>&1; then
+      # Debian's own interpreter (the Makefile's default where it exists) keeps venv's pip in a package of its own.
+      echo "Installing Debian packages: python$minor-venv"
+      sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "python$minor-venv"
+    else
+      echo "Python's venv module is missing. On Debian/Ubuntu: apt-get install python3-venv" >&2
+      exit 1
+    fi
   fi
   ;;
 node)

@@ -13,6 +13,7 @@ forward-auth endpoint (``forward_auth``), which answers the same questions for n
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -28,8 +29,6 @@ from proxy.gate import breakglass
 from proxy.gate.console import console_values
 from proxy.gate.decide import (
     BEARER_CHALLENGE,
-    NOT_ASKED,
-    NotAsked,
     admit,
     identify,
     is_api_request,
@@ -114,11 +113,17 @@ class _Unsettled:
 
     __slots__ = ("known",)
 
-    def __init__(self, known: Session | Unknown | NotAsked | None) -> None:
+    def __init__(self, known: Session | Unknown | None) -> None:
         self.known = known
 
 
-_ASK: Final = _Unsettled(NOT_ASKED)  # a console lookup: ``identify`` asks for the session itself
+class _Admitted(_Unsettled):
+    """``_settled`` found the session (``known``) and admitted it, but the console's headers for it are not
+    remembered (``ConsoleIdentity.cached``): ``console_values`` builds them, which may read the store."""
+
+    known: Session
+
+
 _NO_SESSION: Final = _Unsettled(None)
 _NOT_CACHED: Final = _Unsettled(UNKNOWN)
 
@@ -127,9 +132,11 @@ def _settled(
     request: web.Request, runtime: Runtime, active: Active, target: RequestPath, entry: RequestLog
 ) -> Sequence[tuple[str, str]] | _StepUp | _Unsettled:
     """``_identity``'s answer where it needs no I/O and no redirect, which is nearly every request: SSO off, a
-    public path, or a signed-in user the session cache knows (with no console lookup): the identity headers, or
-    what a route needs that the sign-in lacks (``_step_up``). ``_Unsettled`` where only ``_identity`` can tell. A plain
-    function: the request it answers costs no coroutine (``_identity`` and ``identify`` would cost two).
+    public path, or a signed-in user the session cache knows (and, with ``assertion``, ``roles`` or
+    ``pass_tokens``, whose console headers are remembered): the identity headers, or what a route needs that the
+    sign-in lacks (``_step_up``). ``_Admitted`` where only the console's headers are missing; ``_Unsettled`` where
+    only ``_identity`` can tell. A plain function: the request it answers costs no coroutine (``_identity``,
+    ``identify`` and ``console_values`` would cost three).
 
     Also notes the route kind and the subject for the access log."""
     if active.oidc is None:
@@ -138,8 +145,6 @@ def _settled(
     if skips_auth(active.settings.skip_auth, request.method, target):
         entry.route = "public"
         return ()
-    if active.console is not None:
-        return _ASK
     session = known_session(request, runtime, active)
     if session is None:
         return _NO_SESSION
@@ -150,7 +155,11 @@ def _settled(
     short = admit(request, runtime, active.settings, claims, request.method, target)
     if short is not None:
         return _StepUp(*short)
-    return active.identity.values(claims)
+    console = active.console
+    if console is None:
+        return active.identity.values(claims)
+    remembered = console.cached(session.id, session.refreshed_at, time.time())  # as console_values asks first
+    return remembered if remembered is not None else _Admitted(session)
 
 
 def _note_user(entry: RequestLog, claims: Mapping[str, Any]) -> None:
@@ -182,7 +191,7 @@ async def _identity(
     active: Active,
     target: RequestPath,
     entry: RequestLog,
-    known: Session | Unknown | NotAsked | None,
+    known: Session | Unknown | None,
 ) -> Sequence[tuple[str, str]] | web.StreamResponse:
     """The identity headers for the console, or the login redirect a browser without a session gets, where
     ``_settled`` could not tell (SSO is on and the path is not public: it answered those): the session from the
@@ -239,10 +248,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if emergency is not None:
         entry.route, entry.user = "break_glass", active.settings.break_glass.user
     settled = emergency if emergency is not None else _settled(request, runtime, active, target, entry)
+    decided: Sequence[tuple[str, str]]
     if isinstance(settled, _Unsettled):
-        decided = await _identity(request, runtime, active, target, entry, settled.known)
-        if isinstance(decided, web.StreamResponse):
-            return decided
+        if isinstance(settled, _Admitted):
+            assert active.console is not None  # only a console's headers make an _Admitted
+            session = settled.known
+            values = await console_values(request, runtime, active, active.console, session.claims, session)
+            if values is None:  # signed out on another replica meanwhile
+                return await _sign_in(request, runtime, active, target, entry)
+            decided = values
+        else:
+            found = await _identity(request, runtime, active, target, entry, settled.known)
+            if isinstance(found, web.StreamResponse):
+                return found
+            decided = found
     elif isinstance(settled, _StepUp):
         return await _step_up(request, runtime, active, target, entry, settled)
     else:

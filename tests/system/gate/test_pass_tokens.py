@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from support import REPO
 from support.assertions import API, headers_named, jwks, verify
 from support.idp import DevIdP, login
 from support.procs import Process
+from support.reloading import status_of
 from support.sidecar import replica_of
 from support.waiting import eventually
 
@@ -175,6 +177,46 @@ async def op(badop_proc: BadOPProcess) -> BadOPProcess:
     await badop_proc.control("/reset")
     await badop_proc.control(jwt_access_tokens=True)
     return badop_proc
+
+
+async def test_a_session_gone_from_the_store_passes_no_token_when_its_headers_are_built_again(
+    http, sidecar_factory, short_idp, redis_clean
+):
+    """The worker's cache still holds the session (its copy carries no tokens), the store no longer does (signed out
+    on another replica whose word has not arrived yet), and the console's headers must be built again (here: a
+    reload changed them). The tokens are read from the store, found gone, and the caller is treated as signed out:
+    401 from the sidecar, and nothing reaches the console."""
+    import redis
+
+    glass = secrets.token_urlsafe(24)
+    config = {
+        "session": {"store": "redis", "redis_url": redis_clean.url, "cache_ttl": "1m"},
+        "pass_tokens": {"access_token": ACCESS_HEADER, "id_token": ID_HEADER},
+        "break_glass": {"token": glass},
+    }
+    sidecar = sidecar_factory(config, idp=short_idp)
+    client = http()
+    url = sidecar.url_for("/api/whoami")
+    assert (await login(client, url, "alice.smith")).status == 200
+    status, seen = await call(client, url)  # from the worker's cache, with the headers it remembers
+    assert status == 200 and headers_named(seen, ID_HEADER)
+    store = redis.Redis.from_url(redis_clean.url)
+    try:
+        sessions = list(store.scan_iter("sso:s:*"))
+        assert len(sessions) == 1, sessions
+        store.delete(*sessions)  # as a sign-out elsewhere does, without its invalidation message
+    finally:
+        store.close()
+    version = (await status_of(sidecar, glass))["config"]["version"]
+    sidecar.reload({**sidecar.config, "pass_tokens": {"access_token": ACCESS_HEADER, "id_token": "X-Id-Token-2"}})
+
+    async def reloaded() -> bool:
+        return (await status_of(sidecar, glass))["config"]["version"] != version
+
+    await eventually(reloaded, what="the reload to apply", timeout=10, interval=0.2)
+    status, seen = await call(client, url)
+    assert status == 401, (status, seen)
+    assert "header_list" not in seen, "the request reached the console"
 
 
 def badop_sidecar(sidecar_factory: Any, op: BadOPProcess, **config: Any) -> Any:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -86,9 +88,13 @@ def _next_form(html: str, username: str) -> tuple[str, dict[str, str]] | None:
 async def finish(http: aiohttp.ClientSession, callback_url: URL, cookie_name: str) -> str:
     """Request the redirect URI; return the ``Cookie`` header value of the new session."""
     async with http.get(callback_url, allow_redirects=False) as resp:
-        await resp.read()
+        body = await resp.read()
         if resp.status not in REDIRECTS:
-            raise LoginFailed(f"callback answered {resp.status}")
+            # The error page's title and message say which check refused the sign-in (no token or secret in them).
+            page = body.decode(errors="replace")
+            found = re.search(r"<h1>(.*?)</h1><p[^>]*>(.*?)</p>", page)
+            why = " ".join(html.unescape(x) for x in found.groups()) if found else page[:200]
+            raise LoginFailed(f"callback answered {resp.status}: {why}")
     for morsel in http.cookie_jar:
         if morsel.key == cookie_name and morsel.value:
             return f"{cookie_name}={morsel.value}"

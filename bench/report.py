@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,26 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
                     round(cpu_full / cpu_plain, 3),
                     f"<= {2 - MIN_FULL_OVER_PLAIN:.2f}",
                     cpu_full / cpu_plain <= 2 - MIN_FULL_OVER_PLAIN,
+                )
+            )
+        # The two ran back to back in every repetition: each pair's ratio, and their geometric mean (for reading
+        # the noise; the checks above are of the medians).
+        pairs = [
+            (f["rps"] / p["rps"], f["cpu_us_per_request"] / p["cpu_us_per_request"])
+            for f, p in zip(full.get("each") or [], plain.get("each") or [], strict=False)
+            if f.get("rps") and p.get("rps") and f.get("cpu_us_per_request") and p.get("cpu_us_per_request")
+        ]
+        if pairs:
+            rps_pairs, cpu_pairs = [r for r, _ in pairs], [c for _, c in pairs]
+            checks.append(
+                _check(
+                    f"{out['full']['variant']} / sidecar-redis-cache req/s, each back-to-back pair "
+                    f"({', '.join(f'{r:.2f}' for r in rps_pairs)}; CPU per request "
+                    f"{', '.join(f'{c:.2f}' for c in cpu_pairs)}, geometric mean "
+                    f"{statistics.geometric_mean(cpu_pairs):.3f}): their geometric mean",
+                    round(statistics.geometric_mean(rps_pairs), 3),
+                    "(info)",
+                    None,
                 )
             )
     mem = out.get("redis_memory") or {}

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -738,7 +738,7 @@ class Bench:
         a = self.args
         # A system and its baseline twin form a group: they run back to back, the twin first every other
         # repetition, so that drift and order hit new and old alike.
-        groups = [[n, *([n + OLD] if n + OLD in self.systems else [])] for n in self.systems if not n.endswith(OLD)]
+        groups = run_groups(list(self.systems), self.out.get("full"))
         names = [n for g in groups for n in g]
         warm = WrkSettings(**{**wrk.__dict__, "duration": a.warmup})
         for name in names:
@@ -746,10 +746,7 @@ class Bench:
                 self.load(name, warm)
         runs: dict[str, list[WrkResult]] = {n: [] for n in names}
         for rep in range(a.reps):
-            # Alternate: every repetition visits every system, each time starting one further along.
-            turned = groups[rep % len(groups) :] + groups[: rep % len(groups)]
-            order = [n for g in turned for n in (g if rep % 2 == 0 else reversed(g))]
-            for name in order:
+            for name in run_order(groups, rep):
                 result = self.load(name, wrk)
                 runs[name].append(result)
                 log(
@@ -888,6 +885,25 @@ class Bench:
             "use_pass": used.as_dict(),
         }
         log(f"RSS: {self.out['rss']['growth_mib']} MiB for {len(batch.cookies)} sessions ({login_seconds:.0f} s)")
+
+
+def run_groups(systems: Sequence[str], full: Mapping[str, Any] | None) -> list[list[str]]:
+    """The systems in the groups that run back to back in every repetition: each with its baseline twin, so that
+    drift and order hit new and old alike; and ``--full``'s variant (``full``: its ``variant`` and the system it is
+    judged ``against``) with that system, so that the two are not minutes apart on a drifting machine."""
+    groups = [[n, *([n + OLD] if n + OLD in systems else [])] for n in systems if not n.endswith(OLD)]
+    if full is not None and full["variant"] in systems and full["against"] in systems:
+        variant = next(g for g in groups if g[0] == full["variant"])
+        groups.remove(variant)
+        next(g for g in groups if g[0] == full["against"]).extend(variant)
+    return groups
+
+
+def run_order(groups: Sequence[Sequence[str]], rep: int) -> list[str]:
+    """Repetition ``rep``'s order: every system once, each repetition starting one group further along, and
+    every other one with each group's members in reverse."""
+    turned = [*groups[rep % len(groups) :], *groups[: rep % len(groups)]]
+    return [n for g in turned for n in (g if rep % 2 == 0 else reversed(g))]
 
 
 def main(argv: list[str] | None = None) -> int:

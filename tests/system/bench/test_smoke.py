@@ -180,6 +180,33 @@ def test_full_runs_the_routes_variant_with_assertion_and_roles(tmp_path: Path) -
     assert "assertion: {} and roles on" in proc.stdout
 
 
+def test_the_full_variant_runs_back_to_back_with_the_system_it_is_judged_against(monkeypatch) -> None:
+    """--full's variant and sidecar-redis-cache are neighbours in every repetition (in alternating order), as each
+    system is with its baseline twin; every system runs once per repetition."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # run.py's own imports (_paths, stack...)
+    run = _bench_module("run")
+    systems = ["bare-2w", "passthrough-2w", "sidecar-redis-cache", "sidecar-redis-cache@old", "sidecar-bearer",
+               "sidecar-routes20", "sidecar-routes20@old", "apache"]  # fmt: skip
+    full = {"variant": "sidecar-routes20", "against": "sidecar-redis-cache"}
+    groups = run.run_groups(systems, full)
+    for rep in range(6):
+        order = run.run_order(groups, rep)
+        assert sorted(order) == sorted(systems)
+        at = {name: i for i, name in enumerate(order)}
+        assert abs(at["sidecar-redis-cache"] - at["sidecar-redis-cache@old"]) == 1
+        assert abs(at["sidecar-routes20"] - at["sidecar-routes20@old"]) == 1
+        together = sorted(at[n] for n in ("sidecar-redis-cache", "sidecar-redis-cache@old", "sidecar-routes20"))
+        assert together[2] - together[0] <= 3, order  # the four in a row
+    firsts = {run.run_order(groups, rep).index("sidecar-routes20") < run.run_order(groups, rep).index(
+        "sidecar-redis-cache") for rep in range(2)}  # fmt: skip
+    assert firsts == {True, False}, "the pair's order alternates"
+    # Without --full's pairing (or without its partner) the groups are the twins alone.
+    assert run.run_groups(systems, None) == [
+        ["bare-2w"], ["passthrough-2w"], ["sidecar-redis-cache", "sidecar-redis-cache@old"], ["sidecar-bearer"],
+        ["sidecar-routes20", "sidecar-routes20@old"], ["apache"],
+    ]  # fmt: skip
+
+
 def test_the_routes_variant_has_one_matching_route_after_the_rest():
     routes = _bench_module("routes")
     table = routes.table(20)

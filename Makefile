@@ -1,8 +1,9 @@
 # sso-sidecar — see README.md.  make install | demo | test | test-unit | test-image | lint | bench | bench-compare | lock
 SHELL := /bin/bash
-# The venv's interpreter: the one the image ships where this machine has it (Debian 12's python3.11, the image's
-# base: an optimised build, with libpython linked into the executable), so that the tests and `make bench` run
-# the sidecar on what is deployed; python3 from PATH elsewhere. docs/performance.md: what the build is worth.
+# The venv's interpreter: Debian 12's python3.11 where this machine has it (the interpreter of the image's stand-in
+# base; like the official python:3.11-slim image's, an optimised build), so that the tests and `make bench` run the
+# sidecar on the kind of interpreter that is deployed; python3 from PATH elsewhere, or `make install PYTHON=...`.
+# docs/performance.md (the interpreter): the same code is ~15 % faster on it than on a build without optimisations.
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3)
 export PYTHON
 VENV := .venv

@@ -219,6 +219,9 @@ async def _test_login(context: BrowserContext, page: Page, username: str) -> Pag
     await window.wait_for_load_state()
     await sign_in_at_idp(window, username)
     await expect(window.get_by_role("heading", level=1)).to_contain_text("Test login")
+    # The result page tells the settings page from its deferred script (admin.js): closing the window before its
+    # load event could close it before the script ran, and then there is nothing to show (CI saw that once).
+    await window.wait_for_load_state("load")
     return window
 
 

@@ -20,8 +20,12 @@ LOCK := requirements/dev.txt
 install: $(VENV)/.installed
 
 # A venv made from another interpreter than $(PYTHON) is made anew too (its packages are built for that one).
-ifneq ($(realpath $(VENV)/bin/python),$(realpath $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null)))
+PYTHON_EXE := $(realpath $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null))
+ifneq ($(realpath $(VENV)/bin/python),$(PYTHON_EXE))
 $(VENV)/.installed: .FORCE
+endif
+ifneq ($(realpath $(CHECKOV)/bin/python),$(PYTHON_EXE))
+$(CHECKOV)/.installed: .FORCE
 endif
 .PHONY: .FORCE
 

@@ -69,6 +69,11 @@ class _Connection(asyncio.Protocol):
 
     def call(self, command: bytes) -> asyncio.Future[object]:
         future: asyncio.Future[object] = self._loop.create_future()
+        if self.dead:
+            # It died after the caller got it (while ``FastGet._connect`` handed it over): nothing would send this
+            # command, and the watchdog no longer watches a dead connection, so the caller would wait forever.
+            future.set_exception(Fallback("connection lost"))
+            return future
         self._pending.append((future, self._loop.time() + self._timeout))
         self._out.append(command)
         if not self._flush_scheduled:

@@ -31,26 +31,56 @@ _VERIFIED_MAX = 20_000  # cookie values whose signature is known good (about 9 M
 # Set-Cookie headers in one answer: about 1.5 KB with the rest of a redirect's head, well inside the 4 KB that
 # nginx buffers for an upstream's head by default (proxy_buffer_size), and far from any client's header cap.
 SET_COOKIE_CEILING = 8
+# What the sidecar's cookie values are made of (base64url, itsdangerous's dots): such a value reads the same
+# through ``cookie_value``'s direct path and aiohttp's parser.
+_PLAIN = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+# Cookie headers whose reading is remembered (``cookie_value``): 2,048 of up to 512 characters, about 2 MB at
+# most per cookie name; a session cookie's header alone is about 130.
+_READS_MAX = 2_048
+_READ_LONGEST = 512
+_reads: dict[str, dict[str, str | None]] = {}
 
 
 def cookie_value(request: web.BaseRequest, name: str) -> str | None:
     """The value of cookie ``name``, as ``request.cookies`` would give it, without parsing every cookie.
 
-    The common case (the name once, an unquoted value) is read directly from the Cookie header; anything
-    else (quoted values, the name twice) is left to aiohttp's full parser, so both always agree.
+    A browser sends the same Cookie header on every request, so what was read from a header is remembered
+    (per cookie name, for headers up to ``_READ_LONGEST`` characters, at most ``_READS_MAX`` of them, the
+    oldest dropped first): the answer depends on the header alone. A header not seen before is read by
+    ``_read``.
     """
     header = request.headers.get("Cookie")  # the first one only, as aiohttp's parser reads
-    prefix = name + "="
     if not header or name not in header:
         return None
+    reads = _reads.get(name)
+    if reads is None:
+        reads = _reads[name] = {}
+    try:
+        return reads[header]
+    except KeyError:
+        pass
+    value = _read(request, header, name)
+    if len(header) <= _READ_LONGEST:
+        if len(reads) >= _READS_MAX:
+            del reads[next(iter(reads))]
+        reads[header] = value
+    return value
+
+
+def _read(request: web.BaseRequest, header: str, name: str) -> str | None:
+    """The common case is read directly from the header: the name once in the whole header, no quote anywhere
+    in it, and a value of the characters the sidecar's own cookies are made of. Anything else is left to
+    aiohttp's full parser, so both always agree (``tests/adversarial/test_cookie_header_fuzz.py``): a second
+    ``name =`` with a space, which aiohttp reads and a prefix test would miss, or a ``name=`` inside another
+    cookie's quoted value, which aiohttp does not read and a split on ``;`` would."""
+    prefix = name + "="
     found: str | None = None
     for pair in header.split(";"):
         pair = pair.strip()
         if pair.startswith(prefix):
-            if found is not None:
-                return request.cookies.get(name)
             found = pair[len(prefix) :]
-    if found is None or found.startswith('"') or "\\" in found:
+            break
+    if found is None or found.strip(_PLAIN) or header.count(name) != 1 or '"' in header:
         return request.cookies.get(name)
     return found
 

@@ -116,6 +116,11 @@ def test_break_glass_cookies_follow_the_cookie_secret_rotation():
         ["sso=one", "sso=two"],
         ["sso = spaced"],
         ["notsso=1"],
+        ["sso=y; sso =x"],  # aiohttp reads the name with the space too, and the last one wins
+        ['x="a; sso=evil"'],  # inside another cookie's quoted value: no sso cookie at all
+        ['x="a; sso=ticket; b=c"'],
+        ["sso=a b"],
+        ["sso=a\tb"],
     ],
 )
 def test_cookie_value_agrees_with_aiohttps_parser(headers):

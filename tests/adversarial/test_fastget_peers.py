@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 import hiredis
 import pytest
@@ -64,16 +64,12 @@ def value_of(command: list[bytes]) -> bytes:
 Handler = Callable[[_Commands, asyncio.StreamWriter], Awaitable[None]]
 
 
-class Peer:
-    """A RESP server whose every connection is served by ``handler``."""
+class _Loopback:
+    """A TCP server on 127.0.0.1 for the length of an ``async with``; ``_serve`` answers each connection."""
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.closed_by_client = 0
-        self.server: asyncio.Server | None = None
+    server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> Peer:
+    async def __aenter__(self) -> Self:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 
@@ -86,6 +82,18 @@ class Peer:
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class Peer(_Loopback):
+    """A RESP server whose every connection is served by ``handler``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.closed_by_client = 0
 
     def client(self) -> FastGet:
         return FastGet(RedisSettings(addresses=(("127.0.0.1", self.port),), timeout=TIMEOUT), TIMEOUT)
@@ -102,8 +110,7 @@ class Peer:
             writer.close()
 
 
-async def honest(commands: _Commands, writer: asyncio.StreamWriter) -> None:
-    await commands.answer_handshake(writer)
+async def honest_after_handshake(commands: _Commands, writer: asyncio.StreamWriter) -> None:
     while (command := await commands.next()) is not None:
         writer.write(bulk(value_of(command)))
         await writer.drain()
@@ -150,12 +157,6 @@ async def test_replies_held_back_then_sent_in_one_write_reach_each_its_own_calle
             await each_own_value(fast, ["s:after"])
         finally:
             fast.close()
-
-
-async def honest_after_handshake(commands: _Commands, writer: asyncio.StreamWriter) -> None:
-    while (command := await commands.next()) is not None:
-        writer.write(bulk(value_of(command)))
-        await writer.drain()
 
 
 async def test_a_reply_nobody_asked_for_ends_the_connection_and_reaches_nobody() -> None:
@@ -348,28 +349,17 @@ def _resp(reply: Any) -> bytes:
     return b"-%s\r\n" % str(reply).encode()
 
 
-class Swapper:
+class Swapper(_Loopback):
     """Relays bytes between clients and a real redis-server; on the sidecar's pipelined connection (the one that
     names itself ``sso-sidecar``) it swaps every two neighbouring replies that arrive together and differ."""
 
     def __init__(self, redis_port: int) -> None:
         self.redis_port = redis_port
         self.swaps = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Swapper:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+        return f"redis://127.0.0.1:{self.port}/0"
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
